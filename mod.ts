@@ -1,0 +1,1851 @@
+/**
+ * kosyak: a distributed in-memory cache that lives inside your JavaScript process.
+ *
+ * Every node keeps its own entries in memory and knows which peer holds every other key.
+ * Nodes talk JSON over TCP and form a full mesh; a new node joins through any member.
+ * Data is not replicated: when a node dies, the entries it held are gone.
+ *
+ * The same file runs on Node.js (>= 20, through the npm build), Deno and Bun, each on its own
+ * native sockets.
+ *
+ * @example Two nodes, a set on one and a get on the other
+ * ```ts
+ * import { Node } from "./mod.ts";
+ *
+ * const first = new Node({ host: "127.0.0.1", port: 0 }).init();
+ * await first.ready();
+ * const second = new Node({ master: first.address }).init();
+ *
+ * await first.set("key", 123);
+ * console.log(await second.get("key")); // 123
+ * await Promise.all([first.stop(), second.stop()]);
+ * ```
+ *
+ * @module
+ */
+
+// ─── Public types ────────────────────────────────────────────────────────────────────────────
+
+/** A host and port pair, as a node listens on it or as a peer can reach it. */
+export interface Address {
+  /** Host name or IP address. */
+  host: string;
+  /** TCP port. */
+  port: number;
+}
+
+/** What `fetch` is handed: call it once with an error or with the value for the key. */
+export type FetchDone = (err: Error | null, value?: unknown) => void;
+
+/** Options of {@linkcode Node}; every one may be left out. */
+export interface NodeOptions {
+  /**
+   * Address or host to bind to. Another node reaches this one at this host, or, when it is a
+   * wildcard such as `0.0.0.0`, at the address its connection comes from.
+   * @default {"127.0.0.1"}
+   */
+  host?: string;
+  /** The seed's name for {@linkcode NodeOptions.host}; give one of the two. */
+  addr?: string;
+  /**
+   * Port to bind to; 0 lets the operating system pick a free one (see {@linkcode Node.address}).
+   * @default {0}
+   */
+  port?: number;
+  /** Address of any node of the cluster to join; left out, the node starts a cluster of its own. */
+  master?: { host?: string; port: number };
+  /**
+   * Options handed to the runtime's socket when this node connects to another: `net.connect` on
+   * Node.js, `Deno.connect` on Deno, `Bun.connect` on Bun.
+   */
+  socket?: Record<string, unknown>;
+  /**
+   * Options handed to the runtime's listener: `net.createServer` on Node.js, `Deno.listen` on
+   * Deno, `Bun.listen` on Bun.
+   */
+  server?: Record<string, unknown>;
+  /**
+   * Store values as JSON strings, so that changing an object after `set` never changes the
+   * cache and every `get` returns a fresh copy.
+   * @default {false}
+   */
+  stringify?: boolean;
+  /**
+   * Called by `get` for a key that no node holds; its value is then stored on this node and
+   * announced to the others. A `null` or `undefined` value is returned as `null` and not stored.
+   */
+  fetch?: (key: string, done: FetchDone) => void;
+  /**
+   * Delay before the second attempt to connect to a node, in milliseconds; each later attempt
+   * waits this much longer than the one before (2000, 4000, 6000, ...).
+   * @default {2000}
+   */
+  connectDelay?: number;
+  /**
+   * How many times to try to connect to a node before giving up.
+   * @default {3}
+   */
+  connectAttempts?: number;
+  /**
+   * How long to wait for a peer to answer a request (handshake, get, set, stats), in
+   * milliseconds. A peer that does not answer in time is treated as not holding the key.
+   * @default {5000}
+   */
+  requestTimeout?: number;
+}
+
+/** One local entry, as {@linkcode Node.eachEntry} hands it out. */
+export interface Entry {
+  /** The key. */
+  readonly key: string;
+  /** The stored value: a JSON string when the node has `stringify: true`. */
+  readonly value: unknown;
+  /** The write's version; a higher version wins when two nodes set the same key. */
+  readonly version: number;
+}
+
+/** Counters of one node, from {@linkcode Node.stats}. */
+export interface NodeStats {
+  /** The node's id, random for each instance. */
+  id: string;
+  /** Host the node listens on. */
+  host: string;
+  /** Port the node listens on. */
+  port: number;
+  /** Entries held locally. */
+  entries: number;
+  /** Connected peers. */
+  peers: number;
+  /** Keys this node knows to be held by peers. */
+  remoteKeys: number;
+  /** `get`s answered from a local entry. */
+  hits: number;
+  /** `get`s answered by a peer that held the key. */
+  remoteHits: number;
+  /** `get`s that found the key nowhere (before any `fetch`). */
+  misses: number;
+  /** Calls to the `fetch` option. */
+  fetches: number;
+  /** `fetch` calls that ended in an error. */
+  fetchErrors: number;
+  /** Requests from peers that this node answered. */
+  served: number;
+  /** Milliseconds since `init` completed (0 before). */
+  uptime: number;
+}
+
+/** A callback in the style of Node.js: an error or `null`, then the result. */
+export type Callback<T> = (err: Error | null, result?: T) => void;
+
+/** Default values of {@linkcode NodeOptions}. */
+export const DEFAULTS: {
+  readonly host: string;
+  readonly port: number;
+  readonly connectDelay: number;
+  readonly connectAttempts: number;
+  readonly requestTimeout: number;
+} = Object.freeze({
+  host: "127.0.0.1",
+  port: 0,
+  connectDelay: 2000,
+  connectAttempts: 3,
+  requestTimeout: 5000,
+});
+
+/** Why an operation failed, as the `code` of a {@linkcode KosyakError}. */
+export type KosyakErrorCode =
+  | "ERR_LISTEN"
+  | "ERR_CONNECT"
+  | "ERR_NOT_STARTED"
+  | "ERR_ALREADY_STARTED"
+  | "ERR_STOPPED"
+  | "ERR_PROTOCOL"
+  | "ERR_TIMEOUT"
+  | "ERR_PEER_GONE"
+  | "ERR_FETCH";
+
+/**
+ * An operation failed for a reason other than a wrong argument (those throw `TypeError` or
+ * `RangeError`).
+ *
+ * @example Telling a failed start from other errors
+ * ```ts
+ * import { KosyakError, Node } from "./mod.ts";
+ *
+ * const node = new Node({ master: { host: "127.0.0.1", port: 1 }, connectAttempts: 1 });
+ * node.init((err) => {
+ *   if (err instanceof KosyakError) console.log(err.code); // "ERR_CONNECT"
+ * });
+ * ```
+ */
+export class KosyakError extends Error {
+  /** A stable name for the kind of failure, for programs to branch on. */
+  readonly code: KosyakErrorCode;
+
+  /** Makes an error with a code, a message and optionally the error that caused it. */
+  constructor(code: KosyakErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "KosyakError";
+    this.code = code;
+  }
+}
+
+// ─── The Node ────────────────────────────────────────────────────────────────────────────────
+
+type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped";
+
+/**
+ * One member of a kosyak cluster: a local store, a TCP listener and a connection to every other
+ * member.
+ *
+ * Every method that takes a callback returns a Promise when the callback is left out. Methods
+ * called while `init` is under way wait for it to finish.
+ *
+ * @example The seed's usage, with promises
+ * ```ts
+ * import { Node } from "./mod.ts";
+ *
+ * const firstNode = new Node({ host: "127.0.0.1", port: 0 }).init();
+ * await firstNode.ready();
+ * const secondNode = new Node({ master: firstNode.address }).init();
+ *
+ * console.log(await firstNode.set("key", 123)); // 123
+ * console.log(await secondNode.get("key")); // 123
+ * await firstNode.stop();
+ * await secondNode.stop();
+ * ```
+ */
+export class Node {
+  /** This node's id: random, different for every instance. */
+  readonly id: string = randomId();
+
+  readonly #options: ResolvedOptions;
+  readonly #store: Store;
+  readonly #cluster: Cluster;
+  #lifecycle: Lifecycle = "new";
+  #started: Promise<void> | undefined;
+  #stopped: Promise<void> | undefined;
+  #startedAt = 0;
+  #counters = { hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
+
+  /**
+   * Creates a node; nothing listens or connects until {@linkcode Node.init}.
+   *
+   * @param options What to listen on, whom to join and how to behave; see {@linkcode NodeOptions}.
+   * @throws {TypeError | RangeError} An option has the wrong type or is out of range.
+   *
+   * @example A node that joins an existing cluster
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = new Node({ master: { host: "127.0.0.1", port: 13390 } });
+   * ```
+   */
+  constructor(options: NodeOptions = {}) {
+    this.#options = resolveOptions(options);
+    this.#store = new Store(this.id);
+    this.#cluster = new Cluster(this.id, this.#options, {
+      localKeys: () => this.#store.versions(),
+      serve: (peer, message) => this.#serve(peer, message),
+      peerGone: () => {},
+    });
+  }
+
+  /**
+   * Where this node listens. Before `init` completes, `port` is the configured port (0 when the
+   * operating system is to pick one).
+   *
+   * @example Joining a node whose port the operating system picked
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const first = await new Node().init().ready();
+   * const second = await new Node({ master: first.address }).init().ready();
+   * await Promise.all([first.stop(), second.stop()]);
+   * ```
+   */
+  get address(): Address {
+    return { host: this.#options.host, port: this.#cluster.port ?? this.#options.port };
+  }
+
+  /**
+   * Starts listening and, when `master` is set, joins its cluster: connects to every member and
+   * learns which keys each holds. Returns the node itself, so that `new Node(...).init()` chains;
+   * use {@linkcode Node.ready} to await the start.
+   *
+   * @param callback Called once with `null` when the node is ready, or with the error that stopped
+   *   it: a `KosyakError` with code `ERR_LISTEN` (the port is taken) or `ERR_CONNECT` (the master
+   *   could not be reached in `connectAttempts` attempts). A failed node holds no socket.
+   * @returns This node.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = new Node({ port: 0 }).init((err) => {
+   *   if (err) throw err;
+   *   console.log("listening on", node.address.port);
+   *   node.stop();
+   * });
+   * ```
+   */
+  init(callback?: (err: Error | null) => void): this {
+    if (callback !== undefined) assertFunction(callback, "init", "callback");
+    if (this.#lifecycle !== "new") {
+      throw new KosyakError("ERR_ALREADY_STARTED", `Cannot init node ${this.id}: init was already called`);
+    }
+    this.#lifecycle = "starting";
+    this.#started = this.#cluster.start().then(
+      () => {
+        if (this.#lifecycle !== "starting") throw this.#cluster.stoppedError();
+        this.#lifecycle = "ready";
+        this.#startedAt = Date.now();
+      },
+      (err: Error) => {
+        if (this.#lifecycle === "starting") this.#lifecycle = "failed";
+        throw err;
+      },
+    );
+    // Callers who use neither the callback nor ready() must not see an unhandled rejection.
+    this.#started.catch(() => {});
+    if (callback) this.#started.then(() => callLater(callback, null), (err) => callLater(callback, err));
+    return this;
+  }
+
+  /**
+   * Waits for `init` to complete.
+   *
+   * @param callback Called with `null` once the node is ready, or with the error `init` failed with.
+   * @returns Without a callback, a Promise of this node.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.stop();
+   * ```
+   */
+  ready(): Promise<this>;
+  ready(callback: (err: Error | null) => void): void;
+  ready(callback?: (err: Error | null) => void): Promise<this> | void {
+    const done = this.#whenStarted("ready").then(() => this);
+    if (callback === undefined) return done;
+    assertFunction(callback, "ready", "callback");
+    done.then(() => callLater(callback, null), (err) => callLater(callback, err));
+  }
+
+  /**
+   * Gets the value of a key: from this node if it holds the key, else from the peer that holds
+   * it, else from the `fetch` option (whose value is then stored here and announced), else `null`.
+   *
+   * A local hit calls `callback` before `get` returns; anything else calls it later.
+   *
+   * @param key The key, a string.
+   * @param callback `callback(err, value)`.
+   * @returns Without a callback, a Promise of the value (`null` when there is none).
+   * @throws {TypeError} `key` is not a string or `callback` not a function.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("answer", 42);
+   * console.log(await node.get("answer")); // 42
+   * console.log(await node.get("nothing")); // null
+   * await node.stop();
+   * ```
+   */
+  get<T = unknown>(key: string): Promise<T | null>;
+  get<T = unknown>(key: string, callback: Callback<T | null>): void;
+  get<T = unknown>(key: string, callback?: Callback<T | null>): Promise<T | null> | void {
+    assertKey(key, "get");
+    if (callback !== undefined) assertFunction(callback, "get", "callback");
+    if (this.#lifecycle === "ready") {
+      const entry = this.#store.get(key);
+      if (entry !== undefined) {
+        this.#counters.hits++;
+        const value = this.#reveal(entry.value) as T;
+        if (callback === undefined) return Promise.resolve(value);
+        callback(null, value);
+        return;
+      }
+    }
+    return settle(this.#getSlow(key) as Promise<T | null>, callback);
+  }
+
+  /**
+   * Sets a value on this node and tells every peer that this node now holds the key; any peer
+   * that held an older value drops it. Completes once every live peer has acknowledged, so a
+   * `get` of the key on any node afterwards returns this value.
+   *
+   * @param key The key, a string.
+   * @param value Any value that JSON can carry: it travels as JSON when another node gets it.
+   * @param callback `callback(err, value)`, with the value as given.
+   * @returns Without a callback, a Promise of the value.
+   * @throws {TypeError} `key` is not a string, `value` cannot be written as JSON, or `callback`
+   *   is not a function.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * node.set("user:1", { name: "Kosyak" }, (err, value) => {
+   *   console.log(err, value); // null { name: "Kosyak" }
+   *   node.stop();
+   * });
+   * ```
+   */
+  set<T>(key: string, value: T): Promise<T>;
+  set<T>(key: string, value: T, callback: Callback<T>): void;
+  set<T>(key: string, value: T, callback?: Callback<T>): Promise<T> | void {
+    assertKey(key, "set");
+    if (callback !== undefined) assertFunction(callback, "set", "callback");
+    const json = toJson(value, `Cannot set "${key}"`);
+    const stored = this.#options.stringify ? json : value;
+    return settle(this.#setAndAnnounce(key, stored).then(() => value), callback);
+  }
+
+  /**
+   * Removes a key from the cluster: from this node, from the peer that holds it, and from every
+   * node's directory. Completes once every live peer has acknowledged.
+   *
+   * @param key The key, a string.
+   * @param callback `callback(err)`.
+   * @returns Without a callback, a Promise that resolves when the key is gone.
+   * @throws {TypeError} `key` is not a string or `callback` not a function.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("session", "abc");
+   * await node.remove("session");
+   * console.log(await node.get("session")); // null
+   * await node.stop();
+   * ```
+   */
+  remove(key: string): Promise<void>;
+  remove(key: string, callback: (err: Error | null) => void): void;
+  remove(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
+    assertKey(key, "remove");
+    if (callback !== undefined) assertFunction(callback, "remove", "callback");
+    return settle(this.#remove(key), callback);
+  }
+
+  /**
+   * Calls `iterator(value, key, entry)` for every entry this node holds locally, in insertion
+   * order. With `stringify: true`, `value` is a fresh copy and `entry.value` the JSON string.
+   *
+   * @param iterator Called once per local entry.
+   * @throws {TypeError} `iterator` is not a function.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("a", 1);
+   * node.eachEntry((value, key) => console.log(key, value)); // a 1
+   * await node.stop();
+   * ```
+   */
+  eachEntry(iterator: (value: unknown, key: string, entry: Entry) => void): void {
+    assertFunction(iterator, "eachEntry", "iterator");
+    for (const entry of this.#store.entries()) iterator(this.#reveal(entry.value), entry.key, entry);
+  }
+
+  /**
+   * Without a callback, returns this node's counters. With one, asks every node of the cluster
+   * for theirs and calls `callback(nodesStats)` with them, this node's first; a peer that does
+   * not answer within `requestTimeout` is left out.
+   *
+   * @param callback `callback(nodesStats)`.
+   * @returns This node's stats when there is no callback.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * console.log(node.stats().entries); // 0
+   * node.stats((all) => {
+   *   console.log(all.length); // 1
+   *   node.stop();
+   * });
+   * ```
+   */
+  stats(): NodeStats;
+  stats(callback: (nodesStats: NodeStats[]) => void): void;
+  stats(callback?: (nodesStats: NodeStats[]) => void): NodeStats | void {
+    if (callback === undefined) return this.#localStats();
+    assertFunction(callback, "stats", "callback");
+    this.clusterStats().then((all) => callback(all), () => callback([this.#localStats()]));
+  }
+
+  /**
+   * The counters of every node of the cluster, this node's first; the promise form of
+   * `stats(callback)`.
+   *
+   * @returns A Promise of every answering node's stats.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const all = await node.clusterStats();
+   * console.log(all.map((s) => s.port));
+   * await node.stop();
+   * ```
+   */
+  async clusterStats(): Promise<NodeStats[]> {
+    await this.#whenStarted("clusterStats");
+    const answers = await this.#cluster.askAll({ op: "stats" });
+    return [this.#localStats(), ...answers.map((answer) => answer.stats as NodeStats)];
+  }
+
+  /**
+   * Stops the node: tells every peer it is leaving (they forget its keys at once), then closes
+   * every connection and the listener. Calling it again returns the same completion.
+   *
+   * @param callback `callback()`, once everything is closed.
+   * @returns Without a callback, a Promise that resolves when everything is closed.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * node.stop(() => console.log("stopped"));
+   * ```
+   */
+  stop(): Promise<void>;
+  stop(callback: () => void): void;
+  stop(callback?: () => void): Promise<void> | void {
+    if (callback !== undefined) assertFunction(callback, "stop", "callback");
+    this.#stopped ??= this.#stop();
+    if (callback === undefined) return this.#stopped;
+    this.#stopped.then(() => callLater(callback));
+  }
+
+  // ─── The Node: internals ───────────────────────────────────────────────────────────────────
+
+  async #stop(): Promise<void> {
+    this.#lifecycle = "stopping";
+    // Stopping the cluster first cuts short an init that is still connecting or retrying.
+    await this.#cluster.stop();
+    await this.#started?.catch(() => {});
+    this.#lifecycle = "stopped";
+  }
+
+  /** Resolves when the node is ready; rejects when it never will be. */
+  #whenStarted(operation: string): Promise<void> {
+    switch (this.#lifecycle) {
+      case "ready":
+        return Promise.resolve();
+      case "starting":
+        return this.#started!;
+      case "new":
+        return Promise.reject(
+          new KosyakError("ERR_NOT_STARTED", `Cannot ${operation}: call init() first`),
+        );
+      case "failed":
+        return this.#started!;
+      default:
+        return Promise.reject(new KosyakError("ERR_STOPPED", `Cannot ${operation}: the node is stopped`));
+    }
+  }
+
+  async #getSlow(key: string): Promise<unknown> {
+    await this.#whenStarted("get");
+    const local = this.#store.get(key);
+    if (local !== undefined) {
+      this.#counters.hits++;
+      return this.#reveal(local.value);
+    }
+    const holder = this.#cluster.holderOf(key);
+    if (holder !== undefined) {
+      const answer = await holder.request({ op: "get", key }).catch(() => undefined);
+      if (answer !== undefined && "value" in answer) {
+        this.#counters.remoteHits++;
+        return answer.value;
+      }
+      this.#cluster.forget(key, holder);
+    }
+    this.#counters.misses++;
+    return this.#fetch(key);
+  }
+
+  async #fetch(key: string): Promise<unknown> {
+    const fetch = this.#options.fetch;
+    if (fetch === undefined) return null;
+    this.#counters.fetches++;
+    let value: unknown;
+    try {
+      value = await new Promise((resolve, reject) => {
+        fetch(key, (err, result) => (err ? reject(err) : resolve(result)));
+      });
+    } catch (cause) {
+      this.#counters.fetchErrors++;
+      throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
+    }
+    if (value === undefined || value === null) return null;
+    const json = toJson(value, `Cannot store the value fetched for "${key}"`);
+    await this.#setAndAnnounce(key, this.#options.stringify ? json : value);
+    return this.#options.stringify ? JSON.parse(json) : value;
+  }
+
+  async #setAndAnnounce(key: string, stored: unknown): Promise<void> {
+    await this.#whenStarted("set");
+    const version = this.#store.set(key, stored);
+    this.#cluster.forgetRemote(key);
+    await this.#cluster.askAll({ op: "own", key, version });
+  }
+
+  async #remove(key: string): Promise<void> {
+    await this.#whenStarted("remove");
+    const known = this.#store.has(key) || this.#cluster.holderOf(key) !== undefined;
+    if (!known) return;
+    const version = this.#store.delete(key);
+    this.#cluster.forgetRemote(key);
+    await this.#cluster.askAll({ op: "drop", key, version });
+  }
+
+  /** Answers a peer's data request; returns the fields of the reply. */
+  #serve(peer: Peer, message: Message): Record<string, unknown> {
+    switch (message.op) {
+      case "get": {
+        const entry = this.#store.get(requireString(message, "key"));
+        if (entry === undefined) return {};
+        return { value: this.#reveal(entry.value) };
+      }
+      case "own": {
+        const key = requireString(message, "key");
+        const version = requireVersion(message, "version");
+        if (this.#store.yieldTo(key, version, peer.id)) this.#cluster.learn(key, peer, version);
+        return {};
+      }
+      case "drop": {
+        const key = requireString(message, "key");
+        this.#store.deleteOlder(key, requireVersion(message, "version"), peer.id);
+        this.#cluster.forgetRemote(key);
+        return {};
+      }
+      case "stats":
+        return { stats: this.#localStats() };
+      default:
+        throw new ProtocolError(`unknown request "${String(message.op)}"`);
+    }
+  }
+
+  /** The caller's view of a stored value: a fresh copy when values are stored as JSON. */
+  #reveal(stored: unknown): unknown {
+    return this.#options.stringify ? JSON.parse(stored as string) : stored;
+  }
+
+  #localStats(): NodeStats {
+    const address = this.address;
+    return {
+      id: this.id,
+      host: address.host,
+      port: address.port,
+      entries: this.#store.size,
+      peers: this.#cluster.peerCount,
+      remoteKeys: this.#cluster.remoteKeyCount,
+      ...this.#counters,
+      served: this.#cluster.served,
+      uptime: this.#startedAt === 0 ? 0 : Date.now() - this.#startedAt,
+    };
+  }
+}
+
+export default Node;
+
+// ─── Options ─────────────────────────────────────────────────────────────────────────────────
+
+interface ResolvedOptions {
+  host: string;
+  port: number;
+  master: Address | undefined;
+  socket: Record<string, unknown>;
+  server: Record<string, unknown>;
+  stringify: boolean;
+  fetch: ((key: string, done: FetchDone) => void) | undefined;
+  connectDelay: number;
+  connectAttempts: number;
+  requestTimeout: number;
+}
+
+const KNOWN_OPTIONS = new Set([
+  "host", "addr", "port", "master", "socket", "server", "stringify", "fetch",
+  "connectDelay", "connectAttempts", "requestTimeout",
+]);
+
+function resolveOptions(options: NodeOptions): ResolvedOptions {
+  const fail = (what: string, received: unknown, Kind: ErrorConstructor = TypeError): never => {
+    throw new Kind(`Cannot create Node: ${what}: received ${quote(received)}`);
+  };
+  if (typeof options !== "object" || options === null) fail("options must be an object", options);
+  for (const name of Object.keys(options)) {
+    if (!KNOWN_OPTIONS.has(name)) fail(`unknown option "${name}"`, (options as Record<string, unknown>)[name]);
+  }
+  const { host, addr } = options;
+  if (host !== undefined && addr !== undefined && host !== addr) {
+    fail("host and addr name the same setting and differ", `${host}" and "${addr}`);
+  }
+  const chosenHost = host ?? addr ?? DEFAULTS.host;
+  if (typeof chosenHost !== "string" || chosenHost === "") fail("host must be a non-empty string", chosenHost);
+
+  const port = options.port ?? DEFAULTS.port;
+  if (!isPort(port, 0)) fail("port must be an integer from 0 to 65535", port, RangeError);
+
+  let master: Address | undefined;
+  if (options.master !== undefined) {
+    const m = options.master;
+    if (typeof m !== "object" || m === null) fail("master must be an object with host and port", m);
+    const masterHost = m.host ?? DEFAULTS.host;
+    if (typeof masterHost !== "string" || masterHost === "") fail("master.host must be a non-empty string", masterHost);
+    if (!isPort(m.port, 1)) fail("master.port must be an integer from 1 to 65535", m.port, RangeError);
+    master = { host: masterHost, port: m.port };
+  }
+  for (const name of ["socket", "server"] as const) {
+    const value = options[name];
+    if (value !== undefined && (typeof value !== "object" || value === null)) fail(`${name} must be an object`, value);
+  }
+  if (options.stringify !== undefined && typeof options.stringify !== "boolean") {
+    fail("stringify must be a boolean", options.stringify);
+  }
+  if (options.fetch !== undefined && typeof options.fetch !== "function") fail("fetch must be a function", options.fetch);
+  const connectDelay = options.connectDelay ?? DEFAULTS.connectDelay;
+  if (typeof connectDelay !== "number" || !(connectDelay >= 0) || !Number.isFinite(connectDelay)) {
+    fail("connectDelay must be a number of milliseconds, 0 or more", connectDelay, RangeError);
+  }
+  const connectAttempts = options.connectAttempts ?? DEFAULTS.connectAttempts;
+  if (!Number.isInteger(connectAttempts) || connectAttempts < 1) {
+    fail("connectAttempts must be an integer of 1 or more", connectAttempts, RangeError);
+  }
+  const requestTimeout = options.requestTimeout ?? DEFAULTS.requestTimeout;
+  if (typeof requestTimeout !== "number" || !(requestTimeout > 0) || !Number.isFinite(requestTimeout)) {
+    fail("requestTimeout must be a positive number of milliseconds", requestTimeout, RangeError);
+  }
+  return {
+    host: chosenHost,
+    port,
+    master,
+    socket: options.socket ?? {},
+    server: options.server ?? {},
+    stringify: options.stringify ?? false,
+    fetch: options.fetch,
+    connectDelay,
+    connectAttempts,
+    requestTimeout,
+  };
+}
+
+function isPort(value: unknown, min: number): value is number {
+  return Number.isInteger(value) && (value as number) >= min && (value as number) <= 65535;
+}
+
+// ─── Small utilities ─────────────────────────────────────────────────────────────────────────
+
+function assertKey(key: unknown, operation: string): asserts key is string {
+  if (typeof key !== "string") throw new TypeError(`Cannot ${operation}: key must be a string: received ${quote(key)}`);
+}
+
+function assertFunction(value: unknown, operation: string, name: string): void {
+  if (typeof value !== "function") {
+    throw new TypeError(`Cannot ${operation}: ${name} must be a function: received ${quote(value)}`);
+  }
+}
+
+/** JSON text of a value, or a TypeError that says why the value cannot travel. */
+function toJson(value: unknown, context: string): string {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(value);
+  } catch (cause) {
+    throw new TypeError(`${context}: the value cannot be written as JSON: ${describe(cause)}`, { cause });
+  }
+  if (json === undefined) throw new TypeError(`${context}: the value cannot be written as JSON: received ${quote(value)}`);
+  return json;
+}
+
+/** A value as it reads in an error message. */
+function quote(value: unknown): string {
+  if (typeof value === "string") return `"${value}"`;
+  if (typeof value === "function") return "a function";
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "object" && value !== null) return Array.isArray(value) ? "an array" : "an object";
+  return String(value);
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** Hands a promise's outcome to a Node.js-style callback, or returns the promise when there is none. */
+function settle<T>(promise: Promise<T>, callback: Callback<T> | undefined): Promise<T> | void {
+  if (callback === undefined) return promise;
+  promise.then((value) => callLater(callback, null, value), (err) => callLater(callback, err));
+}
+
+/**
+ * Calls a user's callback so that whatever it throws surfaces as an uncaught error, as it would
+ * from any Node.js callback, instead of breaking the promise chain or socket handler that called it.
+ */
+function callLater<A extends unknown[]>(callback: (...args: A) => void, ...args: A): void {
+  try {
+    callback(...args);
+  } catch (error) {
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (reason: unknown) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (reason: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+function randomId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** Timers that `stop` can cancel, so that a stopped node never keeps its process alive. */
+class Timers {
+  #pending = new Set<{ id: ReturnType<typeof setTimeout>; cancel: () => void }>();
+
+  /** Resolves after `ms`, or rejects with `reason()` if cancelled first. */
+  sleep(ms: number, reason: () => Error): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = {
+        id: setTimeout(() => {
+          this.#pending.delete(timer);
+          resolve();
+        }, ms),
+        cancel: () => reject(reason()),
+      };
+      this.#pending.add(timer);
+    });
+  }
+
+  cancelAll(): void {
+    for (const timer of this.#pending) {
+      clearTimeout(timer.id);
+      timer.cancel();
+    }
+    this.#pending.clear();
+  }
+}
+
+// ─── Runtime adapter ─────────────────────────────────────────────────────────────────────────
+// The only section that touches Deno, Bun or node:net. Everything else sees Transport and Conn.
+
+/** What a connection tells its owner. */
+interface ConnHandlers {
+  data(chunk: Uint8Array): void;
+  close(): void;
+}
+
+/** One TCP connection, whatever the runtime. */
+interface Conn {
+  /** The address the other end connects from. */
+  readonly remoteHost: string;
+  /** Starts delivering data and the close event to `handlers`. */
+  start(handlers: ConnHandlers): void;
+  /** Queues bytes; the connection writes them in order. */
+  write(bytes: Uint8Array): void;
+  /** Closes once queued bytes are written; `close` is then reported once. */
+  close(): void;
+}
+
+interface Listener {
+  readonly port: number;
+  close(): void;
+}
+
+interface Transport {
+  listen(address: Address, options: Record<string, unknown>, accept: (conn: Conn) => void): Promise<Listener>;
+  connect(address: Address, options: Record<string, unknown>): Promise<Conn>;
+}
+
+let transport: Transport | undefined;
+
+/** The transport of the runtime this file runs in; Deno and Bun are checked before Node.js, since both define `process`. */
+function currentTransport(): Transport {
+  const runtime = globalThis as { Deno?: DenoApi; Bun?: BunApi };
+  transport ??= runtime.Deno ? denoTransport(runtime.Deno) : runtime.Bun ? bunTransport(runtime.Bun) : nodeTransport();
+  return transport;
+}
+
+const NO_HANDLERS: ConnHandlers = { data() {}, close() {} };
+
+// Node.js: node:net, loaded on first use so that the module itself never imports it.
+
+function nodeTransport(): Transport {
+  let netModule: Promise<typeof import("node:net")> | undefined;
+  const net = () => (netModule ??= import("node:net"));
+
+  function wrap(socket: import("node:net").Socket): Conn {
+    socket.setNoDelay(true);
+    let handlers = NO_HANDLERS;
+    // An 'error' is always followed by 'close'; listening for it keeps Node.js from throwing.
+    socket.on("error", () => {});
+    socket.on("close", () => handlers.close());
+    return {
+      remoteHost: socket.remoteAddress ?? "",
+      start(next) {
+        handlers = next;
+        socket.on("data", (chunk: Uint8Array) => handlers.data(chunk));
+      },
+      write(bytes) {
+        socket.write(bytes);
+      },
+      close() {
+        socket.end(() => socket.destroy());
+      },
+    };
+  }
+
+  return {
+    async listen(address, options, accept) {
+      const { createServer } = await net();
+      const server = createServer(options, (socket) => accept(wrap(socket)));
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen({ host: address.host, port: address.port }, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+      server.on("error", () => {});
+      const bound = server.address();
+      return {
+        port: typeof bound === "object" && bound !== null ? bound.port : address.port,
+        close: () => server.close(),
+      };
+    },
+    async connect(address, options) {
+      const { connect } = await net();
+      const socket = connect({ ...options, host: address.host, port: address.port });
+      await new Promise<void>((resolve, reject) => {
+        socket.once("error", reject);
+        socket.once("connect", () => {
+          socket.off("error", reject);
+          resolve();
+        });
+      });
+      return wrap(socket);
+    },
+  };
+}
+
+// Deno: Deno.listen and Deno.connect.
+
+interface DenoTcpConn {
+  readonly remoteAddr: { hostname?: string };
+  read(buffer: Uint8Array): Promise<number | null>;
+  write(bytes: Uint8Array): Promise<number>;
+  setNoDelay(noDelay?: boolean): void;
+  close(): void;
+}
+
+interface DenoApi {
+  listen(options: { hostname: string; port: number }): AsyncIterable<DenoTcpConn> & {
+    readonly addr: { port?: number };
+    close(): void;
+  };
+  connect(options: { hostname: string; port: number }): Promise<DenoTcpConn>;
+}
+
+function denoTransport(deno: DenoApi): Transport {
+  function wrap(conn: DenoTcpConn): Conn {
+    conn.setNoDelay(true);
+    let handlers = NO_HANDLERS;
+    let queue: Uint8Array[] = [];
+    let writing = false;
+    let closing = false;
+    let closed = false;
+
+    const finish = () => {
+      if (closed) return;
+      closed = true;
+      try {
+        conn.close();
+      } catch {
+        // Already closed by the other side.
+      }
+      handlers.close();
+    };
+    const flush = async () => {
+      writing = true;
+      try {
+        while (queue.length > 0) {
+          const batch = queue;
+          queue = [];
+          for (let chunk of batch) {
+            while (chunk.length > 0) chunk = chunk.subarray(await conn.write(chunk));
+          }
+        }
+      } catch {
+        finish();
+      }
+      writing = false;
+      if (closing) finish();
+    };
+    const read = async () => {
+      const buffer = new Uint8Array(64 * 1024);
+      try {
+        while (!closed) {
+          const n = await conn.read(buffer);
+          if (n === null) break;
+          handlers.data(buffer.slice(0, n));
+        }
+      } catch {
+        // A reset or a close from our side ends the loop like an orderly end does.
+      }
+      finish();
+    };
+
+    return {
+      remoteHost: conn.remoteAddr.hostname ?? "",
+      start(next) {
+        handlers = next;
+        read();
+      },
+      write(bytes) {
+        if (closed || closing) return;
+        queue.push(bytes);
+        if (!writing) flush();
+      },
+      close() {
+        closing = true;
+        if (!writing) finish();
+      },
+    };
+  }
+
+  return {
+    async listen(address, options, accept) {
+      const listener = deno.listen({ ...options, hostname: address.host, port: address.port });
+      (async () => {
+        try {
+          for await (const conn of listener) accept(wrap(conn));
+        } catch {
+          // The listener was closed.
+        }
+      })();
+      return {
+        port: listener.addr.port ?? address.port,
+        close: () => {
+          try {
+            listener.close();
+          } catch {
+            // Already closed.
+          }
+        },
+      };
+    },
+    async connect(address, options) {
+      return wrap(await deno.connect({ ...options, hostname: address.host, port: address.port }));
+    },
+  };
+}
+
+// Bun: Bun.listen and Bun.connect, whose socket callbacks are routed to a Conn kept in socket.data.
+
+interface BunSocket {
+  data: BunConnState;
+  readonly remoteAddress: string;
+  write(bytes: Uint8Array): number;
+  end(): void;
+  setNoDelay?(noDelay?: boolean): boolean;
+}
+
+interface BunSocketHandlers {
+  open(socket: BunSocket): void;
+  data(socket: BunSocket, chunk: Uint8Array): void;
+  drain(socket: BunSocket): void;
+  close(socket: BunSocket): void;
+  error(socket: BunSocket, error: Error): void;
+  connectError?(socket: BunSocket, error: Error): void;
+}
+
+interface BunApi {
+  listen(options: { hostname: string; port: number; socket: BunSocketHandlers }): { readonly port: number; stop(closeActive?: boolean): void };
+  connect(options: { hostname: string; port: number; socket: BunSocketHandlers }): Promise<BunSocket>;
+}
+
+/** What Bun keeps for each socket: the handlers, and bytes the kernel did not take yet. */
+interface BunConnState {
+  handlers: ConnHandlers;
+  early: Uint8Array[] | undefined;
+  unsent: Uint8Array[];
+  closing: boolean;
+  closed: boolean;
+}
+
+function bunTransport(bun: BunApi): Transport {
+  const writeUnsent = (socket: BunSocket) => {
+    const state = socket.data;
+    while (state.unsent.length > 0) {
+      const chunk = state.unsent[0];
+      const written = socket.write(chunk);
+      if (written < chunk.length) {
+        state.unsent[0] = chunk.subarray(Math.max(written, 0));
+        return;
+      }
+      state.unsent.shift();
+    }
+    if (state.closing) socket.end();
+  };
+
+  const handlers: BunSocketHandlers = {
+    open(socket) {
+      socket.data = { handlers: NO_HANDLERS, early: [], unsent: [], closing: false, closed: false };
+      socket.setNoDelay?.(true);
+    },
+    data(socket, chunk) {
+      const state = socket.data;
+      if (state.early) state.early.push(chunk.slice());
+      else state.handlers.data(chunk);
+    },
+    drain: writeUnsent,
+    close(socket) {
+      const state = socket.data;
+      if (state === undefined || state.closed) return;
+      state.closed = true;
+      state.handlers.close();
+    },
+    error() {
+      // 'close' follows.
+    },
+  };
+
+  function wrap(socket: BunSocket): Conn {
+    const state = socket.data;
+    return {
+      remoteHost: socket.remoteAddress,
+      start(next) {
+        state.handlers = next;
+        const early = state.early ?? [];
+        state.early = undefined;
+        for (const chunk of early) next.data(chunk);
+      },
+      write(bytes) {
+        if (state.closed || state.closing) return;
+        state.unsent.push(bytes);
+        if (state.unsent.length === 1) writeUnsent(socket);
+      },
+      close() {
+        if (state.closing || state.closed) return;
+        state.closing = true;
+        if (state.unsent.length === 0) socket.end();
+      },
+    };
+  }
+
+  return {
+    async listen(address, options, accept) {
+      const server = bun.listen({
+        ...options,
+        hostname: address.host,
+        port: address.port,
+        socket: {
+          ...handlers,
+          open(socket) {
+            handlers.open(socket);
+            accept(wrap(socket));
+          },
+        },
+      });
+      return { port: server.port, close: () => server.stop(true) };
+    },
+    async connect(address, options) {
+      const socket = await bun.connect({
+        ...options,
+        hostname: address.host,
+        port: address.port,
+        socket: { ...handlers, connectError: () => {} },
+      });
+      return wrap(socket);
+    },
+  };
+}
+
+// ─── Protocol ────────────────────────────────────────────────────────────────────────────────
+// Each frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON, one object with
+// an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
+
+/** The protocol version both ends must speak; sent in every handshake. */
+const PROTOCOL_VERSION = 1;
+/** Largest frame a node accepts; a larger one closes the connection. */
+const MAX_FRAME_BYTES = 16 * 1024 * 1024;
+/** Keys per `keys` message when a node tells a new peer what it holds. */
+const KEYS_PER_MESSAGE = 1000;
+
+interface Message {
+  op: string;
+  rid?: number;
+  [field: string]: unknown;
+}
+
+/** A peer broke the protocol; the connection is closed. */
+class ProtocolError extends KosyakError {
+  constructor(message: string) {
+    super("ERR_PROTOCOL", `Protocol error: ${message}`);
+  }
+}
+
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** Frames messages into one buffer: the length prefix, then the JSON. */
+function encodeFrames(messages: readonly Message[]): Uint8Array {
+  const bodies = messages.map((message) => utf8Encoder.encode(JSON.stringify(message)));
+  let total = 0;
+  for (const body of bodies) total += 4 + body.length;
+  const out = new Uint8Array(total);
+  const view = new DataView(out.buffer);
+  let offset = 0;
+  for (const body of bodies) {
+    view.setUint32(offset, body.length);
+    out.set(body, offset + 4);
+    offset += 4 + body.length;
+  }
+  return out;
+}
+
+/** Gathers incoming chunks and hands out each complete message. */
+class FrameDecoder {
+  #buffer = new Uint8Array(0);
+  #start = 0;
+  #end = 0;
+  readonly #maxFrameBytes: number;
+
+  constructor(maxFrameBytes: number) {
+    this.#maxFrameBytes = maxFrameBytes;
+  }
+
+  /** Adds a chunk and calls `onMessage` for every message it completes; throws ProtocolError. */
+  push(chunk: Uint8Array, onMessage: (message: Message) => void): void {
+    this.#append(chunk);
+    while (this.#end - this.#start >= 4) {
+      const view = new DataView(this.#buffer.buffer, this.#buffer.byteOffset + this.#start, 4);
+      const length = view.getUint32(0);
+      if (length > this.#maxFrameBytes) {
+        throw new ProtocolError(`frame of ${length} bytes exceeds the limit of ${this.#maxFrameBytes}`);
+      }
+      if (this.#end - this.#start < 4 + length) break;
+      const body = this.#buffer.subarray(this.#start + 4, this.#start + 4 + length);
+      this.#start += 4 + length;
+      onMessage(parseMessage(body));
+    }
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+  }
+
+  /** Appends a chunk, moving unread bytes to the front or into a larger buffer when it is full. */
+  #append(chunk: Uint8Array): void {
+    if (this.#end + chunk.length > this.#buffer.length) {
+      const unread = this.#end - this.#start;
+      if (unread + chunk.length > this.#buffer.length) {
+        const larger = new Uint8Array(Math.max(unread + chunk.length, this.#buffer.length * 2, 4096));
+        larger.set(this.#buffer.subarray(this.#start, this.#end));
+        this.#buffer = larger;
+      } else {
+        this.#buffer.copyWithin(0, this.#start, this.#end);
+      }
+      this.#start = 0;
+      this.#end = unread;
+    }
+    this.#buffer.set(chunk, this.#end);
+    this.#end += chunk.length;
+  }
+}
+
+function parseMessage(body: Uint8Array): Message {
+  let message: unknown;
+  try {
+    message = JSON.parse(utf8Decoder.decode(body));
+  } catch (error) {
+    throw new ProtocolError(`a frame is not UTF-8 JSON: ${describe(error)}`);
+  }
+  if (typeof message !== "object" || message === null || typeof (message as Message).op !== "string") {
+    throw new ProtocolError("a frame is not an object with a string op");
+  }
+  const rid = (message as Message).rid;
+  if (rid !== undefined && !Number.isSafeInteger(rid)) throw new ProtocolError("rid must be an integer");
+  return message as Message;
+}
+
+function requireString(message: Message, field: string): string {
+  const value = message[field];
+  if (typeof value !== "string") throw new ProtocolError(`"${message.op}" needs a string ${field}`);
+  return value;
+}
+
+function requireVersion(message: Message, field: string): number {
+  const value = message[field];
+  if (!Number.isSafeInteger(value) || (value as number) < 0) {
+    throw new ProtocolError(`"${message.op}" needs a non-negative integer ${field}`);
+  }
+  return value as number;
+}
+
+// ─── Peer: one connection ────────────────────────────────────────────────────────────────────
+
+interface PendingRequest {
+  resolve: (answer: Message) => void;
+  reject: (error: Error) => void;
+  deadline: number;
+}
+
+/**
+ * One connection to another node: frames out and in, request ids and their timeouts, and
+ * writes batched so that everything sent in one tick leaves in one socket write.
+ */
+class Peer {
+  /** The other node's id, known once the handshake is done. */
+  id = "";
+  /** Where the other node listens, as it announced in the handshake. */
+  listening: Address | undefined;
+  /** Resolves once the other node has told which keys it holds, or has gone. */
+  readonly synced: Deferred<void> = deferred<void>();
+  /** Whether this node dialled the connection (else the other node did). */
+  readonly dialled: boolean;
+
+  readonly #conn: Conn;
+  readonly #decoder = new FrameDecoder(MAX_FRAME_BYTES);
+  readonly #timeout: number;
+  readonly #pending = new Map<number, PendingRequest>();
+  #nextRid = 1;
+  #outgoing: Message[] = [];
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  #onMessage: (message: Message) => void = () => {};
+  #onClose: () => void = () => {};
+
+  constructor(conn: Conn, requestTimeout: number, dialled: boolean) {
+    this.#conn = conn;
+    this.#timeout = requestTimeout;
+    this.dialled = dialled;
+  }
+
+  get remoteHost(): string {
+    return this.#conn.remoteHost;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Starts reading; each message goes to `onMessage`, a protocol error closes the connection. */
+  start(onMessage: (message: Message) => void, onClose: () => void): void {
+    this.#onMessage = onMessage;
+    this.#onClose = onClose;
+    this.#conn.start({
+      data: (chunk) => {
+        try {
+          this.#decoder.push(chunk, (message) => this.#receive(message));
+        } catch {
+          this.close();
+        }
+      },
+      close: () => this.#closed || this.#teardown(),
+    });
+  }
+
+  /** Sends a message that expects no answer. */
+  send(message: Message): void {
+    if (this.#closed) return;
+    if (this.#outgoing.length === 0) queueMicrotask(() => this.#flush());
+    this.#outgoing.push(message);
+  }
+
+  /** Sends a request and resolves with the answer's fields; rejects on `fail`, timeout or close. */
+  request(message: Message): Promise<Message> {
+    if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
+    const rid = this.#nextRid++;
+    const answer = new Promise<Message>((resolve, reject) => {
+      this.#pending.set(rid, { resolve, reject, deadline: Date.now() + this.#timeout });
+    });
+    this.#sweeper ??= setInterval(() => this.#expire(), Math.max(this.#timeout / 4, 10));
+    this.send({ ...message, rid });
+    return answer;
+  }
+
+  /** Answers a request of the other node. */
+  reply(rid: number, fields: Record<string, unknown>): void {
+    this.send({ ...fields, op: "ok", rid });
+  }
+
+  /** Writes what is queued, closes the connection, and fails every pending request. */
+  close(): void {
+    if (this.#closed) return;
+    this.#flush();
+    this.#conn.close();
+    this.#teardown();
+  }
+
+  #receive(message: Message): void {
+    if (message.op === "ok" || message.op === "fail") {
+      const pending = this.#pending.get(message.rid ?? -1);
+      if (pending === undefined) throw new ProtocolError(`an answer to unknown request ${message.rid}`);
+      this.#pending.delete(message.rid!);
+      if (message.op === "ok") pending.resolve(message);
+      else pending.reject(new KosyakError("ERR_PROTOCOL", `Peer ${this.id} refused: ${String(message.message)}`));
+      return;
+    }
+    this.#onMessage(message);
+  }
+
+  #flush(): void {
+    if (this.#outgoing.length === 0 || this.#closed) return;
+    const messages = this.#outgoing;
+    this.#outgoing = [];
+    this.#conn.write(encodeFrames(messages));
+  }
+
+  #expire(): void {
+    const now = Date.now();
+    for (const [rid, pending] of this.#pending) {
+      if (pending.deadline > now) continue;
+      this.#pending.delete(rid);
+      pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} did not answer within ${this.#timeout} ms`));
+    }
+    if (this.#pending.size === 0) this.#stopSweeper();
+  }
+
+  #stopSweeper(): void {
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+  }
+
+  #teardown(): void {
+    this.#closed = true;
+    this.#outgoing = [];
+    this.#stopSweeper();
+    const gone = new KosyakError("ERR_PEER_GONE", `Peer ${this.id || this.remoteHost} closed the connection`);
+    for (const pending of this.#pending.values()) pending.reject(gone);
+    this.#pending.clear();
+    this.synced.resolve();
+    this.#onClose();
+  }
+}
+
+// ─── Membership: peers, handshake, joining, and who holds which key ──────────────────────────
+
+/** What the cluster needs from the node that owns it. */
+interface ClusterHost {
+  /** Every local key with its version, for a new peer. */
+  localKeys(): Iterable<[string, number]>;
+  /** Answers a data request (get, own, drop, stats) of a peer. */
+  serve(peer: Peer, message: Message): Record<string, unknown>;
+  /** A peer left or failed. */
+  peerGone(peer: Peer): void;
+}
+
+interface RemoteHolder {
+  peer: Peer;
+  version: number;
+}
+
+/**
+ * The node's view of the cluster: a listener, one Peer per other node (full mesh), and a
+ * directory of which peer holds each remote key.
+ */
+class Cluster {
+  /** Requests from peers answered so far. */
+  served = 0;
+
+  readonly #id: string;
+  readonly #options: ResolvedOptions;
+  readonly #host: ClusterHost;
+  readonly #peers = new Map<string, Peer>();
+  /** Connections of any state, so that stop can close even those mid-handshake. */
+  readonly #connections = new Set<Peer>();
+  readonly #directory = new Map<string, RemoteHolder>();
+  readonly #timers = new Timers();
+  #listener: Listener | undefined;
+  /** The port listened on, kept after the listener closes. */
+  #port: number | undefined;
+  #stopping = false;
+
+  constructor(id: string, options: ResolvedOptions, host: ClusterHost) {
+    this.#id = id;
+    this.#options = options;
+    this.#host = host;
+  }
+
+  get port(): number | undefined {
+    return this.#port;
+  }
+
+  get peerCount(): number {
+    return this.#peers.size;
+  }
+
+  get remoteKeyCount(): number {
+    return this.#directory.size;
+  }
+
+  /** Listens, then joins through `master` if there is one; on failure leaves nothing open. */
+  async start(): Promise<void> {
+    const { host, port, master, server } = this.#options;
+    try {
+      this.#listener = await currentTransport().listen({ host, port }, server, (conn) => this.#accept(conn));
+      this.#port = this.#listener.port;
+    } catch (cause) {
+      throw new KosyakError("ERR_LISTEN", `Cannot listen on ${host}:${port}: ${describe(cause)}`, { cause });
+    }
+    if (this.#stopping) {
+      this.#closeAll();
+      throw this.stoppedError();
+    }
+    if (master === undefined) return;
+    try {
+      await this.#joinVia(await this.#dial(master));
+    } catch (error) {
+      this.#closeAll();
+      throw error;
+    }
+  }
+
+  /** Tells every peer this node is leaving, waits for their acknowledgements, and closes everything. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#timers.cancelAll();
+    await Promise.all([...this.#peers.values()].map((peer) => peer.request({ op: "bye" }).catch(() => {})));
+    this.#closeAll();
+  }
+
+  /** The peer that holds `key`, if another node does. */
+  holderOf(key: string): Peer | undefined {
+    return this.#directory.get(key)?.peer;
+  }
+
+  /** Records that `peer` holds `key` at `version`, unless a newer holder is already known. */
+  learn(key: string, peer: Peer, version: number): void {
+    const known = this.#directory.get(key);
+    if (known === undefined || newer(version, peer.id, known.version, known.peer.id)) {
+      this.#directory.set(key, { peer, version });
+    }
+  }
+
+  /** Forgets that `peer` holds `key`: it answered that it does not. */
+  forget(key: string, peer: Peer): void {
+    if (this.#directory.get(key)?.peer === peer) this.#directory.delete(key);
+  }
+
+  /** Forgets any remote holder of `key`: this node now holds it, or it was removed. */
+  forgetRemote(key: string): void {
+    this.#directory.delete(key);
+  }
+
+  /** Sends a request to every ready peer and gathers the answers of those that answer. */
+  async askAll(message: Message): Promise<Message[]> {
+    const answers = await Promise.all(
+      [...this.#peers.values()].map((peer) => peer.request(message).catch(() => undefined)),
+    );
+    return answers.filter((answer): answer is Message => answer !== undefined);
+  }
+
+  /** Asks the seed for the other members, connects to each, and waits until all have told their keys. */
+  async #joinVia(seed: Peer): Promise<void> {
+    const answer = await seed.request({ op: "peers" });
+    const members = Array.isArray(answer.peers) ? (answer.peers as Array<Address & { id: string }>) : [];
+    await Promise.all(
+      members
+        .filter((member) => member.id !== this.#id && !this.#peers.has(member.id))
+        .map((member) => this.#dial(member).catch(() => undefined)),
+    );
+    await Promise.all([...this.#peers.values()].map((peer) => peer.synced.promise));
+  }
+
+  /**
+   * Connects to a node and completes the handshake, trying `connectAttempts` times with a delay
+   * growing by `connectDelay`.
+   */
+  async #dial(address: Address): Promise<Peer> {
+    const { connectAttempts, connectDelay, socket } = this.#options;
+    let lastError: unknown;
+    for (let attempt = 1; attempt <= connectAttempts; attempt++) {
+      if (attempt > 1) await this.#timers.sleep(connectDelay * (attempt - 1), () => this.stoppedError());
+      if (this.#stopping) throw this.stoppedError();
+      try {
+        const conn = await currentTransport().connect(address, socket);
+        return await this.#greet(new Peer(conn, this.#options.requestTimeout, true));
+      } catch (error) {
+        if (error instanceof KosyakError && error.code === "ERR_PROTOCOL") throw error;
+        lastError = error;
+      }
+    }
+    throw new KosyakError(
+      "ERR_CONNECT",
+      `Cannot connect to ${address.host}:${address.port} after ${connectAttempts} attempt${connectAttempts === 1 ? "" : "s"}: ${describe(lastError)}`,
+      { cause: lastError },
+    );
+  }
+
+  /** The dialling side of the handshake: hello, then welcome or a refusal. */
+  async #greet(peer: Peer): Promise<Peer> {
+    this.#connections.add(peer);
+    const welcomed = deferred<Peer>();
+    peer.start(
+      (message) => {
+        if (peer.id !== "") return this.#dispatch(peer, message);
+        if (message.op !== "welcome") {
+          peer.close();
+          return welcomed.reject(new ProtocolError(`the node refused the handshake: ${String(message.reason ?? message.op)}`));
+        }
+        // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
+        this.#admit(peer, message);
+        welcomed.resolve(peer);
+      },
+      () => {
+        welcomed.reject(new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake"));
+        this.#drop(peer);
+      },
+    );
+    peer.send(this.#hello("hello"));
+    const timer = setTimeout(() => {
+      welcomed.reject(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${this.#options.requestTimeout} ms`));
+      peer.close();
+    }, this.#options.requestTimeout);
+    return await welcomed.promise.finally(() => clearTimeout(timer));
+  }
+
+  /** The accepting side of the handshake. */
+  #accept(conn: Conn): void {
+    if (this.#stopping) return conn.close();
+    const peer = new Peer(conn, this.#options.requestTimeout, false);
+    this.#connections.add(peer);
+    const timer = setTimeout(() => peer.id === "" && peer.close(), this.#options.requestTimeout);
+    peer.start(
+      (message) => {
+        if (peer.id !== "") return this.#dispatch(peer, message);
+        clearTimeout(timer);
+        if (message.op !== "hello") throw new ProtocolError(`expected hello, got "${message.op}"`);
+        const refusal = this.#refusalOf(message);
+        if (refusal !== undefined) {
+          peer.send({ op: "refuse", reason: refusal });
+          return peer.close();
+        }
+        peer.send(this.#hello("welcome"));
+        this.#admit(peer, message);
+      },
+      () => {
+        clearTimeout(timer);
+        this.#drop(peer);
+      },
+    );
+  }
+
+  /** Why a hello must be refused, if it must. */
+  #refusalOf(hello: Message): string | undefined {
+    if (hello.version !== PROTOCOL_VERSION) return `protocol version ${String(hello.version)} is not ${PROTOCOL_VERSION}`;
+    if (requireString(hello, "id") === this.#id) return "a node cannot connect to itself";
+    return undefined;
+  }
+
+  #hello(op: "hello" | "welcome"): Message {
+    return { op, version: PROTOCOL_VERSION, id: this.#id, host: this.#options.host, port: this.#port };
+  }
+
+  /** Registers a peer whose handshake is done and tells it which keys this node holds. */
+  #admit(peer: Peer, greeting: Message): void {
+    peer.id = requireString(greeting, "id");
+    const host = requireString(greeting, "host");
+    peer.listening = { host: isWildcard(host) ? peer.remoteHost : host, port: requireVersion(greeting, "port") };
+    const existing = this.#peers.get(peer.id);
+    if (existing !== undefined) {
+      // Two nodes dialled each other at once. Both ends keep the connection dialled by the
+      // smaller id, so they agree without a word; the other one closes.
+      const dialler = (p: Peer) => (p.dialled ? this.#id : p.id);
+      const loser = dialler(peer) < dialler(existing) ? existing : peer;
+      this.#forgetPeer(loser);
+      loser.close();
+      if (loser === peer) return;
+    }
+    this.#peers.set(peer.id, peer);
+    let batch: Array<[string, number]> = [];
+    for (const pair of this.#host.localKeys()) {
+      batch.push(pair);
+      if (batch.length === KEYS_PER_MESSAGE) {
+        peer.send({ op: "keys", keys: batch });
+        batch = [];
+      }
+    }
+    peer.send({ op: "keys", keys: batch, done: true });
+  }
+
+  /** Handles a message from a peer whose handshake is done. */
+  #dispatch(peer: Peer, message: Message): void {
+    switch (message.op) {
+      case "keys":
+        return this.#learnKeys(peer, message);
+      case "peers":
+        return peer.reply(this.#rid(message), { peers: this.#members(peer) });
+      case "bye":
+        this.#forgetPeer(peer);
+        return peer.reply(this.#rid(message), {});
+      default: {
+        const rid = this.#rid(message);
+        this.served++;
+        peer.reply(rid, this.#host.serve(peer, message));
+      }
+    }
+  }
+
+  #rid(message: Message): number {
+    if (message.rid === undefined) throw new ProtocolError(`"${message.op}" needs a rid`);
+    return message.rid;
+  }
+
+  #learnKeys(peer: Peer, message: Message): void {
+    const keys = message.keys;
+    if (!Array.isArray(keys)) throw new ProtocolError(`"keys" needs an array of keys`);
+    for (const pair of keys) {
+      if (!Array.isArray(pair) || typeof pair[0] !== "string" || !Number.isSafeInteger(pair[1])) {
+        throw new ProtocolError(`"keys" holds something other than [key, version] pairs`);
+      }
+      this.learn(pair[0], peer, pair[1]);
+    }
+    if (message.done === true) peer.synced.resolve();
+  }
+
+  /** The other members a joining node should connect to. */
+  #members(asking: Peer): Array<Address & { id: string }> {
+    const members: Array<Address & { id: string }> = [];
+    for (const peer of this.#peers.values()) {
+      if (peer !== asking && peer.listening) members.push({ id: peer.id, ...peer.listening });
+    }
+    return members;
+  }
+
+  /** A connection closed: forget the peer and the keys it held. */
+  #drop(peer: Peer): void {
+    this.#connections.delete(peer);
+    this.#forgetPeer(peer);
+  }
+
+  #forgetPeer(peer: Peer): void {
+    if (this.#peers.get(peer.id) !== peer) return;
+    this.#peers.delete(peer.id);
+    for (const [key, holder] of this.#directory) {
+      if (holder.peer === peer) this.#directory.delete(key);
+    }
+    this.#host.peerGone(peer);
+  }
+
+  #closeAll(): void {
+    this.#stopping = true;
+    this.#timers.cancelAll();
+    for (const peer of this.#connections) peer.close();
+    this.#connections.clear();
+    this.#listener?.close();
+    this.#listener = undefined;
+  }
+
+  stoppedError(): KosyakError {
+    return new KosyakError("ERR_STOPPED", "The node was stopped before init completed");
+  }
+}
+
+function isWildcard(host: string): boolean {
+  return host === "0.0.0.0" || host === "::" || host === "[::]";
+}
+
+/** Whether version `a` written by node `aId` supersedes version `b` written by node `bId`. */
+function newer(a: number, aId: string, b: number, bId: string): boolean {
+  return a > b || (a === b && aId > bId);
+}
+
+// ─── Store: the local entries ────────────────────────────────────────────────────────────────
+
+/**
+ * The entries this node holds, and a Lamport clock: every local write takes a version above any
+ * this node has seen, so writes that follow each other across nodes always go up.
+ */
+class Store {
+  readonly #id: string;
+  readonly #entries = new Map<string, Entry>();
+  #clock = 0;
+
+  constructor(id: string) {
+    this.#id = id;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  get(key: string): Entry | undefined {
+    return this.#entries.get(key);
+  }
+
+  has(key: string): boolean {
+    return this.#entries.has(key);
+  }
+
+  /** Stores a value under a new version and returns the version. */
+  set(key: string, value: unknown): number {
+    const version = ++this.#clock;
+    this.#entries.set(key, { key, value, version });
+    return version;
+  }
+
+  /** Deletes a key and returns the version that a removal announcement carries. */
+  delete(key: string): number {
+    this.#entries.delete(key);
+    return ++this.#clock;
+  }
+
+  /**
+   * Another node wrote `key` at `version`: drop the local entry if that write is newer.
+   * Returns whether the other node's write wins.
+   */
+  yieldTo(key: string, version: number, writer: string): boolean {
+    this.#observe(version);
+    const local = this.#entries.get(key);
+    if (local !== undefined && !newer(version, writer, local.version, this.#id)) return false;
+    this.#entries.delete(key);
+    return true;
+  }
+
+  /** Another node removed `key` at `version`: drop the local entry if it is older. */
+  deleteOlder(key: string, version: number, writer: string): void {
+    this.#observe(version);
+    const local = this.#entries.get(key);
+    if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#entries.delete(key);
+  }
+
+  entries(): IterableIterator<Entry> {
+    return this.#entries.values();
+  }
+
+  *versions(): Iterable<[string, number]> {
+    for (const entry of this.#entries.values()) yield [entry.key, entry.version];
+  }
+
+  #observe(version: number): void {
+    if (version > this.#clock) this.#clock = version;
+  }
+}
