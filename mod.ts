@@ -878,7 +878,8 @@ interface Conn {
 
 interface Listener {
   readonly port: number;
-  close(): void;
+  /** Stops accepting; resolves once the port is free again. */
+  close(): Promise<void>;
 }
 
 interface Transport {
@@ -939,7 +940,7 @@ function nodeTransport(): Transport {
       const bound = server.address();
       return {
         port: typeof bound === "object" && bound !== null ? bound.port : address.port,
-        close: () => server.close(),
+        close: () => new Promise<void>((resolve) => server.close(() => resolve())),
       };
     },
     async connect(address, options) {
@@ -1045,7 +1046,7 @@ function denoTransport(deno: DenoApi): Transport {
   return {
     async listen(address, options, accept) {
       const listener = deno.listen({ ...options, hostname: address.host, port: address.port });
-      (async () => {
+      const accepting = (async () => {
         try {
           for await (const conn of listener) accept(wrap(conn));
         } catch {
@@ -1054,12 +1055,14 @@ function denoTransport(deno: DenoApi): Transport {
       })();
       return {
         port: listener.addr.port ?? address.port,
-        close: () => {
+        close: async () => {
           try {
             listener.close();
           } catch {
             // Already closed.
           }
+          // Deno frees the port once the pending accept has been cancelled.
+          await accepting;
         },
       };
     },
@@ -1176,7 +1179,7 @@ function bunTransport(bun: BunApi): Transport {
           },
         },
       });
-      return { port: server.port, close: () => server.stop(true) };
+      return { port: server.port, close: async () => server.stop(true) };
     },
     async connect(address, options) {
       const socket = await bun.connect({
@@ -1516,14 +1519,14 @@ class Cluster {
       throw new KosyakError("ERR_LISTEN", `Cannot listen on ${host}:${port}: ${describe(cause)}`, { cause });
     }
     if (this.#stopping) {
-      this.#closeAll();
+      await this.#closeAll();
       throw this.stoppedError();
     }
     if (master === undefined) return;
     try {
       await this.#joinVia(await this.#dial(master));
     } catch (error) {
-      this.#closeAll();
+      await this.#closeAll();
       throw error;
     }
   }
@@ -1533,7 +1536,7 @@ class Cluster {
     this.#stopping = true;
     this.#timers.cancelAll();
     await Promise.all([...this.#peers.values()].map((peer) => peer.request({ op: "bye" }).catch(() => {})));
-    this.#closeAll();
+    await this.#closeAll();
   }
 
   /** The peer that holds `key`, if another node does. */
@@ -1574,16 +1577,17 @@ class Cluster {
     await Promise.all(
       members
         .filter((member) => member.id !== this.#id && !this.#peers.has(member.id))
-        .map((member) => this.#dial(member).catch(() => undefined)),
+        .map((member) => this.#dial(member, member.id).catch(() => undefined)),
     );
     await Promise.all([...this.#peers.values()].map((peer) => peer.synced.promise));
   }
 
   /**
    * Connects to a node and completes the handshake, trying `connectAttempts` times with a delay
-   * growing by `connectDelay`.
+   * growing by `connectDelay`. When the node's id is known and it connects to this node in the
+   * meantime, that connection serves and no more attempts are made.
    */
-  async #dial(address: Address): Promise<Peer> {
+  async #dial(address: Address, id?: string): Promise<Peer> {
     const { connectAttempts, connectDelay, socket } = this.#options;
     let lastError: unknown;
     for (let attempt = 1; attempt <= connectAttempts; attempt++) {
@@ -1594,6 +1598,8 @@ class Cluster {
         return await this.#greet(new Peer(conn, this.#options.requestTimeout, true));
       } catch (error) {
         if (error instanceof KosyakError && error.code === "ERR_PROTOCOL") throw error;
+        const connected = id === undefined ? undefined : this.#peers.get(id);
+        if (connected !== undefined) return connected;
         lastError = error;
       }
     }
@@ -1616,8 +1622,7 @@ class Cluster {
           return welcomed.reject(new ProtocolError(`the node refused the handshake: ${String(message.reason ?? message.op)}`));
         }
         // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
-        this.#admit(peer, message);
-        welcomed.resolve(peer);
+        welcomed.resolve(this.#admit(peer, message));
       },
       () => {
         welcomed.reject(new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake"));
@@ -1669,8 +1674,11 @@ class Cluster {
     return { op, version: PROTOCOL_VERSION, id: this.#id, host: this.#options.host, port: this.#port };
   }
 
-  /** Registers a peer whose handshake is done and tells it which keys this node holds. */
-  #admit(peer: Peer, greeting: Message): void {
+  /**
+   * Registers a peer whose handshake is done and tells it which keys this node holds. Returns
+   * the connection that serves the peer from now on.
+   */
+  #admit(peer: Peer, greeting: Message): Peer {
     peer.id = requireString(greeting, "id");
     const host = requireString(greeting, "host");
     peer.listening = { host: isWildcard(host) ? peer.remoteHost : host, port: requireVersion(greeting, "port") };
@@ -1682,7 +1690,7 @@ class Cluster {
       const loser = dialler(peer) < dialler(existing) ? existing : peer;
       this.#forgetPeer(loser);
       loser.close();
-      if (loser === peer) return;
+      if (loser === peer) return existing;
     }
     this.#peers.set(peer.id, peer);
     let batch: Array<[string, number]> = [];
@@ -1694,6 +1702,7 @@ class Cluster {
       }
     }
     peer.send({ op: "keys", keys: batch, done: true });
+    return peer;
   }
 
   /** Handles a message from a peer whose handshake is done. */
@@ -1755,13 +1764,14 @@ class Cluster {
     this.#host.peerGone(peer);
   }
 
-  #closeAll(): void {
+  async #closeAll(): Promise<void> {
     this.#stopping = true;
     this.#timers.cancelAll();
     for (const peer of this.#connections) peer.close();
     this.#connections.clear();
-    this.#listener?.close();
+    const listener = this.#listener;
     this.#listener = undefined;
+    await listener?.close();
   }
 
   stoppedError(): KosyakError {

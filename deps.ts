@@ -1,0 +1,183 @@
+/**
+ * The test suite's single import point. It picks the test runner of the runtime it runs in
+ * (vitest under Node.js, `bun:test` under Bun, `node:test` under Deno, which runs it on Deno's
+ * own test runner) and adds the helpers every test file shares: starting nodes and clusters,
+ * starting nodes in other processes, waiting for a condition with a bounded timeout, and
+ * stopping everything a test started.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { type Address, Node, type NodeOptions } from "./mod.ts";
+
+export { assert };
+
+// ─── Runtime and runner ──────────────────────────────────────────────────────────────────────
+
+/** A JavaScript runtime the suite runs under. */
+export type Runtime = "node" | "deno" | "bun";
+
+/** The runtime running this suite. */
+export const runtime: Runtime = "Deno" in globalThis ? "deno" : "Bun" in globalThis ? "bun" : "node";
+
+type Body = () => void | Promise<void>;
+interface Runner {
+  describe(name: string, body: () => void): void;
+  it(name: string, ...rest: unknown[]): void;
+  beforeEach(body: Body): void;
+  afterEach(body: Body): void;
+}
+
+// A computed specifier, so that no runtime tries to resolve another runtime's runner.
+const runnerModule = { deno: "node:test", bun: "bun:test", node: "vitest" }[runtime];
+const runner = (await import(runnerModule)) as Runner;
+
+/** Groups tests under a name. */
+export const describe: (name: string, body: () => void) => void = runner.describe;
+/** Runs before each test of the enclosing group. */
+export const beforeEach: (body: Body) => void = runner.beforeEach;
+/** Runs after each test of the enclosing group, failed or not. */
+export const afterEach: (body: Body) => void = runner.afterEach;
+
+/** A test; it fails if `body` throws, rejects or runs longer than `timeoutMs`. */
+export function it(name: string, body: Body, timeoutMs = 20_000): void {
+  if (runtime === "deno") runner.it(name, { timeout: timeoutMs }, body);
+  else runner.it(name, body, timeoutMs);
+}
+
+// ─── Waiting ─────────────────────────────────────────────────────────────────────────────────
+
+/** Resolves once `condition` holds, checking every 10 ms; rejects naming `what` after `timeoutMs`. */
+export async function waitFor(
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Rejects with a message naming `what` if `promise` does not settle within `timeoutMs`. */
+export function within<T>(what: string, promise: Promise<T>, timeoutMs = 5_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${timeoutMs} ms`)), timeoutMs);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// ─── Nodes in this process ───────────────────────────────────────────────────────────────────
+
+const running = new Set<{ stop(): Promise<void> }>();
+
+/** Remembers something to stop after the test; returns it. */
+export function track<T extends { stop(): Promise<void> }>(thing: T): T {
+  running.add(thing);
+  return thing;
+}
+
+/** A node on loopback with a port the OS picks, started and stopped after the test. */
+export function startNode(options: NodeOptions = {}): Promise<Node> {
+  return track(new Node({ host: "127.0.0.1", port: 0, ...options })).init().ready();
+}
+
+/**
+ * `size` nodes: the first starts the cluster, each other joins through the node before it, so
+ * that most joins go through a node that is not the first.
+ */
+export async function startCluster(size: number, options: NodeOptions = {}): Promise<Node[]> {
+  const nodes = [await startNode(options)];
+  for (let i = 1; i < size; i++) nodes.push(await startNode({ ...options, master: nodes[i - 1].address }));
+  return nodes;
+}
+
+/** Stops every node and process the test started; for `afterEach`. */
+export async function stopAll(): Promise<void> {
+  const things = [...running];
+  running.clear();
+  await within("stopping every node", Promise.all(things.map((thing) => thing.stop())), 15_000);
+}
+
+// ─── Nodes in other processes ────────────────────────────────────────────────────────────────
+
+const root = fileURLToPath(new URL(".", import.meta.url));
+
+/** The command that runs a script under a runtime. */
+function commandFor(target: Runtime, script: string): [string, string[]] {
+  const own = target === runtime ? process.execPath : `${root}node_modules/.bin/${target}`;
+  if (target === "deno") return [own, ["run", "-A", script]];
+  return [own, [script]];
+}
+
+/** A node running in a child process, driven over its standard input and output. */
+export interface ProcessNode {
+  readonly address: Address;
+  readonly id: string;
+  readonly process: ChildProcess;
+  /** Runs an operation on the node (`get`, `set`, `remove`, `stats`) and returns its result. */
+  call(op: string, key?: string, value?: unknown): Promise<unknown>;
+  /** Asks the node to stop and waits for the process to exit. */
+  stop(): Promise<void>;
+  /** Kills the process with SIGKILL and waits for it to exit. */
+  kill(): Promise<void>;
+}
+
+/** Starts `test/fixtures/cluster-node.mjs` under `target` and waits until its node is ready. */
+export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime): Promise<ProcessNode> {
+  const [command, args] = commandFor(target, `${root}test/fixtures/cluster-node.mjs`);
+  const child = spawn(command, [...args, JSON.stringify({ host: "127.0.0.1", port: 0, ...options })], {
+    cwd: root,
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const waiting = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  let nextSeq = 1;
+  let ready!: { resolve(info: { address: Address; id: string }): void; reject(error: Error): void };
+  const started = new Promise<{ address: Address; id: string }>((resolve, reject) => (ready = { resolve, reject }));
+  child.once("exit", (code) => {
+    const gone = new Error(`The ${target} node process exited with code ${code}`);
+    ready.reject(gone);
+    for (const pending of waiting.values()) pending.reject(gone);
+  });
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    const message = JSON.parse(line);
+    if (message.ready) return ready.resolve(message.ready);
+    const pending = waiting.get(message.seq);
+    waiting.delete(message.seq);
+    if (message.error) pending?.reject(new Error(message.error));
+    else pending?.resolve(message.result);
+  });
+  const kill = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await exited;
+  };
+  const handle = {
+    process: child,
+    call(op: string, key?: string, value?: unknown) {
+      const seq = nextSeq++;
+      const result = new Promise((resolve, reject) => waiting.set(seq, { resolve, reject }));
+      child.stdin!.write(JSON.stringify({ seq, op, key, value }) + "\n");
+      return within(`${op} on the ${target} node process`, result, 10_000);
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.stdin!.end();
+      await within(`the ${target} node process to exit`, exited, 10_000).catch(kill);
+    },
+    kill,
+  };
+  track(handle);
+  return within(`the ${target} node process to start`, started, 15_000).then(
+    (info) => ({ ...handle, ...info }),
+    async (error) => {
+      await kill();
+      throw error;
+    },
+  );
+}

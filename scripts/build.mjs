@@ -1,0 +1,28 @@
+// Builds mod.ts for Node.js 20, which cannot run TypeScript: ESM, CommonJS and declarations in dist/.
+import { build } from "esbuild";
+import { execFileSync } from "node:child_process";
+import { rmSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+rmSync(`${root}/dist`, { recursive: true, force: true });
+
+const common = { entryPoints: [`${root}/mod.ts`], platform: "node", target: "node20", logLevel: "warning" };
+await build({ ...common, format: "esm", outfile: `${root}/dist/mod.js` });
+await build({
+  ...common,
+  format: "cjs",
+  outfile: `${root}/dist/mod.cjs`,
+  // The seed's usage is `var Node = require('kosyak')`: the module itself is the class, and the
+  // named exports hang off it, so `require('kosyak').Node` works as well.
+  footer: { js: "module.exports = Object.assign(module.exports.Node, module.exports);" },
+});
+execFileSync(
+  process.execPath,
+  [
+    `${root}/node_modules/typescript/bin/tsc`, `${root}/mod.ts`, "--declaration", "--emitDeclarationOnly",
+    "--target", "es2022", "--module", "esnext", "--moduleResolution", "bundler", "--types", "node",
+    "--skipLibCheck", "--outDir", `${root}/dist`,
+  ],
+  { stdio: "inherit" },
+);

@@ -1,0 +1,75 @@
+// `npm test`: type-checks, builds, then runs the one shared suite under Node.js (vitest), Deno and
+// Bun, one runtime after another. Prints a summary per runtime and, as its very last line, the
+// totals as "N passed, N failed". Exits non-zero if a step fails or a runtime runs no test.
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const bin = (name) => `${root}node_modules/.bin/${name}`;
+const results = `${root}.test-results`;
+rmSync(results, { recursive: true, force: true });
+mkdirSync(results, { recursive: true });
+
+function run(title, command, args) {
+  console.log(`\n=== ${title}: ${[command, ...args].join(" ")}`);
+  const { status, error } = spawnSync(command, args, { cwd: root, stdio: "inherit" });
+  if (error) console.error(error.message);
+  return status === 0;
+}
+
+const checks = [
+  ["type check (tsc)", bin("tsc"), ["--noEmit", "-p", "."]],
+  ["type check (deno)", bin("deno"), ["check", "mod.ts", "deps.ts", "test/"]],
+  ["build for Node.js 20", process.execPath, ["scripts/build.mjs"]],
+];
+let checksPassed = true;
+for (const [title, command, args] of checks) checksPassed = run(title, command, args) && checksPassed;
+
+const suites = [
+  ["node", bin("vitest"), ["run", "--reporter=default", "--reporter=junit", `--outputFile.junit=${results}/node.xml`]],
+  ["deno", bin("deno"), ["test", "-A", `--junit-path=${results}/deno.xml`, "test/"]],
+  ["bun", bin("bun"), ["test", "--reporter=junit", `--reporter-outfile=${results}/bun.xml`, "test/"]],
+];
+const summary = [];
+for (const [name, command, args] of suites) {
+  const exitedZero = run(`suite under ${name}`, command, args);
+  summary.push({ name, exitedZero, ...countJUnit(`${results}/${name}.xml`) });
+}
+
+/**
+ * Counts the tests in a JUnit report. Deno also reports each describe() as a test case of its
+ * own, whose steps are the real tests, so a case that has sub-cases ("name > ...") is not counted.
+ */
+function countJUnit(path) {
+  let xml;
+  try {
+    xml = readFileSync(path, "utf8");
+  } catch {
+    return { passed: 0, failed: 0, missing: true };
+  }
+  const cases = [...xml.matchAll(/<testcase\b[^>]*?\bname="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g)].map(
+    (match) => ({ name: match[1], failed: /<(failure|error)\b/.test(match[3] ?? "") }),
+  );
+  const leaves = cases.filter((c) => !cases.some((other) => other.name.startsWith(`${c.name} &gt; `)));
+  const failed = leaves.filter((c) => c.failed).length;
+  return { passed: leaves.length - failed, failed, missing: false };
+}
+
+console.log("\n=== summary");
+console.log(`checks (tsc, deno check, build): ${checksPassed ? "ok" : "FAILED"}`);
+let passed = 0;
+let failed = 0;
+let ok = checksPassed;
+for (const suite of summary) {
+  passed += suite.passed;
+  failed += suite.failed;
+  const problems = [];
+  if (!suite.exitedZero) problems.push("runner exited non-zero");
+  if (suite.missing) problems.push("no report");
+  else if (suite.passed + suite.failed === 0) problems.push("ran no test");
+  if (problems.length > 0) ok = false;
+  console.log(`${suite.name}: ${suite.passed} passed, ${suite.failed} failed${problems.length ? ` (${problems.join(", ")})` : ""}`);
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exitCode = ok && failed === 0 ? 0 : 1;

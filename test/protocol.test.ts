@@ -1,0 +1,116 @@
+// The wire protocol seen from a raw socket: handshake, refusals and bad frames.
+import { connect, type Socket } from "node:net";
+import { afterEach, assert, describe, it, startCluster, startNode, stopAll, within } from "../deps.ts";
+import type { Address } from "../mod.ts";
+
+afterEach(stopAll);
+
+/** A length-prefixed JSON frame, as kosyak writes them. */
+function frame(message: unknown): Uint8Array {
+  const body = new TextEncoder().encode(JSON.stringify(message));
+  const out = new Uint8Array(4 + body.length);
+  new DataView(out.buffer).setUint32(0, body.length);
+  out.set(body, 4);
+  return out;
+}
+
+interface RawPeer {
+  socket: Socket;
+  /** The next message the node sends. */
+  next(): Promise<Record<string, unknown>>;
+  /** Resolves when the node closes the connection. */
+  closed: Promise<void>;
+}
+
+async function rawConnect(address: Address): Promise<RawPeer> {
+  const socket = connect(address.port, address.host);
+  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  let buffer = new Uint8Array(0);
+  const messages: Array<Record<string, unknown>> = [];
+  let wake: () => void = () => {};
+  socket.on("data", (chunk: Uint8Array) => {
+    const joined = new Uint8Array(buffer.length + chunk.length);
+    joined.set(buffer);
+    joined.set(chunk, buffer.length);
+    buffer = joined;
+    while (buffer.length >= 4) {
+      const length = new DataView(buffer.buffer, buffer.byteOffset).getUint32(0);
+      if (buffer.length < 4 + length) break;
+      messages.push(JSON.parse(new TextDecoder().decode(buffer.subarray(4, 4 + length))));
+      buffer = buffer.slice(4 + length);
+    }
+    wake();
+  });
+  socket.on("error", () => {});
+  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+  return {
+    socket,
+    closed,
+    async next() {
+      await within("a message from the node", new Promise<void>((resolve) => {
+        if (messages.length > 0) return resolve();
+        wake = resolve;
+      }));
+      return messages.shift()!;
+    },
+  };
+}
+
+const hello = (extra: Record<string, unknown> = {}) => ({
+  op: "hello", version: 1, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+});
+
+describe("Protocol", () => {
+  it("a hello gets a welcome with the node's id and address, then the node's keys", async () => {
+    const node = await startNode();
+    await node.set("k", 1);
+    const raw = await rawConnect(node.address);
+    raw.socket.write(frame(hello()));
+    const welcome = await raw.next();
+    assert.equal(welcome.op, "welcome");
+    assert.equal(welcome.version, 1);
+    assert.equal(welcome.id, node.id);
+    assert.equal(welcome.port, node.address.port);
+    const keys = await raw.next();
+    assert.equal(keys.op, "keys");
+    assert.deepEqual((keys.keys as unknown[][]).map((pair) => pair[0]), ["k"]);
+    assert.equal(keys.done, true);
+    raw.socket.write(frame({ op: "get", rid: 1, key: "k" }));
+    assert.deepEqual(await raw.next(), { op: "ok", rid: 1, value: 1 });
+    raw.socket.destroy();
+  });
+
+  it("a hello with another protocol version is refused with the reason, and closed", async () => {
+    const node = await startNode();
+    const raw = await rawConnect(node.address);
+    raw.socket.write(frame(hello({ version: 99 })));
+    const refusal = await raw.next();
+    assert.equal(refusal.op, "refuse");
+    assert.match(String(refusal.reason), /protocol version 99 is not 1/);
+    await within("the node to close the connection", raw.closed);
+  });
+
+  it("garbage, an oversized frame, or a request before hello closes that connection only", async () => {
+    const [a, b] = await startCluster(2);
+    const attacks: Uint8Array[] = [
+      new Uint8Array([0, 0, 0, 3, 0x7b, 0x7b, 0x7b]),
+      new Uint8Array([0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+      frame({ op: "get", rid: 1, key: "k" }),
+      frame([1, 2, 3]),
+    ];
+    for (const bytes of attacks) {
+      const raw = await rawConnect(a.address);
+      raw.socket.write(bytes);
+      await within("the node to close a bad connection", raw.closed);
+    }
+    await a.set("still", "serving");
+    assert.equal(await b.get("still"), "serving");
+    assert.equal(a.stats().peers, 1);
+  });
+
+  it("a connection that never says hello is closed after requestTimeout", async () => {
+    const node = await startNode({ requestTimeout: 200 });
+    const raw = await rawConnect(node.address);
+    await within("the node to close a silent connection", raw.closed, 3_000);
+  });
+});
