@@ -110,7 +110,8 @@ const root = fileURLToPath(new URL(".", import.meta.url));
 
 /** The command that runs a script under a runtime. */
 function commandFor(target: Runtime, script: string): [string, string[]] {
-  const own = target === runtime ? process.execPath : `${root}node_modules/.bin/${target}`;
+  // Node.js is the one on PATH (the machine's own); Deno and Bun are the npm packages' binaries.
+  const own = target === runtime ? process.execPath : target === "node" ? "node" : `${root}node_modules/.bin/${target}`;
   if (target === "deno") return [own, ["run", "-A", script]];
   return [own, [script]];
 }
@@ -126,6 +127,10 @@ export interface ProcessNode {
   stop(): Promise<void>;
   /** Kills the process with SIGKILL and waits for it to exit. */
   kill(): Promise<void>;
+  /** Freezes the process (SIGSTOP): its sockets stay open but it answers nothing. */
+  pause(): void;
+  /** Lets a frozen process run again (SIGCONT). */
+  resume(): void;
 }
 
 /** Starts `test/fixtures/cluster-node.mjs` under `target` and waits until its node is ready. */
@@ -154,7 +159,7 @@ export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime):
     else pending?.resolve(message.result);
   });
   const kill = async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGKILL");
     await exited;
   };
   const handle = {
@@ -165,8 +170,11 @@ export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime):
       child.stdin!.write(JSON.stringify({ seq, op, key, value }) + "\n");
       return within(`${op} on the ${target} node process`, result, 10_000);
     },
+    pause: () => void process.kill(child.pid!, "SIGSTOP"),
+    resume: () => void process.kill(child.pid!, "SIGCONT"),
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
+      process.kill(child.pid!, "SIGCONT");
       child.stdin!.end();
       await within(`the ${target} node process to exit`, exited, 10_000).catch(kill);
     },

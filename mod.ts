@@ -52,8 +52,11 @@ export interface NodeOptions {
    * @default {0}
    */
   port?: number;
-  /** Address of any node of the cluster to join; left out, the node starts a cluster of its own. */
-  master?: { host?: string; port: number };
+  /**
+   * Any node of the cluster to join, or a list of them tried in turn; left out, the node starts a
+   * cluster of its own. Once joined, a node no longer needs its master.
+   */
+  master?: Seed | Seed[];
   /**
    * Options handed to the runtime's socket when this node connects to another: `net.connect` on
    * Node.js, `Deno.connect` on Deno, `Bun.connect` on Bun.
@@ -92,6 +95,48 @@ export interface NodeOptions {
    * @default {5000}
    */
   requestTimeout?: number;
+  /**
+   * How often to send a heartbeat on a connection that has sent nothing else, in milliseconds.
+   * @default {1000}
+   */
+  heartbeatInterval?: number;
+  /**
+   * How long a peer may stay silent before it is declared down, in milliseconds: its keys leave
+   * the directory and its connection is closed. A killed process is noticed at once, since its
+   * operating system closes its connections; a hung process or a silent network within
+   * `peerTimeout + heartbeatInterval`.
+   * @default {3000}
+   */
+  peerTimeout?: number;
+}
+
+/** An address to join a cluster through; `host` defaults to `"127.0.0.1"`. */
+export interface Seed {
+  /** Host name or IP address of a member. @default {"127.0.0.1"} */
+  host?: string;
+  /** Port the member listens on. */
+  port: number;
+}
+
+/** Why a peer went down, as {@linkcode NodeEvents.peerDown} reports it. */
+export type PeerDownReason = "left" | "closed" | "timeout" | "protocol-error";
+
+/** A peer as events describe it. */
+export interface PeerInfo {
+  /** The peer's node id. */
+  id: string;
+  /** Where the peer listens. */
+  address: Address;
+}
+
+/** Events of a {@linkcode Node}, with what each listener receives. */
+export interface NodeEvents {
+  /** A connection to another node is up and its keys are known. */
+  peerUp: PeerInfo;
+  /** A peer left (`stop`), its connection closed, it fell silent, or it broke the protocol. */
+  peerDown: PeerInfo & { reason: PeerDownReason };
+  /** Something went wrong that no caller is waiting for, such as a peer breaking the protocol. */
+  error: Error;
 }
 
 /** One local entry, as {@linkcode Node.eachEntry} hands it out. */
@@ -144,12 +189,16 @@ export const DEFAULTS: {
   readonly connectDelay: number;
   readonly connectAttempts: number;
   readonly requestTimeout: number;
+  readonly heartbeatInterval: number;
+  readonly peerTimeout: number;
 } = Object.freeze({
   host: "127.0.0.1",
   port: 0,
   connectDelay: 2000,
   connectAttempts: 3,
   requestTimeout: 5000,
+  heartbeatInterval: 1000,
+  peerTimeout: 3000,
 });
 
 /** Why an operation failed, as the `code` of a {@linkcode KosyakError}. */
@@ -227,6 +276,11 @@ export class Node {
   #stopped: Promise<void> | undefined;
   #startedAt = 0;
   #counters = { hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
+  readonly #listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
+    peerUp: new Set(),
+    peerDown: new Set(),
+    error: new Set(),
+  };
 
   /**
    * Creates a node; nothing listens or connects until {@linkcode Node.init}.
@@ -247,8 +301,57 @@ export class Node {
     this.#cluster = new Cluster(this.id, this.#options, {
       localKeys: () => this.#store.versions(),
       serve: (peer, message) => this.#serve(peer, message),
-      peerGone: () => {},
+      emit: (event, payload) => this.#emit(event, payload),
     });
+  }
+
+  /**
+   * Listens to an event: `peerUp` and `peerDown` (with a `reason`: `left`, `closed`, `timeout`
+   * or `protocol-error`) as members come and go, and `error` for failures no caller waits for.
+   * An `error` nobody listens to is dropped, never thrown.
+   *
+   * @param event The event's name.
+   * @param listener Called with the event's payload; what it throws is reported as uncaught.
+   * @returns This node.
+   *
+   * @example Logging membership changes
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = new Node()
+   *   .on("peerUp", (peer) => console.log("up", peer.id, peer.address))
+   *   .on("peerDown", (peer) => console.log("down", peer.id, peer.reason))
+   *   .init();
+   * await node.stop();
+   * ```
+   */
+  on<E extends keyof NodeEvents>(event: E, listener: (payload: NodeEvents[E]) => void): this {
+    assertEvent(event, "on");
+    assertFunction(listener, "on", "listener");
+    this.#listeners[event].add(listener as (payload: unknown) => void);
+    return this;
+  }
+
+  /**
+   * Stops listening to an event.
+   *
+   * @param event The event's name.
+   * @param listener A listener given to {@linkcode Node.on}.
+   * @returns This node.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const log = (error: Error) => console.error(error);
+   * const node = new Node().on("error", log);
+   * node.off("error", log);
+   * ```
+   */
+  off<E extends keyof NodeEvents>(event: E, listener: (payload: NodeEvents[E]) => void): this {
+    assertEvent(event, "off");
+    this.#listeners[event].delete(listener as (payload: unknown) => void);
+    return this;
   }
 
   /**
@@ -642,6 +745,10 @@ export class Node {
     }
   }
 
+  #emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void {
+    for (const listener of this.#listeners[event]) callLater(listener, payload);
+  }
+
   /** The caller's view of a stored value: a fresh copy when values are stored as JSON. */
   #reveal(stored: unknown): unknown {
     return this.#options.stringify ? JSON.parse(stored as string) : stored;
@@ -670,7 +777,7 @@ export default Node;
 interface ResolvedOptions {
   host: string;
   port: number;
-  master: Address | undefined;
+  seeds: Address[];
   socket: Record<string, unknown>;
   server: Record<string, unknown>;
   stringify: boolean;
@@ -678,11 +785,13 @@ interface ResolvedOptions {
   connectDelay: number;
   connectAttempts: number;
   requestTimeout: number;
+  heartbeatInterval: number;
+  peerTimeout: number;
 }
 
 const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "socket", "server", "stringify", "fetch",
-  "connectDelay", "connectAttempts", "requestTimeout",
+  "connectDelay", "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -703,15 +812,14 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   const port = options.port ?? DEFAULTS.port;
   if (!isPort(port, 0)) fail("port must be an integer from 0 to 65535", port, RangeError);
 
-  let master: Address | undefined;
-  if (options.master !== undefined) {
-    const m = options.master;
-    if (typeof m !== "object" || m === null) fail("master must be an object with host and port", m);
+  const masters = options.master === undefined ? [] : [options.master].flat();
+  const seeds = masters.map((m): Address => {
+    if (typeof m !== "object" || m === null) fail("master must be an object with host and port, or a list of them", m);
     const masterHost = m.host ?? DEFAULTS.host;
     if (typeof masterHost !== "string" || masterHost === "") fail("master.host must be a non-empty string", masterHost);
     if (!isPort(m.port, 1)) fail("master.port must be an integer from 1 to 65535", m.port, RangeError);
-    master = { host: masterHost, port: m.port };
-  }
+    return { host: masterHost, port: m.port };
+  });
   for (const name of ["socket", "server"] as const) {
     const value = options[name];
     if (value !== undefined && (typeof value !== "object" || value === null)) fail(`${name} must be an object`, value);
@@ -728,14 +836,23 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   if (!Number.isInteger(connectAttempts) || connectAttempts < 1) {
     fail("connectAttempts must be an integer of 1 or more", connectAttempts, RangeError);
   }
-  const requestTimeout = options.requestTimeout ?? DEFAULTS.requestTimeout;
-  if (typeof requestTimeout !== "number" || !(requestTimeout > 0) || !Number.isFinite(requestTimeout)) {
-    fail("requestTimeout must be a positive number of milliseconds", requestTimeout, RangeError);
+  const positive = (name: "requestTimeout" | "heartbeatInterval" | "peerTimeout"): number => {
+    const value = options[name] ?? DEFAULTS[name];
+    if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
+      fail(`${name} must be a positive number of milliseconds`, value, RangeError);
+    }
+    return value;
+  };
+  const requestTimeout = positive("requestTimeout");
+  const heartbeatInterval = positive("heartbeatInterval");
+  const peerTimeout = positive("peerTimeout");
+  if (peerTimeout <= heartbeatInterval) {
+    fail(`peerTimeout must be longer than heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
   return {
     host: chosenHost,
     port,
-    master,
+    seeds,
     socket: options.socket ?? {},
     server: options.server ?? {},
     stringify: options.stringify ?? false,
@@ -743,6 +860,8 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     connectDelay,
     connectAttempts,
     requestTimeout,
+    heartbeatInterval,
+    peerTimeout,
   };
 }
 
@@ -754,6 +873,12 @@ function isPort(value: unknown, min: number): value is number {
 
 function assertKey(key: unknown, operation: string): asserts key is string {
   if (typeof key !== "string") throw new TypeError(`Cannot ${operation}: key must be a string: received ${quote(key)}`);
+}
+
+function assertEvent(event: unknown, operation: string): void {
+  if (event !== "peerUp" && event !== "peerDown" && event !== "error") {
+    throw new TypeError(`Cannot ${operation}: event must be "peerUp", "peerDown" or "error": received ${quote(event)}`);
+  }
 }
 
 function assertFunction(value: unknown, operation: string, name: string): void {
@@ -831,9 +956,11 @@ function randomId(): string {
 /** Timers that `stop` can cancel, so that a stopped node never keeps its process alive. */
 class Timers {
   #pending = new Set<{ id: ReturnType<typeof setTimeout>; cancel: () => void }>();
+  #closed = false;
 
-  /** Resolves after `ms`, or rejects with `reason()` if cancelled first. */
+  /** Resolves after `ms`, or rejects with `reason()` if cancelled first or already closed. */
   sleep(ms: number, reason: () => Error): Promise<void> {
+    if (this.#closed) return Promise.reject(reason());
     return new Promise((resolve, reject) => {
       const timer = {
         id: setTimeout(() => {
@@ -846,7 +973,9 @@ class Timers {
     });
   }
 
-  cancelAll(): void {
+  /** Cancels every sleep, now and later. */
+  close(): void {
+    this.#closed = true;
     for (const timer of this.#pending) {
       clearTimeout(timer.id);
       timer.cancel();
@@ -1329,10 +1458,17 @@ class Peer {
   id = "";
   /** Where the other node listens, as it announced in the handshake. */
   listening: Address | undefined;
-  /** Resolves once the other node has told which keys it holds, or has gone. */
-  readonly synced: Deferred<void> = deferred<void>();
+  /** Whether the other node has told which keys it holds. */
+  keysKnown = false;
   /** Whether this node dialled the connection (else the other node did). */
   readonly dialled: boolean;
+  /** When a chunk last arrived, and when a batch was last written (Date.now()). */
+  lastHeard: number = Date.now();
+  lastSent: number = Date.now();
+  /** The protocol error that closed the connection, if one did. */
+  error: Error | undefined;
+  /** Set when another connection to the same node replaced this one; its close is no failure. */
+  superseded = false;
 
   readonly #conn: Conn;
   readonly #decoder = new FrameDecoder(MAX_FRAME_BYTES);
@@ -1343,7 +1479,7 @@ class Peer {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #onMessage: (message: Message) => void = () => {};
-  #onClose: () => void = () => {};
+  #onClose: (reason: PeerDownReason) => void = () => {};
 
   constructor(conn: Conn, requestTimeout: number, dialled: boolean) {
     this.#conn = conn;
@@ -1359,19 +1495,28 @@ class Peer {
     return this.#closed;
   }
 
-  /** Starts reading; each message goes to `onMessage`, a protocol error closes the connection. */
-  start(onMessage: (message: Message) => void, onClose: () => void): void {
+  get info(): PeerInfo {
+    return { id: this.id, address: this.listening ?? { host: this.remoteHost, port: 0 } };
+  }
+
+  /**
+   * Starts reading; each message goes to `onMessage`. Whatever `onMessage` throws closes the
+   * connection as a protocol error, so that one bad peer never disturbs the others.
+   */
+  start(onMessage: (message: Message) => void, onClose: (reason: PeerDownReason) => void): void {
     this.#onMessage = onMessage;
     this.#onClose = onClose;
     this.#conn.start({
       data: (chunk) => {
+        this.lastHeard = Date.now();
         try {
           this.#decoder.push(chunk, (message) => this.#receive(message));
-        } catch {
-          this.close();
+        } catch (error) {
+          this.error = error instanceof Error ? error : new Error(String(error));
+          this.close("protocol-error");
         }
       },
-      close: () => this.#closed || this.#teardown(),
+      close: () => this.#teardown("closed"),
     });
   }
 
@@ -1382,7 +1527,7 @@ class Peer {
     this.#outgoing.push(message);
   }
 
-  /** Sends a request and resolves with the answer's fields; rejects on `fail`, timeout or close. */
+  /** Sends a request and resolves with the answer; rejects on `fail`, timeout or close. */
   request(message: Message): Promise<Message> {
     if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
     const rid = this.#nextRid++;
@@ -1400,11 +1545,12 @@ class Peer {
   }
 
   /** Writes what is queued, closes the connection, and fails every pending request. */
-  close(): void {
+  close(reason: PeerDownReason = "closed"): void {
     if (this.#closed) return;
     this.#flush();
+    // Torn down first: some runtimes report the close of the socket before close() returns.
+    this.#teardown(reason);
     this.#conn.close();
-    this.#teardown();
   }
 
   #receive(message: Message): void {
@@ -1423,6 +1569,7 @@ class Peer {
     if (this.#outgoing.length === 0 || this.#closed) return;
     const messages = this.#outgoing;
     this.#outgoing = [];
+    this.lastSent = Date.now();
     this.#conn.write(encodeFrames(messages));
   }
 
@@ -1441,19 +1588,19 @@ class Peer {
     this.#sweeper = undefined;
   }
 
-  #teardown(): void {
+  #teardown(reason: PeerDownReason): void {
+    if (this.#closed) return;
     this.#closed = true;
     this.#outgoing = [];
     this.#stopSweeper();
     const gone = new KosyakError("ERR_PEER_GONE", `Peer ${this.id || this.remoteHost} closed the connection`);
     for (const pending of this.#pending.values()) pending.reject(gone);
     this.#pending.clear();
-    this.synced.resolve();
-    this.#onClose();
+    this.#onClose(reason);
   }
 }
 
-// ─── Membership: peers, handshake, joining, and who holds which key ──────────────────────────
+// ─── Membership: peers, handshake, joining, failure detection, and who holds which key ───────
 
 /** What the cluster needs from the node that owns it. */
 interface ClusterHost {
@@ -1461,8 +1608,8 @@ interface ClusterHost {
   localKeys(): Iterable<[string, number]>;
   /** Answers a data request (get, own, drop, stats) of a peer. */
   serve(peer: Peer, message: Message): Record<string, unknown>;
-  /** A peer left or failed. */
-  peerGone(peer: Peer): void;
+  /** Reports a membership change or an error. */
+  emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void;
 }
 
 interface RemoteHolder {
@@ -1472,7 +1619,10 @@ interface RemoteHolder {
 
 /**
  * The node's view of the cluster: a listener, one Peer per other node (full mesh), and a
- * directory of which peer holds each remote key.
+ * directory of which peer holds each remote key. Every admitted peer is announced to the others
+ * (`member`), so nodes that join at once through different seeds still meet. Heartbeats find
+ * peers that fall silent; a connection lost without a goodbye is dialled again by the node
+ * by both nodes.
  */
 class Cluster {
   /** Requests from peers answered so far. */
@@ -1485,10 +1635,17 @@ class Cluster {
   /** Connections of any state, so that stop can close even those mid-handshake. */
   readonly #connections = new Set<Peer>();
   readonly #directory = new Map<string, RemoteHolder>();
+  /** Ids of nodes being dialled, so that two announcements of one member make one connection. */
+  readonly #dialling = new Set<string>();
+  /** Ids of peers reported up and not yet down, so that each up is matched by one down. */
+  readonly #announced = new Set<string>();
+  /** Resolves at the next change of membership or of a peer's keys; see #settled. */
+  #changed: Deferred<void> = deferred<void>();
   readonly #timers = new Timers();
   #listener: Listener | undefined;
   /** The port listened on, kept after the listener closes. */
   #port: number | undefined;
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
   #stopping = false;
 
   constructor(id: string, options: ResolvedOptions, host: ClusterHost) {
@@ -1509,22 +1666,19 @@ class Cluster {
     return this.#directory.size;
   }
 
-  /** Listens, then joins through `master` if there is one; on failure leaves nothing open. */
+  /** Listens, then joins through the seeds if there are any; on failure leaves nothing open. */
   async start(): Promise<void> {
-    const { host, port, master, server } = this.#options;
+    const { host, port, seeds, server, heartbeatInterval } = this.#options;
     try {
       this.#listener = await currentTransport().listen({ host, port }, server, (conn) => this.#accept(conn));
       this.#port = this.#listener.port;
     } catch (cause) {
       throw new KosyakError("ERR_LISTEN", `Cannot listen on ${host}:${port}: ${describe(cause)}`, { cause });
     }
-    if (this.#stopping) {
-      await this.#closeAll();
-      throw this.stoppedError();
-    }
-    if (master === undefined) return;
+    this.#heartbeat = setInterval(() => this.#checkPeers(), heartbeatInterval);
     try {
-      await this.#joinVia(await this.#dial(master));
+      if (this.#stopping) throw this.stoppedError();
+      if (seeds.length > 0) await this.#joinVia(await this.#dialSeeds(seeds));
     } catch (error) {
       await this.#closeAll();
       throw error;
@@ -1534,7 +1688,7 @@ class Cluster {
   /** Tells every peer this node is leaving, waits for their acknowledgements, and closes everything. */
   async stop(): Promise<void> {
     this.#stopping = true;
-    this.#timers.cancelAll();
+    this.#timers.close();
     await Promise.all([...this.#peers.values()].map((peer) => peer.request({ op: "bye" }).catch(() => {})));
     await this.#closeAll();
   }
@@ -1547,7 +1701,8 @@ class Cluster {
   /** Records that `peer` holds `key` at `version`, unless a newer holder is already known. */
   learn(key: string, peer: Peer, version: number): void {
     const known = this.#directory.get(key);
-    if (known === undefined || newer(version, peer.id, known.version, known.peer.id)) {
+    const stale = known !== undefined && known.peer !== this.#peers.get(known.peer.id);
+    if (known === undefined || stale || newer(version, peer.id, known.version, known.peer.id)) {
       this.#directory.set(key, { peer, version });
     }
   }
@@ -1570,44 +1725,102 @@ class Cluster {
     return answers.filter((answer): answer is Message => answer !== undefined);
   }
 
+  stoppedError(): KosyakError {
+    return new KosyakError("ERR_STOPPED", "The node was stopped before init completed");
+  }
+
   /** Asks the seed for the other members, connects to each, and waits until all have told their keys. */
   async #joinVia(seed: Peer): Promise<void> {
     const answer = await seed.request({ op: "peers" });
-    const members = Array.isArray(answer.peers) ? (answer.peers as Array<Address & { id: string }>) : [];
-    await Promise.all(
-      members
-        .filter((member) => member.id !== this.#id && !this.#peers.has(member.id))
-        .map((member) => this.#dial(member, member.id).catch(() => undefined)),
-    );
-    await Promise.all([...this.#peers.values()].map((peer) => peer.synced.promise));
+    const members = Array.isArray(answer.peers) ? (answer.peers as unknown[]) : [];
+    await Promise.all(members.map((member) => this.#meet(member)));
+    await this.#settled();
   }
 
   /**
-   * Connects to a node and completes the handshake, trying `connectAttempts` times with a delay
-   * growing by `connectDelay`. When the node's id is known and it connects to this node in the
-   * meantime, that connection serves and no more attempts are made.
+   * Waits, for at most `requestTimeout`, until every member has a live connection that has told
+   * its keys. A connection replaced by another to the same node counts as not done yet.
    */
-  async #dial(address: Address, id?: string): Promise<Peer> {
-    const { connectAttempts, connectDelay, socket } = this.#options;
+  async #settled(): Promise<void> {
+    const deadline = Date.now() + this.#options.requestTimeout;
+    const unsettled = () => [...this.#peers.values()].some((peer) => !peer.keysKnown || peer.closed);
+    while (unsettled() && Date.now() < deadline && !this.#stopping) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - Date.now())));
+      await Promise.race([this.#changed.promise, timeout]);
+      clearTimeout(timer);
+    }
+  }
+
+  /** Wakes whoever waits in #settled. */
+  #notifyChange(): void {
+    this.#changed.resolve();
+    this.#changed = deferred<void>();
+  }
+
+  /** Connects to a member another node told of, unless already connected; never throws. */
+  async #meet(member: unknown): Promise<void> {
+    const { id, host, port } = (member ?? {}) as Record<string, unknown>;
+    if (typeof id !== "string" || typeof host !== "string" || !isPort(port, 1)) return;
+    if (id === this.#id || this.#peers.has(id) || this.#dialling.has(id) || this.#stopping) return;
+    await this.#dial({ host, port }, id).catch(() => {});
+  }
+
+  /** Tries each seed in turn, in up to `connectAttempts` rounds with growing delays between rounds. */
+  async #dialSeeds(seeds: Address[]): Promise<Peer> {
+    const { connectAttempts, connectDelay } = this.#options;
     let lastError: unknown;
     for (let attempt = 1; attempt <= connectAttempts; attempt++) {
       if (attempt > 1) await this.#timers.sleep(connectDelay * (attempt - 1), () => this.stoppedError());
-      if (this.#stopping) throw this.stoppedError();
-      try {
-        const conn = await currentTransport().connect(address, socket);
-        return await this.#greet(new Peer(conn, this.#options.requestTimeout, true));
-      } catch (error) {
-        if (error instanceof KosyakError && error.code === "ERR_PROTOCOL") throw error;
-        const connected = id === undefined ? undefined : this.#peers.get(id);
-        if (connected !== undefined) return connected;
-        lastError = error;
+      for (const seed of seeds) {
+        if (this.#stopping) throw this.stoppedError();
+        try {
+          return await this.#connect(seed);
+        } catch (error) {
+          if (error instanceof KosyakError && error.code === "ERR_PROTOCOL") throw error;
+          lastError = error;
+        }
       }
     }
-    throw new KosyakError(
-      "ERR_CONNECT",
-      `Cannot connect to ${address.host}:${address.port} after ${connectAttempts} attempt${connectAttempts === 1 ? "" : "s"}: ${describe(lastError)}`,
-      { cause: lastError },
-    );
+    const where = seeds.map((seed) => `${seed.host}:${seed.port}`).join(", ");
+    const tries = `${connectAttempts} attempt${connectAttempts === 1 ? "" : "s"}`;
+    throw new KosyakError("ERR_CONNECT", `Cannot connect to ${where} after ${tries}: ${describe(lastError)}`, {
+      cause: lastError,
+    });
+  }
+
+  /**
+   * Connects to a member whose id is known, trying `connectAttempts` times with a delay growing
+   * by `connectDelay`; stops early when the member connects to this node in the meantime.
+   */
+  async #dial(address: Address, id: string): Promise<Peer> {
+    const { connectAttempts, connectDelay } = this.#options;
+    this.#dialling.add(id);
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.#connect(address);
+        } catch (error) {
+          const connected = this.#peers.get(id);
+          if (connected !== undefined) return connected;
+          if (attempt >= connectAttempts || this.#stopping) throw error;
+        }
+        await this.#timers.sleep(connectDelay * attempt, () => this.stoppedError());
+      }
+    } finally {
+      this.#dialling.delete(id);
+    }
+  }
+
+  /** Opens a connection and completes the dialling side of the handshake. */
+  async #connect(address: Address): Promise<Peer> {
+    if (this.#stopping) throw this.stoppedError();
+    const conn = await currentTransport().connect(address, this.#options.socket);
+    if (this.#stopping) {
+      conn.close();
+      throw this.stoppedError();
+    }
+    return this.#greet(new Peer(conn, this.#options.requestTimeout, true));
   }
 
   /** The dialling side of the handshake: hello, then welcome or a refusal. */
@@ -1624,9 +1837,9 @@ class Cluster {
         // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
         welcomed.resolve(this.#admit(peer, message));
       },
-      () => {
+      (reason) => {
         welcomed.reject(new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake"));
-        this.#drop(peer);
+        this.#drop(peer, reason);
       },
     );
     peer.send(this.#hello("hello"));
@@ -1656,9 +1869,9 @@ class Cluster {
         peer.send(this.#hello("welcome"));
         this.#admit(peer, message);
       },
-      () => {
+      (reason) => {
         clearTimeout(timer);
-        this.#drop(peer);
+        this.#drop(peer, reason);
       },
     );
   }
@@ -1675,22 +1888,23 @@ class Cluster {
   }
 
   /**
-   * Registers a peer whose handshake is done and tells it which keys this node holds. Returns
-   * the connection that serves the peer from now on.
+   * Registers a peer whose handshake is done, tells it which keys this node holds, and tells the
+   * other peers about it. Returns the connection that serves the peer from now on.
    */
   #admit(peer: Peer, greeting: Message): Peer {
     peer.id = requireString(greeting, "id");
     const host = requireString(greeting, "host");
     peer.listening = { host: isWildcard(host) ? peer.remoteHost : host, port: requireVersion(greeting, "port") };
     const existing = this.#peers.get(peer.id);
-    if (existing !== undefined) {
-      // Two nodes dialled each other at once. Both ends keep the connection dialled by the
-      // smaller id, so they agree without a word; the other one closes.
+    if (existing !== undefined && !existing.closed) {
+      // Two nodes dialled each other at once: keep the connection dialled by the smaller id.
       const dialler = (p: Peer) => (p.dialled ? this.#id : p.id);
-      const loser = dialler(peer) < dialler(existing) ? existing : peer;
-      this.#forgetPeer(loser);
-      loser.close();
-      if (loser === peer) return existing;
+      if (dialler(peer) >= dialler(existing)) {
+        this.#retire(peer);
+        return existing;
+      }
+      this.#peers.set(peer.id, peer);
+      this.#retire(existing);
     }
     this.#peers.set(peer.id, peer);
     let batch: Array<[string, number]> = [];
@@ -1702,19 +1916,44 @@ class Cluster {
       }
     }
     peer.send({ op: "keys", keys: batch, done: true });
+    for (const other of this.#peers.values()) {
+      if (other !== peer) other.send({ op: "member", id: peer.id, ...peer.listening });
+    }
+    this.#notifyChange();
     return peer;
+  }
+
+  /**
+   * Closes a connection that another one to the same node replaces, saying so first, so that the
+   * other node neither reports the peer down nor dials it again.
+   */
+  #retire(peer: Peer): void {
+    peer.superseded = true;
+    this.#forgetKeysOf(peer);
+    peer.send({ op: "duplicate" });
+    peer.close();
   }
 
   /** Handles a message from a peer whose handshake is done. */
   #dispatch(peer: Peer, message: Message): void {
     switch (message.op) {
+      case "ping":
+        return;
       case "keys":
         return this.#learnKeys(peer, message);
+      case "member":
+        this.#meet(message);
+        return;
       case "peers":
         return peer.reply(this.#rid(message), { peers: this.#members(peer) });
       case "bye":
-        this.#forgetPeer(peer);
+        this.#forgetPeer(peer, "left");
         return peer.reply(this.#rid(message), {});
+      case "duplicate":
+        // The other node keeps another connection to this one, which #admit will put in this
+        // one's place; until then this one stays, closed, so that #settled waits for the other.
+        peer.superseded = true;
+        return this.#forgetKeysOf(peer);
       default: {
         const rid = this.#rid(message);
         this.served++;
@@ -1737,7 +1976,13 @@ class Cluster {
       }
       this.learn(pair[0], peer, pair[1]);
     }
-    if (message.done === true) peer.synced.resolve();
+    if (message.done !== true) return;
+    peer.keysKnown = true;
+    this.#notifyChange();
+    if (this.#peers.get(peer.id) === peer && !this.#announced.has(peer.id)) {
+      this.#announced.add(peer.id);
+      this.#host.emit("peerUp", peer.info);
+    }
   }
 
   /** The other members a joining node should connect to. */
@@ -1749,33 +1994,60 @@ class Cluster {
     return members;
   }
 
-  /** A connection closed: forget the peer and the keys it held. */
-  #drop(peer: Peer): void {
-    this.#connections.delete(peer);
-    this.#forgetPeer(peer);
+  /** Sends heartbeats on idle connections and closes those whose peer has been silent too long. */
+  #checkPeers(): void {
+    const { heartbeatInterval, peerTimeout } = this.#options;
+    const now = Date.now();
+    for (const peer of this.#peers.values()) {
+      if (now - peer.lastHeard > peerTimeout) peer.close("timeout");
+      else if (now - peer.lastSent >= heartbeatInterval) peer.send({ op: "ping" });
+    }
   }
 
-  #forgetPeer(peer: Peer): void {
-    if (this.#peers.get(peer.id) !== peer) return;
+  /** A connection closed: forget the peer and its keys, and dial it again if it did not leave. */
+  #drop(peer: Peer, reason: PeerDownReason): void {
+    this.#connections.delete(peer);
+    this.#notifyChange();
+    if (peer.superseded) {
+      // Should the connection that replaces this one never come, treat this as a plain loss.
+      const giveUp = () => {
+        if (this.#peers.get(peer.id) !== peer) return;
+        peer.superseded = false;
+        this.#drop(peer, reason);
+      };
+      this.#timers.sleep(this.#options.requestTimeout, () => this.stoppedError()).then(giveUp, () => {});
+      return;
+    }
+    if (reason === "protocol-error" && peer.error) this.#host.emit("error", peer.error);
+    if (!this.#forgetPeer(peer, reason) || this.#stopping || peer.listening === undefined) return;
+    // Both ends dial; should both succeed, the rule in #admit keeps one connection.
+    this.#dial(peer.listening, peer.id).catch(() => {});
+  }
+
+  /** Forgets a peer and the keys it held; returns whether it was a current member. */
+  #forgetPeer(peer: Peer, reason: PeerDownReason): boolean {
+    if (this.#peers.get(peer.id) !== peer) return false;
     this.#peers.delete(peer.id);
+    this.#forgetKeysOf(peer);
+    if (this.#announced.delete(peer.id)) this.#host.emit("peerDown", { ...peer.info, reason });
+    return true;
+  }
+
+  #forgetKeysOf(peer: Peer): void {
     for (const [key, holder] of this.#directory) {
       if (holder.peer === peer) this.#directory.delete(key);
     }
-    this.#host.peerGone(peer);
   }
 
   async #closeAll(): Promise<void> {
     this.#stopping = true;
-    this.#timers.cancelAll();
+    this.#timers.close();
+    clearInterval(this.#heartbeat);
     for (const peer of this.#connections) peer.close();
     this.#connections.clear();
     const listener = this.#listener;
     this.#listener = undefined;
     await listener?.close();
-  }
-
-  stoppedError(): KosyakError {
-    return new KosyakError("ERR_STOPPED", "The node was stopped before init completed");
   }
 }
 
