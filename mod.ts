@@ -74,10 +74,41 @@ export interface NodeOptions {
    */
   stringify?: boolean;
   /**
-   * Called by `get` for a key that no node holds; its value is then stored on this node and
-   * announced to the others. A `null` or `undefined` value is returned as `null` and not stored.
+   * Called by `get` for a key that no node holds; `done(err, value)` gives the value, which is
+   * then stored on the node that called `fetch` and announced to the others. A `null` or
+   * `undefined` value is returned as `null` and not stored; an error (or no answer within
+   * `fetchTimeout`) fails every waiting `get` with `ERR_FETCH` and stores nothing.
+   *
+   * Concurrent gets of one key on one node call `fetch` once. Across the cluster, the members
+   * agree by hashing the key over their ids on one node to call `fetch` for it, so concurrent
+   * gets on several nodes call it once too, as long as the members see the same membership and
+   * the chosen node has a `fetch` option; otherwise at most once per node.
    */
   fetch?: (key: string, done: FetchDone) => void;
+  /**
+   * How long a `fetch` call may take before the gets waiting for it fail, in milliseconds.
+   * @default {10000}
+   */
+  fetchTimeout?: number;
+  /**
+   * Milliseconds an entry lives when `set` gives no `ttl`; 0 keeps entries until they are removed
+   * or evicted. An expired entry is never returned, and every directory forgets it.
+   * @default {0}
+   */
+  ttl?: number;
+  /**
+   * Most entries this node holds; past it, the least recently used entries are evicted and the
+   * peers told.
+   * @default {Infinity}
+   */
+  maxEntries?: number;
+  /**
+   * Most bytes of entries this node holds, where an entry's size is the length of its key plus
+   * the length of its value's JSON text (UTF-16 code units: bytes for ASCII text); past it, the
+   * least recently used entries are evicted and the peers told. A single larger entry is refused.
+   * @default {Infinity}
+   */
+  maxBytes?: number;
   /**
    * Delay before the second attempt to connect to a node, in milliseconds; each later attempt
    * waits this much longer than the one before (2000, 4000, 6000, ...).
@@ -147,6 +178,14 @@ export interface Entry {
   readonly value: unknown;
   /** The write's version; a higher version wins when two nodes set the same key. */
   readonly version: number;
+  /** When the entry expires, in milliseconds since the epoch; 0 when it does not. */
+  readonly expires: number;
+}
+
+/** Options of {@linkcode Node.set} and {@linkcode Node.mset}. */
+export interface SetOptions {
+  /** Milliseconds the entry lives; 0 keeps it until removed. Defaults to the node's `ttl`. */
+  ttl?: number;
 }
 
 /** Counters of one node, from {@linkcode Node.stats}. */
@@ -159,10 +198,14 @@ export interface NodeStats {
   port: number;
   /** Entries held locally. */
   entries: number;
+  /** Their size, as `maxBytes` counts it. */
+  bytes: number;
   /** Connected peers. */
   peers: number;
   /** Keys this node knows to be held by peers. */
   remoteKeys: number;
+  /** Writes stored here: `set`, each entry of `mset`, and fetched values. */
+  sets: number;
   /** `get`s answered from a local entry. */
   hits: number;
   /** `get`s answered by a peer that held the key. */
@@ -171,8 +214,12 @@ export interface NodeStats {
   misses: number;
   /** Calls to the `fetch` option. */
   fetches: number;
-  /** `fetch` calls that ended in an error. */
+  /** `fetch` calls that ended in an error or timed out. */
   fetchErrors: number;
+  /** Entries evicted to stay within `maxEntries` and `maxBytes`. */
+  evictions: number;
+  /** Entries removed because their time was up. */
+  expirations: number;
   /** Requests from peers that this node answered. */
   served: number;
   /** Milliseconds since `init` completed (0 before). */
@@ -191,6 +238,10 @@ export const DEFAULTS: {
   readonly requestTimeout: number;
   readonly heartbeatInterval: number;
   readonly peerTimeout: number;
+  readonly fetchTimeout: number;
+  readonly ttl: number;
+  readonly maxEntries: number;
+  readonly maxBytes: number;
 } = Object.freeze({
   host: "127.0.0.1",
   port: 0,
@@ -199,19 +250,30 @@ export const DEFAULTS: {
   requestTimeout: 5000,
   heartbeatInterval: 1000,
   peerTimeout: 3000,
+  fetchTimeout: 10_000,
+  ttl: 0,
+  maxEntries: Infinity,
+  maxBytes: Infinity,
 });
 
-/** Why an operation failed, as the `code` of a {@linkcode KosyakError}. */
-export type KosyakErrorCode =
-  | "ERR_LISTEN"
-  | "ERR_CONNECT"
-  | "ERR_NOT_STARTED"
-  | "ERR_ALREADY_STARTED"
-  | "ERR_STOPPED"
-  | "ERR_PROTOCOL"
-  | "ERR_TIMEOUT"
-  | "ERR_PEER_GONE"
-  | "ERR_FETCH";
+const KOSYAK_ERROR_CODES = [
+  "ERR_LISTEN",
+  "ERR_CONNECT",
+  "ERR_NOT_STARTED",
+  "ERR_ALREADY_STARTED",
+  "ERR_STOPPED",
+  "ERR_PROTOCOL",
+  "ERR_TIMEOUT",
+  "ERR_PEER_GONE",
+  "ERR_FETCH",
+  "ERR_REMOTE",
+] as const;
+
+/**
+ * Why an operation failed, as the `code` of a {@linkcode KosyakError}. `ERR_REMOTE` is a peer's
+ * failure that has no code of its own.
+ */
+export type KosyakErrorCode = (typeof KOSYAK_ERROR_CODES)[number];
 
 /**
  * An operation failed for a reason other than a wrong argument (those throw `TypeError` or
@@ -275,7 +337,14 @@ export class Node {
   #started: Promise<void> | undefined;
   #stopped: Promise<void> | undefined;
   #startedAt = 0;
-  #counters = { hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
+  #counters = { sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
+  /** Gets under way for keys not held here, so that concurrent gets of one key share one. */
+  readonly #gets = new Map<string, Promise<unknown>>();
+  /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
+  readonly #fetches = new Map<string, Promise<unknown>>();
+  /** Keys evicted or expired this tick, told to the peers in one message. */
+  #gone: Array<[string, number]> = [];
+  #sweeper: ReturnType<typeof setInterval> | undefined;
   readonly #listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
     peerDown: new Set(),
@@ -297,9 +366,10 @@ export class Node {
    */
   constructor(options: NodeOptions = {}) {
     this.#options = resolveOptions(options);
-    this.#store = new Store(this.id);
+    this.#store = new Store(this.id, this.#options, (key, version) => this.#tellGone(key, version));
     this.#cluster = new Cluster(this.id, this.#options, {
       localKeys: () => this.#store.versions(),
+      observe: (version) => this.#store.observe(version),
       serve: (peer, message) => this.#serve(peer, message),
       emit: (event, payload) => this.#emit(event, payload),
     });
@@ -403,6 +473,7 @@ export class Node {
         if (this.#lifecycle !== "starting") throw this.#cluster.stoppedError();
         this.#lifecycle = "ready";
         this.#startedAt = Date.now();
+        this.#sweeper = setInterval(() => this.#store.sweep(), SWEEP_INTERVAL);
       },
       (err: Error) => {
         if (this.#lifecycle === "starting") this.#lifecycle = "failed";
@@ -440,7 +511,8 @@ export class Node {
 
   /**
    * Gets the value of a key: from this node if it holds the key, else from the peer that holds
-   * it, else from the `fetch` option (whose value is then stored here and announced), else `null`.
+   * it, else from the `fetch` option, else `null`. Concurrent gets of one key that is not held
+   * here share one request and one `fetch` call; see {@linkcode NodeOptions.fetch}.
    *
    * A local hit calls `callback` before `get` returns; anything else calls it later.
    *
@@ -475,7 +547,60 @@ export class Node {
         return;
       }
     }
-    return settle(this.#getSlow(key) as Promise<T | null>, callback);
+    return settle(this.#getShared(key) as Promise<T | null>, callback);
+  }
+
+  /**
+   * Gets many keys at once: one request to each peer that holds some of them, then `fetch` for
+   * the rest.
+   *
+   * @param keys The keys, strings.
+   * @param callback `callback(err, values)`.
+   * @returns Without a callback, a Promise of the values in the order of `keys`, `null` for
+   *   each key that nobody has.
+   * @throws {TypeError} `keys` is not an array of strings or `callback` not a function.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.mset([["a", 1], ["b", 2]]);
+   * console.log(await node.mget(["a", "b", "c"])); // [1, 2, null]
+   * await node.stop();
+   * ```
+   */
+  mget<T = unknown>(keys: string[]): Promise<Array<T | null>>;
+  mget<T = unknown>(keys: string[], callback: Callback<Array<T | null>>): void;
+  mget<T = unknown>(keys: string[], callback?: Callback<Array<T | null>>): Promise<Array<T | null>> | void {
+    if (!Array.isArray(keys)) throw new TypeError(`Cannot mget: keys must be an array of strings: received ${quote(keys)}`);
+    for (const key of keys) assertKey(key, "mget");
+    if (callback !== undefined) assertFunction(callback, "mget", "callback");
+    return settle(this.#mget(keys) as Promise<Array<T | null>>, callback);
+  }
+
+  /**
+   * Whether a live entry for the key is held by this node or, as far as this node knows, by a
+   * peer. Asks no one: it reads this node's entries and directory.
+   *
+   * @param key The key, a string.
+   * @returns `true` when some node holds the key.
+   * @throws {TypeError} `key` is not a string.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("a", 1);
+   * console.log(node.has("a"), node.has("b")); // true false
+   * await node.stop();
+   * ```
+   */
+  has(key: string): boolean {
+    assertKey(key, "has");
+    if (this.#lifecycle !== "ready") return false;
+    return this.#store.peek(key) !== undefined || this.#cluster.holderOf(key) !== undefined;
   }
 
   /**
@@ -485,10 +610,14 @@ export class Node {
    *
    * @param key The key, a string.
    * @param value Any value that JSON can carry: it travels as JSON when another node gets it.
+   * @param options `ttl`: milliseconds the entry lives (0: until removed); defaults to the
+   *   node's `ttl` option.
    * @param callback `callback(err, value)`, with the value as given.
    * @returns Without a callback, a Promise of the value.
    * @throws {TypeError} `key` is not a string, `value` cannot be written as JSON, or `callback`
    *   is not a function.
+   * @throws {RangeError} `ttl` is not a number of milliseconds, or the entry alone is larger than
+   *   `maxBytes`.
    *
    * @example
    * ```ts
@@ -497,18 +626,67 @@ export class Node {
    * const node = await new Node().init().ready();
    * node.set("user:1", { name: "Kosyak" }, (err, value) => {
    *   console.log(err, value); // null { name: "Kosyak" }
-   *   node.stop();
+   *   node.set("session", "abc", { ttl: 60_000 }).then(() => node.stop());
    * });
    * ```
    */
-  set<T>(key: string, value: T): Promise<T>;
+  set<T>(key: string, value: T, options?: SetOptions): Promise<T>;
   set<T>(key: string, value: T, callback: Callback<T>): void;
-  set<T>(key: string, value: T, callback?: Callback<T>): Promise<T> | void {
-    assertKey(key, "set");
-    if (callback !== undefined) assertFunction(callback, "set", "callback");
-    const json = toJson(value, `Cannot set "${key}"`);
-    const stored = this.#options.stringify ? json : value;
-    return settle(this.#setAndAnnounce(key, stored).then(() => value), callback);
+  set<T>(key: string, value: T, options: SetOptions, callback: Callback<T>): void;
+  set<T>(
+    key: string,
+    value: T,
+    optionsOrCallback?: SetOptions | Callback<T>,
+    callback?: Callback<T>,
+  ): Promise<T> | void {
+    const [options, done] = typeof optionsOrCallback === "function" ? [{}, optionsOrCallback] : [optionsOrCallback, callback];
+    if (done !== undefined) assertFunction(done, "set", "callback");
+    const write = this.#prepareWrite("set", key, value, options);
+    return settle(this.#write([write]).then(() => value), done);
+  }
+
+  /**
+   * Sets many keys at once: every peer hears of all of them in one request.
+   *
+   * @param entries `[key, value]` pairs, or an object whose own properties are the entries.
+   * @param options `ttl` for every entry, as in {@linkcode Node.set}.
+   * @param callback `callback(err)`.
+   * @returns Without a callback, a Promise that resolves once every live peer has acknowledged.
+   * @throws {TypeError | RangeError} As {@linkcode Node.set} does, for any of the entries.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.mset({ a: 1, b: 2 }, { ttl: 1000 });
+   * console.log(await node.get("b")); // 2
+   * await node.stop();
+   * ```
+   */
+  mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, options?: SetOptions): Promise<void>;
+  mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, callback: (err: Error | null) => void): void;
+  mset(
+    entries: Iterable<[string, unknown]> | Record<string, unknown>,
+    options: SetOptions,
+    callback: (err: Error | null) => void,
+  ): void;
+  mset(
+    entries: Iterable<[string, unknown]> | Record<string, unknown>,
+    optionsOrCallback?: SetOptions | ((err: Error | null) => void),
+    callback?: (err: Error | null) => void,
+  ): Promise<void> | void {
+    const [options, done] = typeof optionsOrCallback === "function" ? [{}, optionsOrCallback] : [optionsOrCallback, callback];
+    if (done !== undefined) assertFunction(done, "mset", "callback");
+    if (typeof entries !== "object" || entries === null) {
+      throw new TypeError(`Cannot mset: entries must be [key, value] pairs or an object: received ${quote(entries)}`);
+    }
+    const pairs = Symbol.iterator in entries ? Array.from(entries as Iterable<[string, unknown]>) : Object.entries(entries);
+    const writes = pairs.map((pair) => {
+      if (!Array.isArray(pair)) throw new TypeError(`Cannot mset: each entry must be a [key, value] pair: received ${quote(pair)}`);
+      return this.#prepareWrite("mset", pair[0], pair[1], options);
+    });
+    return settle(this.#write(writes), done);
   }
 
   /**
@@ -540,6 +718,91 @@ export class Node {
   }
 
   /**
+   * The same as {@linkcode Node.remove}.
+   *
+   * @param key The key, a string.
+   * @param callback `callback(err)`.
+   * @returns Without a callback, a Promise that resolves when the key is gone.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("a", 1);
+   * await node.delete("a");
+   * await node.stop();
+   * ```
+   */
+  delete(key: string): Promise<void>;
+  delete(key: string, callback: (err: Error | null) => void): void;
+  delete(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
+    return callback === undefined ? this.remove(key) : this.remove(key, callback);
+  }
+
+  /**
+   * Removes every entry this node holds (entries of other nodes stay), and tells the peers.
+   *
+   * @param callback `callback(err)`.
+   * @returns Without a callback, a Promise that resolves once every live peer has acknowledged.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.mset({ a: 1, b: 2 });
+   * await node.clear();
+   * console.log(node.stats().entries); // 0
+   * await node.stop();
+   * ```
+   */
+  clear(): Promise<void>;
+  clear(callback: (err: Error | null) => void): void;
+  clear(callback?: (err: Error | null) => void): Promise<void> | void {
+    if (callback !== undefined) assertFunction(callback, "clear", "callback");
+    return settle(this.#clear(), callback);
+  }
+
+  /**
+   * The keys of the live entries this node holds, least recently used first.
+   *
+   * @returns An iterator of keys.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.mset({ a: 1, b: 2 });
+   * console.log([...node.keys()]); // ["a", "b"]
+   * await node.stop();
+   * ```
+   */
+  *keys(): Generator<string> {
+    for (const entry of this.#store.live()) yield entry.key;
+  }
+
+  /**
+   * Iterates the live entries this node holds as `[key, value]` pairs, with `for await`.
+   *
+   * @returns An async iterator of `[key, value]` pairs.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("a", 1);
+   * for await (const [key, value] of node) console.log(key, value); // a 1
+   * await node.stop();
+   * ```
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<[string, unknown]> {
+    for (const entry of this.#store.live()) yield [entry.key, this.#reveal(entry.value)];
+  }
+
+  /**
    * Calls `iterator(value, key, entry)` for every entry this node holds locally, in insertion
    * order. With `stringify: true`, `value` is a fresh copy and `entry.value` the JSON string.
    *
@@ -558,7 +821,7 @@ export class Node {
    */
   eachEntry(iterator: (value: unknown, key: string, entry: Entry) => void): void {
     assertFunction(iterator, "eachEntry", "iterator");
-    for (const entry of this.#store.entries()) iterator(this.#reveal(entry.value), entry.key, entry);
+    for (const entry of this.#store.live()) iterator(this.#reveal(entry.value), entry.key, entry);
   }
 
   /**
@@ -639,6 +902,7 @@ export class Node {
 
   async #stop(): Promise<void> {
     this.#lifecycle = "stopping";
+    clearInterval(this.#sweeper);
     // Stopping the cluster first cuts short an init that is still connecting or retrying.
     await this.#cluster.stop();
     await this.#started?.catch(() => {});
@@ -663,6 +927,17 @@ export class Node {
     }
   }
 
+  /** Gets a key not held here, sharing the work with concurrent gets of the same key. */
+  #getShared(key: string): Promise<unknown> {
+    let pending = this.#gets.get(key);
+    if (pending === undefined) {
+      pending = this.#getSlow(key).finally(() => this.#gets.delete(key));
+      this.#gets.set(key, pending);
+    }
+    // Callers share one result; with stringify, each still gets a copy of its own.
+    return this.#options.stringify ? pending.then(copyJson) : pending;
+  }
+
   async #getSlow(key: string): Promise<unknown> {
     await this.#whenStarted("get");
     const local = this.#store.get(key);
@@ -683,66 +958,198 @@ export class Node {
     return this.#fetch(key);
   }
 
+  async #mget(keys: string[]): Promise<unknown[]> {
+    await this.#whenStarted("mget");
+    const values: unknown[] = new Array(keys.length).fill(null);
+    const byHolder = new Map<Peer, number[]>();
+    const elsewhere: number[] = [];
+    keys.forEach((key, i) => {
+      const local = this.#store.get(key);
+      const holder = local === undefined ? this.#cluster.holderOf(key) : undefined;
+      if (local !== undefined) {
+        this.#counters.hits++;
+        values[i] = this.#reveal(local.value);
+      } else if (holder !== undefined) {
+        byHolder.set(holder, [...(byHolder.get(holder) ?? []), i]);
+      } else {
+        elsewhere.push(i);
+      }
+    });
+    await Promise.all(
+      Array.from(byHolder, async ([holder, indices]) => {
+        const answer = await holder.request({ op: "mget", keys: indices.map((i) => keys[i]) }).catch(() => undefined);
+        const found = Array.isArray(answer?.values) ? answer.values : [];
+        indices.forEach((i, n) => {
+          const hit = found[n];
+          if (Array.isArray(hit) && hit.length === 1) {
+            this.#counters.remoteHits++;
+            values[i] = hit[0];
+          } else {
+            this.#cluster.forget(keys[i], holder);
+            elsewhere.push(i);
+          }
+        });
+      }),
+    );
+    await Promise.all(elsewhere.map(async (i) => (values[i] = await this.#getShared(keys[i]))));
+    return values;
+  }
+
+  /**
+   * Gets a value from the `fetch` option. The cluster agrees, by hashing the key over the member
+   * ids, on one node to call `fetch` for each key, so that gets of one missing key on several
+   * nodes call it once; if that node is gone, has no `fetch`, or does not answer, this one calls it.
+   */
   async #fetch(key: string): Promise<unknown> {
-    const fetch = this.#options.fetch;
-    if (fetch === undefined) return null;
+    if (this.#options.fetch === undefined) return null;
+    const fetcher = this.#cluster.fetcherOf(key);
+    if (fetcher !== undefined) {
+      const timeout = this.#options.fetchTimeout + this.#options.requestTimeout;
+      try {
+        const answer = await fetcher.request({ op: "fetch", key }, timeout);
+        if ("value" in answer) return answer.value;
+      } catch (error) {
+        if (error instanceof KosyakError && error.code === "ERR_FETCH") throw error;
+      }
+    }
+    return this.#fetchHere(key);
+  }
+
+  /** Calls the `fetch` option once for concurrent callers of the same key, here and from peers. */
+  #fetchHere(key: string): Promise<unknown> {
+    let pending = this.#fetches.get(key);
+    if (pending === undefined) {
+      pending = this.#callFetch(key).finally(() => this.#fetches.delete(key));
+      this.#fetches.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #callFetch(key: string): Promise<unknown> {
+    const { fetch, fetchTimeout } = this.#options;
     this.#counters.fetches++;
     let value: unknown;
     try {
-      value = await new Promise((resolve, reject) => {
-        fetch(key, (err, result) => (err ? reject(err) : resolve(result)));
-      });
+      const called = new Promise((resolve, reject) => fetch!(key, (err, result) => (err ? reject(err) : resolve(result))));
+      value = await withTimeout(called, fetchTimeout, () => new Error(`it did not call back within ${fetchTimeout} ms`));
     } catch (cause) {
       this.#counters.fetchErrors++;
       throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
     }
     if (value === undefined || value === null) return null;
-    const json = toJson(value, `Cannot store the value fetched for "${key}"`);
-    await this.#setAndAnnounce(key, this.#options.stringify ? json : value);
-    return this.#options.stringify ? JSON.parse(json) : value;
+    await this.#write([this.#prepareWrite("fetch", key, value, undefined)]);
+    return value;
   }
 
-  async #setAndAnnounce(key: string, stored: unknown): Promise<void> {
+  /** Checks a write's arguments and measures it, before anything is stored. */
+  #prepareWrite(operation: string, key: unknown, value: unknown, options: SetOptions | undefined): Write {
+    assertKey(key, operation);
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      throw new TypeError(`Cannot ${operation} "${key}": options must be an object: received ${quote(options)}`);
+    }
+    const ttl = options?.ttl ?? this.#options.ttl;
+    if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
+      throw new RangeError(`Cannot ${operation} "${key}": ttl must be a number of milliseconds, 0 or more: received ${quote(ttl)}`);
+    }
+    const json = toJson(value, `Cannot ${operation} "${key}"`);
+    const size = key.length + json.length;
+    if (size > this.#options.maxBytes) {
+      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${size} bytes, more than maxBytes (${this.#options.maxBytes})`);
+    }
+    // Measured in UTF-8 only when it could matter: a string takes at most 3 bytes per unit.
+    const wireBytes = 3 * size > MAX_ENTRY_BYTES ? utf8Encoder.encode(key + json).length : size;
+    if (wireBytes > MAX_ENTRY_BYTES) {
+      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${wireBytes} bytes, more than the ${MAX_ENTRY_BYTES} a frame can carry`);
+    }
+    return { key, stored: this.#options.stringify ? json : value, size, ttl };
+  }
+
+  /** Stores writes here and waits until every live peer knows this node holds them. */
+  async #write(writes: Write[]): Promise<void> {
     await this.#whenStarted("set");
-    const version = this.#store.set(key, stored);
-    this.#cluster.forgetRemote(key);
-    await this.#cluster.askAll({ op: "own", key, version });
+    const owned = writes.map(({ key, stored, size, ttl }) => {
+      this.#counters.sets++;
+      this.#cluster.forgetRemote(key);
+      return [key, this.#store.set(key, stored, size, ttl), ttl];
+    });
+    await this.#cluster.askAll({ op: "own", keys: owned });
   }
 
   async #remove(key: string): Promise<void> {
     await this.#whenStarted("remove");
-    const known = this.#store.has(key) || this.#cluster.holderOf(key) !== undefined;
+    const known = this.#store.peek(key) !== undefined || this.#cluster.holderOf(key) !== undefined;
     if (!known) return;
     const version = this.#store.delete(key);
     this.#cluster.forgetRemote(key);
-    await this.#cluster.askAll({ op: "drop", key, version });
+    await this.#cluster.askAll({ op: "drop", keys: [[key, version]] });
   }
 
-  /** Answers a peer's data request; returns the fields of the reply. */
-  #serve(peer: Peer, message: Message): Record<string, unknown> {
+  async #clear(): Promise<void> {
+    await this.#whenStarted("clear");
+    const gone = this.#store.clear();
+    for (let i = 0; i < gone.length; i += KEYS_PER_MESSAGE) {
+      await this.#cluster.askAll({ op: "gone", keys: gone.slice(i, i + KEYS_PER_MESSAGE) });
+    }
+  }
+
+  /** Collects keys the store evicted or expired, and tells the peers once per tick. */
+  #tellGone(key: string, version: number): void {
+    if (this.#gone.length === 0) {
+      queueMicrotask(() => {
+        const keys = this.#gone;
+        this.#gone = [];
+        this.#cluster.tellAll({ op: "gone", keys });
+      });
+    }
+    this.#gone.push([key, version]);
+  }
+
+  /** Answers a peer's data request with the fields of the reply, or a Promise of them. */
+  #serve(peer: Peer, message: Message): Record<string, unknown> | Promise<Record<string, unknown>> {
     switch (message.op) {
       case "get": {
         const entry = this.#store.get(requireString(message, "key"));
-        if (entry === undefined) return {};
-        return { value: this.#reveal(entry.value) };
+        return entry === undefined ? {} : { value: this.#reveal(entry.value) };
       }
-      case "own": {
-        const key = requireString(message, "key");
-        const version = requireVersion(message, "version");
-        if (this.#store.yieldTo(key, version, peer.id)) this.#cluster.learn(key, peer, version);
+      case "mget": {
+        const keys = requireArray(message, "keys");
+        return {
+          values: keys.map((key) => {
+            const entry = typeof key === "string" ? this.#store.get(key) : undefined;
+            return entry === undefined ? [] : [this.#reveal(entry.value)];
+          }),
+        };
+      }
+      case "own":
+        for (const [key, version, ttl] of requireKeyList(message)) {
+          if (this.#store.yieldTo(key, version, peer.id)) this.#cluster.learn(key, peer, version, ttl);
+        }
         return {};
-      }
-      case "drop": {
-        const key = requireString(message, "key");
-        this.#store.deleteOlder(key, requireVersion(message, "version"), peer.id);
-        this.#cluster.forgetRemote(key);
+      case "drop":
+        for (const [key, version] of requireKeyList(message)) {
+          this.#store.deleteOlder(key, version, peer.id);
+          this.#cluster.forgetOlder(key, version, peer.id);
+        }
         return {};
-      }
+      case "gone":
+        for (const [key, version] of requireKeyList(message)) this.#cluster.forgetExact(key, peer, version);
+        return {};
+      case "fetch":
+        return this.#answerFetch(requireString(message, "key"));
       case "stats":
         return { stats: this.#localStats() };
       default:
         throw new ProtocolError(`unknown request "${String(message.op)}"`);
     }
+  }
+
+  /** A peer asks this node, the key's agreed fetcher, for a value no node holds. */
+  async #answerFetch(key: string): Promise<Record<string, unknown>> {
+    const local = this.#store.get(key);
+    if (local !== undefined) return { value: this.#reveal(local.value) };
+    if (this.#options.fetch === undefined || this.#lifecycle !== "ready") return {};
+    const value = await this.#fetchHere(key);
+    return value === null ? {} : { value };
   }
 
   #emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void {
@@ -761,13 +1168,24 @@ export class Node {
       host: address.host,
       port: address.port,
       entries: this.#store.size,
+      bytes: this.#store.bytes,
       peers: this.#cluster.peerCount,
       remoteKeys: this.#cluster.remoteKeyCount,
       ...this.#counters,
+      evictions: this.#store.evictions,
+      expirations: this.#store.expirations,
       served: this.#cluster.served,
       uptime: this.#startedAt === 0 ? 0 : Date.now() - this.#startedAt,
     };
   }
+}
+
+/** A write checked and measured, ready to store. */
+interface Write {
+  key: string;
+  stored: unknown;
+  size: number;
+  ttl: number;
 }
 
 export default Node;
@@ -787,11 +1205,16 @@ interface ResolvedOptions {
   requestTimeout: number;
   heartbeatInterval: number;
   peerTimeout: number;
+  fetchTimeout: number;
+  ttl: number;
+  maxEntries: number;
+  maxBytes: number;
 }
 
 const KNOWN_OPTIONS = new Set([
-  "host", "addr", "port", "master", "socket", "server", "stringify", "fetch",
-  "connectDelay", "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout",
+  "host", "addr", "port", "master", "socket", "server", "stringify", "fetch", "connectDelay",
+  "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
+  "maxEntries", "maxBytes",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -836,7 +1259,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   if (!Number.isInteger(connectAttempts) || connectAttempts < 1) {
     fail("connectAttempts must be an integer of 1 or more", connectAttempts, RangeError);
   }
-  const positive = (name: "requestTimeout" | "heartbeatInterval" | "peerTimeout"): number => {
+  const positive = (name: "requestTimeout" | "heartbeatInterval" | "peerTimeout" | "fetchTimeout"): number => {
     const value = options[name] ?? DEFAULTS[name];
     if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
       fail(`${name} must be a positive number of milliseconds`, value, RangeError);
@@ -846,6 +1269,17 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   const requestTimeout = positive("requestTimeout");
   const heartbeatInterval = positive("heartbeatInterval");
   const peerTimeout = positive("peerTimeout");
+  const fetchTimeout = positive("fetchTimeout");
+  const ttl = options.ttl ?? DEFAULTS.ttl;
+  if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
+    fail("ttl must be a number of milliseconds, 0 or more", ttl, RangeError);
+  }
+  const maxEntries = options.maxEntries ?? DEFAULTS.maxEntries;
+  if (maxEntries !== Infinity && !(Number.isInteger(maxEntries) && maxEntries >= 1)) {
+    fail("maxEntries must be an integer of 1 or more, or Infinity", maxEntries, RangeError);
+  }
+  const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
+  if (typeof maxBytes !== "number" || !(maxBytes >= 1)) fail("maxBytes must be a number of 1 or more, or Infinity", maxBytes, RangeError);
   if (peerTimeout <= heartbeatInterval) {
     fail(`peerTimeout must be longer than heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
@@ -862,6 +1296,10 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     requestTimeout,
     heartbeatInterval,
     peerTimeout,
+    fetchTimeout,
+    ttl,
+    maxEntries,
+    maxBytes,
   };
 }
 
@@ -906,6 +1344,18 @@ function quote(value: unknown): string {
   if (typeof value === "bigint") return `${value}n`;
   if (typeof value === "object" && value !== null) return Array.isArray(value) ? "an array" : "an object";
   return String(value);
+}
+
+/** A deep copy of a JSON value. */
+function copyJson(value: unknown): unknown {
+  return typeof value === "object" && value !== null ? JSON.parse(JSON.stringify(value)) : value;
+}
+
+/** Rejects with `timeoutError()` if `promise` has not settled within `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timeoutError()), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function describe(error: unknown): string {
@@ -1001,9 +1451,15 @@ interface Conn {
   start(handlers: ConnHandlers): void;
   /** Queues bytes; the connection writes them in order. */
   write(bytes: Uint8Array): void;
-  /** Closes once queued bytes are written; `close` is then reported once. */
+  /**
+   * Closes once queued bytes are written, or after `CLOSE_GRACE_MS` if the other end does not
+   * take them; `close` is then reported once. A pending forced close never keeps the process alive.
+   */
   close(): void;
 }
+
+/** How long a closing connection may take to hand over its last bytes before it is cut. */
+const CLOSE_GRACE_MS = 1000;
 
 interface Listener {
   readonly port: number;
@@ -1050,6 +1506,9 @@ function nodeTransport(): Transport {
       },
       close() {
         socket.end(() => socket.destroy());
+        const cut = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+        cut.unref();
+        socket.once("close", () => clearTimeout(cut));
       },
     };
   }
@@ -1103,6 +1562,7 @@ interface DenoApi {
     close(): void;
   };
   connect(options: { hostname: string; port: number }): Promise<DenoTcpConn>;
+  unrefTimer(id: ReturnType<typeof setTimeout>): void;
 }
 
 function denoTransport(deno: DenoApi): Transport {
@@ -1167,7 +1627,8 @@ function denoTransport(deno: DenoApi): Transport {
       },
       close() {
         closing = true;
-        if (!writing) finish();
+        if (!writing) return finish();
+        deno.unrefTimer(setTimeout(finish, CLOSE_GRACE_MS));
       },
     };
   }
@@ -1208,6 +1669,7 @@ interface BunSocket {
   readonly remoteAddress: string;
   write(bytes: Uint8Array): number;
   end(): void;
+  terminate(): void;
   setNoDelay?(noDelay?: boolean): boolean;
 }
 
@@ -1289,7 +1751,8 @@ function bunTransport(bun: BunApi): Transport {
       close() {
         if (state.closing || state.closed) return;
         state.closing = true;
-        if (state.unsent.length === 0) socket.end();
+        if (state.unsent.length === 0) return socket.end();
+        setTimeout(() => state.closed || socket.terminate(), CLOSE_GRACE_MS).unref();
       },
     };
   }
@@ -1330,8 +1793,14 @@ function bunTransport(bun: BunApi): Transport {
 const PROTOCOL_VERSION = 1;
 /** Largest frame a node accepts; a larger one closes the connection. */
 const MAX_FRAME_BYTES = 16 * 1024 * 1024;
-/** Keys per `keys` message when a node tells a new peer what it holds. */
+/** Largest entry a node stores: what still fits in one frame with room for the envelope. */
+const MAX_ENTRY_BYTES = MAX_FRAME_BYTES - 1024;
+/** Largest version a peer may send (2^50). */
+const MAX_VERSION = 2 ** 50;
+/** Keys per message when a node tells a new peer what it holds, or its peers what it dropped. */
 const KEYS_PER_MESSAGE = 1000;
+/** How often a node removes expired entries and tells its peers, in milliseconds. */
+const SWEEP_INTERVAL = 1000;
 
 interface Message {
   op: string;
@@ -1349,9 +1818,29 @@ class ProtocolError extends KosyakError {
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 
-/** Frames messages into one buffer: the length prefix, then the JSON. */
-function encodeFrames(messages: readonly Message[]): Uint8Array {
-  const bodies = messages.map((message) => utf8Encoder.encode(JSON.stringify(message)));
+/**
+ * Frames messages into one buffer: each one's length prefix, then its JSON. A message that JSON
+ * cannot write, or that would be larger than a peer accepts, goes to `replace`; what that
+ * returns is sent in its place.
+ */
+function encodeFrames(messages: readonly Message[], replace: (message: Message, problem: string) => Message | undefined): Uint8Array {
+  const bodies: Uint8Array[] = [];
+  for (const message of messages) {
+    let body: Uint8Array | undefined;
+    let problem: string;
+    try {
+      body = utf8Encoder.encode(JSON.stringify(message));
+      problem = `the message takes ${body.length} bytes, more than the frame limit of ${MAX_FRAME_BYTES}`;
+    } catch (error) {
+      problem = `the value cannot be written as JSON: ${describe(error)}`;
+    }
+    if (body !== undefined && body.length <= MAX_FRAME_BYTES) {
+      bodies.push(body);
+      continue;
+    }
+    const substitute = replace(message, problem);
+    if (substitute !== undefined) bodies.push(utf8Encoder.encode(JSON.stringify(substitute)));
+  }
   let total = 0;
   for (const body of bodies) total += 4 + body.length;
   const out = new Uint8Array(total);
@@ -1390,7 +1879,11 @@ class FrameDecoder {
       this.#start += 4 + length;
       onMessage(parseMessage(body));
     }
-    if (this.#start === this.#end) this.#start = this.#end = 0;
+    if (this.#start === this.#end) {
+      this.#start = this.#end = 0;
+      // Let go of the room a large frame needed, once it has been read.
+      if (this.#buffer.length > 1024 * 1024) this.#buffer = new Uint8Array(0);
+    }
   }
 
   /** Appends a chunk, moving unread bytes to the front or into a larger buffer when it is full. */
@@ -1433,12 +1926,29 @@ function requireString(message: Message, field: string): string {
   return value;
 }
 
-function requireVersion(message: Message, field: string): number {
+function requireArray(message: Message, field: string): unknown[] {
   const value = message[field];
-  if (!Number.isSafeInteger(value) || (value as number) < 0) {
-    throw new ProtocolError(`"${message.op}" needs a non-negative integer ${field}`);
-  }
-  return value as number;
+  if (!Array.isArray(value)) throw new ProtocolError(`"${message.op}" needs an array ${field}`);
+  return value;
+}
+
+/** The `keys` field of own, drop, gone and keys messages: [key, version, ttl?] triples. */
+function requireKeyList(message: Message): Array<[string, number, number]> {
+  return requireArray(message, "keys").map((item) => {
+    const [key, version, ttl = 0] = Array.isArray(item) ? item : [];
+    if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0)) {
+      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl] lists`);
+    }
+    return [key, version, ttl];
+  });
+}
+
+/**
+ * Whether a value can be a version. The bound keeps a hostile peer from pushing
+ * every clock to where it can no longer count up; no cluster gets near it by writing.
+ */
+function isVersion(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= MAX_VERSION;
 }
 
 // ─── Peer: one connection ────────────────────────────────────────────────────────────────────
@@ -1447,6 +1957,13 @@ interface PendingRequest {
   resolve: (answer: Message) => void;
   reject: (error: Error) => void;
   deadline: number;
+  timeout: number;
+}
+
+/** The error a peer's `fail` answer stands for, with the peer's code when it is one of ours. */
+function remoteError(message: Message): KosyakError {
+  const code = KOSYAK_ERROR_CODES.includes(message.code as KosyakErrorCode) ? (message.code as KosyakErrorCode) : "ERR_REMOTE";
+  return new KosyakError(code, String(message.message));
 }
 
 /**
@@ -1527,12 +2044,15 @@ class Peer {
     this.#outgoing.push(message);
   }
 
-  /** Sends a request and resolves with the answer; rejects on `fail`, timeout or close. */
-  request(message: Message): Promise<Message> {
+  /**
+   * Sends a request and resolves with the answer; rejects on `fail`, on close, or when no answer
+   * comes within `timeout` ms (by default the node's `requestTimeout`).
+   */
+  request(message: Message, timeout: number = this.#timeout): Promise<Message> {
     if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
     const rid = this.#nextRid++;
     const answer = new Promise<Message>((resolve, reject) => {
-      this.#pending.set(rid, { resolve, reject, deadline: Date.now() + this.#timeout });
+      this.#pending.set(rid, { resolve, reject, deadline: Date.now() + timeout, timeout });
     });
     this.#sweeper ??= setInterval(() => this.#expire(), Math.max(this.#timeout / 4, 10));
     this.send({ ...message, rid });
@@ -1542,6 +2062,12 @@ class Peer {
   /** Answers a request of the other node. */
   reply(rid: number, fields: Record<string, unknown>): void {
     this.send({ ...fields, op: "ok", rid });
+  }
+
+  /** Answers a request of the other node with an error. */
+  fail(rid: number, error: unknown): void {
+    const code = error instanceof KosyakError ? error.code : "ERR_REMOTE";
+    this.send({ op: "fail", rid, code, message: describe(error) });
   }
 
   /** Writes what is queued, closes the connection, and fails every pending request. */
@@ -1556,10 +2082,14 @@ class Peer {
   #receive(message: Message): void {
     if (message.op === "ok" || message.op === "fail") {
       const pending = this.#pending.get(message.rid ?? -1);
-      if (pending === undefined) throw new ProtocolError(`an answer to unknown request ${message.rid}`);
+      if (pending === undefined) {
+        // An answer that came after its request timed out is late, not a breach of the protocol.
+        if ((message.rid ?? Infinity) < this.#nextRid) return;
+        throw new ProtocolError(`an answer to unknown request ${message.rid}`);
+      }
       this.#pending.delete(message.rid!);
       if (message.op === "ok") pending.resolve(message);
-      else pending.reject(new KosyakError("ERR_PROTOCOL", `Peer ${this.id} refused: ${String(message.message)}`));
+      else pending.reject(remoteError(message));
       return;
     }
     this.#onMessage(message);
@@ -1570,7 +2100,10 @@ class Peer {
     const messages = this.#outgoing;
     this.#outgoing = [];
     this.lastSent = Date.now();
-    this.#conn.write(encodeFrames(messages));
+    // A value changed after set (say, a BigInt added) must fail one answer, not the process.
+    const failInstead = (message: Message, problem: string): Message | undefined =>
+      message.op === "ok" ? { op: "fail", rid: message.rid, code: "ERR_REMOTE", message: problem } : undefined;
+    this.#conn.write(encodeFrames(messages, failInstead));
   }
 
   #expire(): void {
@@ -1578,7 +2111,7 @@ class Peer {
     for (const [rid, pending] of this.#pending) {
       if (pending.deadline > now) continue;
       this.#pending.delete(rid);
-      pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} did not answer within ${this.#timeout} ms`));
+      pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} did not answer within ${pending.timeout} ms`));
     }
     if (this.#pending.size === 0) this.#stopSweeper();
   }
@@ -1604,10 +2137,12 @@ class Peer {
 
 /** What the cluster needs from the node that owns it. */
 interface ClusterHost {
-  /** Every local key with its version, for a new peer. */
-  localKeys(): Iterable<[string, number]>;
-  /** Answers a data request (get, own, drop, stats) of a peer. */
-  serve(peer: Peer, message: Message): Record<string, unknown>;
+  /** Every local key with its version and remaining milliseconds to live (0: no expiry). */
+  localKeys(): Iterable<[string, number, number]>;
+  /** Moves the local clock past a version a peer reported. */
+  observe(version: number): void;
+  /** Answers a data request (get, mget, own, drop, gone, fetch, stats) of a peer. */
+  serve(peer: Peer, message: Message): Record<string, unknown> | Promise<Record<string, unknown>>;
   /** Reports a membership change or an error. */
   emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void;
 }
@@ -1615,6 +2150,8 @@ interface ClusterHost {
 interface RemoteHolder {
   peer: Peer;
   version: number;
+  /** When the holder's entry expires (Date.now() scale), 0 when it does not. */
+  expires: number;
 }
 
 /**
@@ -1693,18 +2230,59 @@ class Cluster {
     await this.#closeAll();
   }
 
-  /** The peer that holds `key`, if another node does. */
+  /** The peer that holds a live entry for `key`, if another node does. */
   holderOf(key: string): Peer | undefined {
-    return this.#directory.get(key)?.peer;
+    const holder = this.#directory.get(key);
+    if (holder === undefined || holder.expires === 0 || holder.expires > Date.now()) return holder?.peer;
+    this.#directory.delete(key);
+    return undefined;
   }
 
-  /** Records that `peer` holds `key` at `version`, unless a newer holder is already known. */
-  learn(key: string, peer: Peer, version: number): void {
+  /**
+   * Records that `peer` holds `key` at `version` for `ttl` more milliseconds (0: no expiry),
+   * unless a newer holder is already known.
+   */
+  learn(key: string, peer: Peer, version: number, ttl: number): void {
     const known = this.#directory.get(key);
     const stale = known !== undefined && known.peer !== this.#peers.get(known.peer.id);
     if (known === undefined || stale || newer(version, peer.id, known.version, known.peer.id)) {
-      this.#directory.set(key, { peer, version });
+      this.#directory.set(key, { peer, version, expires: ttl > 0 ? Date.now() + ttl : 0 });
     }
+  }
+
+  /** Forgets the holder of `key` if its write is older than a removal at `version` by `writer`. */
+  forgetOlder(key: string, version: number, writer: string): void {
+    const known = this.#directory.get(key);
+    if (known !== undefined && newer(version, writer, known.version, known.peer.id)) this.#directory.delete(key);
+  }
+
+  /** Forgets that `peer` holds `key` at exactly `version`: it evicted or expired that entry. */
+  forgetExact(key: string, peer: Peer, version: number): void {
+    const known = this.#directory.get(key);
+    if (known !== undefined && known.peer === peer && known.version === version) this.#directory.delete(key);
+  }
+
+  /**
+   * The peer that should call `fetch` for `key`, or undefined when this node should: of all the
+   * members, the one whose id hashed with the key scores highest (rendezvous hashing), so that
+   * every node with the same view of the members picks the same one.
+   */
+  fetcherOf(key: string): Peer | undefined {
+    let best: Peer | undefined;
+    let bestScore = rendezvousScore(this.#id, key);
+    for (const peer of this.#peers.values()) {
+      const score = rendezvousScore(peer.id, key);
+      if (!peer.closed && (score > bestScore || (score === bestScore && peer.id > (best?.id ?? this.#id)))) {
+        best = peer;
+        bestScore = score;
+      }
+    }
+    return best;
+  }
+
+  /** Sends a message that expects no answer to every peer. */
+  tellAll(message: Message): void {
+    for (const peer of this.#peers.values()) peer.send(message);
   }
 
   /** Forgets that `peer` holds `key`: it answered that it does not. */
@@ -1894,7 +2472,9 @@ class Cluster {
   #admit(peer: Peer, greeting: Message): Peer {
     peer.id = requireString(greeting, "id");
     const host = requireString(greeting, "host");
-    peer.listening = { host: isWildcard(host) ? peer.remoteHost : host, port: requireVersion(greeting, "port") };
+    const port = greeting.port;
+    if (!isPort(port, 1)) throw new ProtocolError(`"${greeting.op}" needs a port from 1 to 65535`);
+    peer.listening = { host: isWildcard(host) ? peer.remoteHost : host, port };
     const existing = this.#peers.get(peer.id);
     if (existing !== undefined && !existing.closed) {
       // Two nodes dialled each other at once: keep the connection dialled by the smaller id.
@@ -1907,9 +2487,9 @@ class Cluster {
       this.#retire(existing);
     }
     this.#peers.set(peer.id, peer);
-    let batch: Array<[string, number]> = [];
-    for (const pair of this.#host.localKeys()) {
-      batch.push(pair);
+    let batch: Array<[string, number, number]> = [];
+    for (const triple of this.#host.localKeys()) {
+      batch.push(triple);
       if (batch.length === KEYS_PER_MESSAGE) {
         peer.send({ op: "keys", keys: batch });
         batch = [];
@@ -1954,12 +2534,18 @@ class Cluster {
         // one's place; until then this one stays, closed, so that #settled waits for the other.
         peer.superseded = true;
         return this.#forgetKeysOf(peer);
-      default: {
-        const rid = this.#rid(message);
-        this.served++;
-        peer.reply(rid, this.#host.serve(peer, message));
-      }
+      default:
+        return this.#answer(peer, message);
     }
+  }
+
+  /** Answers a data request; an answer that fails (say, the user's fetch) fails only the request. */
+  #answer(peer: Peer, message: Message): void {
+    const rid = this.#rid(message);
+    this.served++;
+    const fields = this.#host.serve(peer, message);
+    if (!(fields instanceof Promise)) return peer.reply(rid, fields);
+    fields.then((answer) => peer.reply(rid, answer), (error) => peer.fail(rid, error));
   }
 
   #rid(message: Message): number {
@@ -1968,13 +2554,9 @@ class Cluster {
   }
 
   #learnKeys(peer: Peer, message: Message): void {
-    const keys = message.keys;
-    if (!Array.isArray(keys)) throw new ProtocolError(`"keys" needs an array of keys`);
-    for (const pair of keys) {
-      if (!Array.isArray(pair) || typeof pair[0] !== "string" || !Number.isSafeInteger(pair[1])) {
-        throw new ProtocolError(`"keys" holds something other than [key, version] pairs`);
-      }
-      this.learn(pair[0], peer, pair[1]);
+    for (const [key, version, ttl] of requireKeyList(message)) {
+      this.#host.observe(version);
+      this.learn(key, peer, version, ttl);
     }
     if (message.done !== true) return;
     peer.keysKnown = true;
@@ -2051,6 +2633,17 @@ class Cluster {
   }
 }
 
+/** FNV-1a over a node id and a key: a well-spread 32-bit score for rendezvous hashing. */
+function rendezvousScore(id: string, key: string): number {
+  let hash = 0x811c9dc5;
+  const text = `${id}\u0000${key}`;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash >>> 0;
+}
+
 function isWildcard(host: string): boolean {
   return host === "0.0.0.0" || host === "::" || host === "[::]";
 }
@@ -2062,42 +2655,103 @@ function newer(a: number, aId: string, b: number, bId: string): boolean {
 
 // ─── Store: the local entries ────────────────────────────────────────────────────────────────
 
+/** A local entry as the store keeps it: the public fields plus its size in bytes. */
+interface StoredEntry extends Entry {
+  readonly size: number;
+}
+
+/** What the store reports when it lets an entry go on its own (evicted or expired). */
+type GoneListener = (key: string, version: number) => void;
+
 /**
- * The entries this node holds, and a Lamport clock: every local write takes a version above any
- * this node has seen, so writes that follow each other across nodes always go up.
+ * The entries this node holds, in least-recently-used order, within `maxEntries` and `maxBytes`;
+ * expiry times in a heap, so that expiry costs no timer per entry; and a Lamport clock: every
+ * local write takes a version above any this node has seen, so writes that follow each other
+ * across nodes always go up.
  */
 class Store {
+  /** Entries removed to stay within the bounds, and entries that expired. */
+  evictions = 0;
+  expirations = 0;
+
   readonly #id: string;
-  readonly #entries = new Map<string, Entry>();
+  readonly #maxEntries: number;
+  readonly #maxBytes: number;
+  /** Whether reads must move entries to the back; an unbounded store never evicts. */
+  readonly #bounded: boolean;
+  readonly #onGone: GoneListener;
+  /** Map order is the recency order: the first entry is the least recently used. */
+  readonly #entries = new Map<string, StoredEntry>();
+  readonly #expiries = new ExpiryHeap();
+  #bytes = 0;
   #clock = 0;
 
-  constructor(id: string) {
+  constructor(id: string, limits: { maxEntries: number; maxBytes: number }, onGone: GoneListener) {
     this.#id = id;
+    this.#maxEntries = limits.maxEntries;
+    this.#maxBytes = limits.maxBytes;
+    this.#bounded = Number.isFinite(limits.maxEntries) || Number.isFinite(limits.maxBytes);
+    this.#onGone = onGone;
   }
 
   get size(): number {
     return this.#entries.size;
   }
 
-  get(key: string): Entry | undefined {
-    return this.#entries.get(key);
+  get bytes(): number {
+    return this.#bytes;
   }
 
-  has(key: string): boolean {
-    return this.#entries.has(key);
+  /** A live entry, marked as just used; an expired one is removed and reported instead. */
+  get(key: string): StoredEntry | undefined {
+    const entry = this.peek(key);
+    if (entry !== undefined && this.#bounded) {
+      this.#entries.delete(key);
+      this.#entries.set(key, entry);
+    }
+    return entry;
   }
 
-  /** Stores a value under a new version and returns the version. */
-  set(key: string, value: unknown): number {
-    const version = ++this.#clock;
-    this.#entries.set(key, { key, value, version });
-    return version;
+  /** A live entry, without marking it as used. */
+  peek(key: string): StoredEntry | undefined {
+    const entry = this.#entries.get(key);
+    if (entry === undefined || entry.expires === 0 || entry.expires > Date.now()) return entry;
+    this.#expire(entry);
+    return undefined;
+  }
+
+  /**
+   * Stores a value of `size` bytes that lives `ttl` ms (0: until removed), evicts the least
+   * recently used entries while over a bound, and returns the write's version.
+   */
+  set(key: string, value: unknown, size: number, ttl: number): number {
+    this.#remove(key);
+    const entry: StoredEntry = { key, value, version: ++this.#clock, expires: ttl > 0 ? Date.now() + ttl : 0, size };
+    this.#entries.set(key, entry);
+    this.#bytes += size;
+    if (entry.expires !== 0) this.#expiries.push(entry);
+    while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
+      const oldest: StoredEntry = this.#entries.values().next().value!;
+      this.#remove(oldest.key);
+      this.evictions++;
+      this.#onGone(oldest.key, oldest.version);
+    }
+    return entry.version;
   }
 
   /** Deletes a key and returns the version that a removal announcement carries. */
   delete(key: string): number {
-    this.#entries.delete(key);
+    this.#remove(key);
     return ++this.#clock;
+  }
+
+  /** Deletes every entry and returns the key and version of each. */
+  clear(): Array<[string, number]> {
+    const gone = Array.from(this.#entries.values(), (entry): [string, number] => [entry.key, entry.version]);
+    this.#entries.clear();
+    this.#expiries.clear();
+    this.#bytes = 0;
+    return gone;
   }
 
   /**
@@ -2105,29 +2759,113 @@ class Store {
    * Returns whether the other node's write wins.
    */
   yieldTo(key: string, version: number, writer: string): boolean {
-    this.#observe(version);
+    this.observe(version);
     const local = this.#entries.get(key);
     if (local !== undefined && !newer(version, writer, local.version, this.#id)) return false;
-    this.#entries.delete(key);
+    this.#remove(key);
     return true;
   }
 
   /** Another node removed `key` at `version`: drop the local entry if it is older. */
   deleteOlder(key: string, version: number, writer: string): void {
-    this.#observe(version);
+    this.observe(version);
     const local = this.#entries.get(key);
-    if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#entries.delete(key);
+    if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#remove(key);
   }
 
-  entries(): IterableIterator<Entry> {
-    return this.#entries.values();
+  /** Removes and reports every entry whose time is up; run once a second. */
+  sweep(): void {
+    const now = Date.now();
+    for (let entry = this.#expiries.peek(); entry !== undefined && entry.expires <= now; entry = this.#expiries.peek()) {
+      this.#expiries.pop();
+      if (this.#entries.get(entry.key) === entry) this.#expire(entry);
+    }
+    // Overwritten entries stay in the heap until their time; rebuild it when they pile up.
+    if (this.#expiries.size > 2 * this.#entries.size + 1024) {
+      this.#expiries.rebuild([...this.#entries.values()].filter((entry) => entry.expires !== 0));
+    }
   }
 
-  *versions(): Iterable<[string, number]> {
-    for (const entry of this.#entries.values()) yield [entry.key, entry.version];
+  /** Live entries, least recently used first. */
+  *live(): Generator<StoredEntry> {
+    const now = Date.now();
+    for (const entry of this.#entries.values()) {
+      if (entry.expires === 0 || entry.expires > now) yield entry;
+    }
   }
 
-  #observe(version: number): void {
+  /** Every live key with its version and the milliseconds it has left (0: no expiry). */
+  *versions(): Generator<[string, number, number]> {
+    const now = Date.now();
+    for (const entry of this.live()) yield [entry.key, entry.version, entry.expires === 0 ? 0 : entry.expires - now];
+  }
+
+  #remove(key: string): void {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return;
+    this.#entries.delete(key);
+    this.#bytes -= entry.size;
+  }
+
+  #expire(entry: StoredEntry): void {
+    this.#remove(entry.key);
+    this.expirations++;
+    this.#onGone(entry.key, entry.version);
+  }
+
+  /** Moves the clock past a version seen elsewhere. */
+  observe(version: number): void {
     if (version > this.#clock) this.#clock = version;
+  }
+}
+
+/** A binary min-heap of entries by expiry time. */
+class ExpiryHeap {
+  #heap: StoredEntry[] = [];
+
+  get size(): number {
+    return this.#heap.length;
+  }
+
+  peek(): StoredEntry | undefined {
+    return this.#heap[0];
+  }
+
+  push(entry: StoredEntry): void {
+    const heap = this.#heap;
+    heap.push(entry);
+    let i = heap.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (heap[parent].expires <= entry.expires) break;
+      heap[i] = heap[parent];
+      i = parent;
+    }
+    heap[i] = entry;
+  }
+
+  pop(): void {
+    const heap = this.#heap;
+    const last = heap.pop()!;
+    if (heap.length === 0) return;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= heap.length) break;
+      const child = left + 1 < heap.length && heap[left + 1].expires < heap[left].expires ? left + 1 : left;
+      if (heap[child].expires >= last.expires) break;
+      heap[i] = heap[child];
+      i = child;
+    }
+    heap[i] = last;
+  }
+
+  clear(): void {
+    this.#heap = [];
+  }
+
+  rebuild(entries: StoredEntry[]): void {
+    this.#heap = [];
+    for (const entry of entries) this.push(entry);
   }
 }
