@@ -1092,13 +1092,13 @@ export class Node {
     }
   }
 
-  /** Collects keys the store evicted or expired, and tells the peers once per tick. */
+  /** Collects keys the store evicted or expired, and tells the peers once per tick, unawaited. */
   #tellGone(key: string, version: number): void {
     if (this.#gone.length === 0) {
       queueMicrotask(() => {
         const keys = this.#gone;
         this.#gone = [];
-        this.#cluster.tellAll({ op: "gone", keys });
+        this.#cluster.askAll({ op: "gone", keys });
       });
     }
     this.#gone.push([key, version]);
@@ -2278,11 +2278,6 @@ class Cluster {
       }
     }
     return best;
-  }
-
-  /** Sends a message that expects no answer to every peer. */
-  tellAll(message: Message): void {
-    for (const peer of this.#peers.values()) peer.send(message);
   }
 
   /** Forgets that `peer` holds `key`: it answered that it does not. */

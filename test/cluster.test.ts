@@ -124,3 +124,36 @@ describe("Cluster coherence", () => {
     assert.deepEqual(await b.get("list"), [1, 2]);
   });
 });
+
+describe("Cluster coherence under races", () => {
+  it("a node's first set after joining wins over the versions written before it joined", async () => {
+    const a = await startNode();
+    for (let i = 0; i < 5; i++) await a.set("k", `old${i}`);
+    const joiner = await startNode({ master: a.address });
+    await joiner.set("k", "new");
+    assert.deepEqual(await getEverywhere([a, joiner], "k"), ["new", "new"]);
+    assert.equal(a.stats().entries + joiner.stats().entries, 1);
+  });
+
+  it("a set racing a remove leaves every node agreeing on the outcome", async () => {
+    const [a, b, c] = await startCluster(3);
+    for (let trial = 0; trial < 20; trial++) {
+      const key = `race${trial}`;
+      await c.set(key, "v1");
+      await Promise.all([c.set(key, "v2"), b.remove(key)]);
+      const seen = await getEverywhere([a, b, c], key);
+      assert.ok(seen.every((value) => value === seen[0]), `trial ${trial}: ${JSON.stringify(seen)}`);
+    }
+  });
+
+  it("a value changed after set into something JSON cannot write fails one get and the holder keeps serving", async () => {
+    const [a, b] = await startCluster(2);
+    const value: Record<string, unknown> = { fine: true };
+    await a.set("mutated", value);
+    await a.set("other", 1);
+    value.big = 10n;
+    assert.equal(await b.get("mutated"), null);
+    assert.equal(await b.get("other"), 1);
+    assert.equal(a.stats().peers, 1);
+  });
+});

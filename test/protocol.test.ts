@@ -113,4 +113,38 @@ describe("Protocol", () => {
     const raw = await rawConnect(node.address);
     await within("the node to close a silent connection", raw.closed, 3_000);
   });
+
+  it("an answer that comes after its request timed out is ignored, not taken for a breach", async () => {
+    const node = await startNode({ requestTimeout: 200 });
+    const raw = await rawConnect(node.address);
+    raw.socket.write(frame(hello()));
+    assert.equal((await raw.next()).op, "welcome");
+    await raw.next();
+    raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+    const stats = node.clusterStats();
+    const request = await raw.next();
+    assert.equal(request.op, "stats");
+    assert.equal((await stats).length, 1, "the silent raw peer is left out");
+    raw.socket.write(frame({ op: "ok", rid: request.rid, stats: {} }));
+    raw.socket.write(frame({ op: "get", rid: 1, key: "nothing" }));
+    assert.deepEqual(await raw.next(), { op: "ok", rid: 1 });
+    assert.equal(node.stats().peers, 1);
+    raw.socket.destroy();
+  });
+
+  it("a version beyond 2^50 is a protocol error: that connection closes, the node reports it and keeps working", async () => {
+    const [a, b] = await startCluster(2);
+    const errors: Error[] = [];
+    a.on("error", (error) => errors.push(error));
+    const raw = await rawConnect(a.address);
+    raw.socket.write(frame(hello()));
+    await raw.next();
+    raw.socket.write(frame({ op: "own", rid: 1, keys: [["k", Number.MAX_SAFE_INTEGER, 0]] }));
+    await within("the node to close the connection", raw.closed);
+    assert.equal(errors.length, 1);
+    assert.match(errors[0].message, /integer version|\[key, version, ttl\]/);
+    await a.set("x", 1);
+    assert.equal(await b.get("x"), 1);
+  });
 });
+

@@ -1,0 +1,242 @@
+// The node as a cache: TTL, bounded memory, single-flight fetch, the batch and iteration API, stats.
+import { afterEach, assert, describe, it, startCluster, startNode, stopAll, waitFor, within } from "../deps.ts";
+import { type FetchDone, KosyakError, Node } from "../mod.ts";
+
+afterEach(stopAll);
+
+/** A fetch option whose calls the test answers by hand, and a count of its calls. */
+function heldFetch() {
+  const calls: Array<{ key: string; done: FetchDone }> = [];
+  return { calls, fetch: (key: string, done: FetchDone) => void calls.push({ key, done }) };
+}
+
+describe("TTL", () => {
+  it("an entry set with a ttl expires on its node and as seen from another node", async () => {
+    const [a, b] = await startCluster(2);
+    await a.set("short", "lived", { ttl: 150 });
+    await a.set("long", "lived");
+    assert.equal(await b.get("short"), "lived");
+    assert.ok(b.has("short"));
+    await waitFor("the entry to expire as b sees it", async () => (await b.get("short")) === null, 5_000);
+    assert.equal(await a.get("short"), null);
+    assert.equal(b.has("short"), false);
+    assert.equal(await b.get("long"), "lived");
+    assert.equal(a.stats().expirations, 1);
+  });
+
+  it("expired entries leave every peer's directory without anyone asking for them", async () => {
+    const [a, b, c] = await startCluster(3);
+    await a.mset([["x", 1], ["y", 2]], { ttl: 100 });
+    assert.equal(b.stats().remoteKeys, 2);
+    await waitFor("the directories to forget the expired keys", () => b.stats().remoteKeys === 0 && c.stats().remoteKeys === 0, 5_000);
+    assert.equal(a.stats().entries, 0);
+  });
+
+  it("the node's ttl option applies when set gives none, and ttl 0 keeps an entry", async () => {
+    const node = await startNode({ ttl: 100 });
+    await node.set("default", 1);
+    await node.set("forever", 2, { ttl: 0 });
+    const expires: Record<string, number> = {};
+    node.eachEntry((_v, key, entry) => (expires[key] = entry.expires));
+    assert.ok(expires.default > Date.now() - 1000);
+    assert.equal(expires.forever, 0);
+    await waitFor("the default ttl to pass", async () => (await node.get("default")) === null, 5_000);
+    assert.equal(await node.get("forever"), 2);
+  });
+
+  it("set refuses a ttl that is not a number of milliseconds", async () => {
+    const node = await startNode();
+    assert.throws(() => node.set("k", 1, { ttl: -1 }), { name: "RangeError", message: /ttl must be a number of milliseconds/ });
+    assert.throws(() => node.set("k", 1, { ttl: "1s" as never }), RangeError);
+    assert.throws(() => new Node({ ttl: NaN }), RangeError);
+  });
+});
+
+describe("Bounded memory", () => {
+  it("a node with maxEntries never holds more under a write stream ten times larger, and evicts the least recently used", async () => {
+    const [bounded, peer] = await startCluster(2, { maxEntries: 100 });
+    for (let i = 0; i < 1000; i++) {
+      await bounded.set(`k${i}`, i);
+      if (i % 50 === 0) await bounded.get("k0");
+      assert.ok(bounded.stats().entries <= 100, `entries after ${i} writes: ${bounded.stats().entries}`);
+    }
+    assert.equal(bounded.stats().entries, 100);
+    assert.equal(bounded.stats().evictions, 900);
+    assert.equal(await bounded.get("k0"), 0, "the key read all along stays");
+    assert.equal(await bounded.get("k1"), null, "an old key nobody read is gone");
+    await waitFor("the peer to forget every evicted key", () => peer.stats().remoteKeys === 100);
+  });
+
+  it("a node with maxBytes stays within it, counting key length plus JSON length", async () => {
+    const node = await startNode({ maxBytes: 2_000 });
+    for (let i = 0; i < 200; i++) {
+      await node.set(`key${i}`, "x".repeat(100));
+      assert.ok(node.stats().bytes <= 2_000, `bytes after ${i} writes: ${node.stats().bytes}`);
+    }
+    await node.clear();
+    await node.set("abc", { n: 1 });
+    assert.equal(node.stats().bytes, 3 + JSON.stringify({ n: 1 }).length);
+  });
+
+  it("set refuses one entry larger than maxBytes, or than a frame can carry", async () => {
+    const node = await startNode({ maxBytes: 50 });
+    assert.throws(() => node.set("k", "y".repeat(100)), { name: "RangeError", message: /more than maxBytes \(50\)/ });
+    const unbounded = await startNode();
+    assert.throws(() => unbounded.set("big", "z".repeat(17 * 1024 * 1024)), { name: "RangeError", message: /a frame can carry/ });
+  });
+});
+
+describe("Single-flight fetch", () => {
+  it("100 concurrent gets of a missing key on one node call fetch once and all get its value", async () => {
+    const held = heldFetch();
+    const node = await startNode({ fetch: held.fetch });
+    const gets = Array.from({ length: 100 }, () => node.get("missing"));
+    await waitFor("fetch to be called", () => held.calls.length === 1);
+    held.calls[0].done(null, { answer: 42 });
+    const values = await within("the gets", Promise.all(gets));
+    assert.deepEqual(new Set(values.map((v) => JSON.stringify(v))), new Set(['{"answer":42}']));
+    assert.equal(held.calls.length, 1);
+    assert.equal(node.stats().fetches, 1);
+  });
+
+  it("concurrent gets of one missing key on three nodes call fetch once in the whole cluster", async () => {
+    const held = heldFetch();
+    const nodes = await startCluster(3, { fetch: held.fetch });
+    const gets = nodes.flatMap((node) => [node.get("shared"), node.get("shared")]);
+    await waitFor("fetch to be called", () => held.calls.length === 1);
+    held.calls[0].done(null, "fetched once");
+    assert.deepEqual(await within("the gets", Promise.all(gets)), Array(6).fill("fetched once"));
+    assert.equal(held.calls.length, 1);
+    assert.equal(nodes.reduce((sum, node) => sum + node.stats().entries, 0), 1);
+  });
+
+  it("a failing fetch fails every waiting get with ERR_FETCH and caches nothing", async () => {
+    const held = heldFetch();
+    const node = await startNode({ fetch: held.fetch });
+    const gets = Array.from({ length: 10 }, () => node.get("k").then(() => "resolved", (error) => error));
+    await waitFor("fetch to be called", () => held.calls.length === 1);
+    held.calls[0].done(new Error("upstream is down"));
+    for (const outcome of await Promise.all(gets)) {
+      assert.ok(outcome instanceof KosyakError);
+      assert.equal(outcome.code, "ERR_FETCH");
+    }
+    assert.equal(node.has("k"), false);
+    const again = node.get("k");
+    await waitFor("a later get to call fetch again", () => held.calls.length === 2);
+    held.calls[1].done(null, "back");
+    assert.equal(await again, "back");
+  });
+
+  it("a fetch slower than fetchTimeout fails the gets, and its late value is not cached", async () => {
+    const held = heldFetch();
+    const node = await startNode({ fetch: held.fetch, fetchTimeout: 100 });
+    await assert.rejects(node.get("slow"), { code: "ERR_FETCH", message: /did not call back within 100 ms/ });
+    held.calls[0].done(null, "too late");
+    assert.equal(node.has("slow"), false);
+    assert.equal(node.stats().fetchErrors, 1);
+  });
+
+  it("with stringify, callers that share one remote get each receive their own copy", async () => {
+    const [a, b] = await startCluster(2, { stringify: true });
+    await a.set("obj", { list: [1] });
+    const [first, second] = (await Promise.all([b.get("obj"), b.get("obj")])) as Array<{ list: number[] }>;
+    assert.deepEqual(first, { list: [1] });
+    assert.notEqual(first, second);
+    first.list.push(2);
+    assert.deepEqual(second, { list: [1] });
+  });
+});
+
+describe("Batch and iteration API", () => {
+  it("has tells whether a local or a remote entry exists, without asking anyone", async () => {
+    const [a, b] = await startCluster(2);
+    await a.set("here", 1);
+    assert.equal(a.has("here"), true);
+    assert.equal(b.has("here"), true);
+    assert.equal(b.has("nowhere"), false);
+    assert.throws(() => b.has(1 as never), TypeError);
+  });
+
+  it("delete is remove by another name", async () => {
+    const [a, b] = await startCluster(2);
+    await a.set("k", 1);
+    await new Promise((resolve) => b.delete("k", resolve));
+    assert.equal(await a.get("k"), null);
+  });
+
+  it("clear empties this node only and every peer forgets its keys", async () => {
+    const [a, b] = await startCluster(2);
+    await a.mset({ x: 1, y: 2 });
+    await b.set("z", 3);
+    await a.clear();
+    assert.equal(a.stats().entries, 0);
+    assert.equal(b.stats().remoteKeys, 0);
+    assert.equal(await a.get("z"), 3);
+  });
+
+  it("keys and for-await list the local live entries, least recently used first", async () => {
+    const node = await startNode();
+    await node.mset([["a", 1], ["b", 2], ["c", 3]]);
+    await node.set("gone", 0, { ttl: 1 });
+    await waitFor("the short entry to expire", () => !node.has("gone"));
+    assert.deepEqual([...node.keys()], ["a", "b", "c"]);
+    const seen: Array<[string, unknown]> = [];
+    for await (const pair of node) seen.push(pair);
+    assert.deepEqual(seen, [["a", 1], ["b", 2], ["c", 3]]);
+  });
+
+  it("mget reads many keys with one request per peer that holds some of them", async () => {
+    const [a, b, c] = await startCluster(3, { fetch: (key, done) => done(null, `fetched ${key}`) });
+    await b.mset({ b1: 1, b2: 2, b3: 3 });
+    await c.mset({ c1: 4, c2: 5 });
+    await a.set("a1", 0);
+    const servedBefore = [b.stats().served, c.stats().served];
+    const values = await a.mget(["b1", "c1", "a1", "b3", "c2", "b2"]);
+    assert.deepEqual(values, [1, 4, 0, 3, 5, 2]);
+    assert.deepEqual([b.stats().served, c.stats().served], servedBefore.map((n) => n + 1));
+    assert.deepEqual(await a.mget(["b1", "new"]), [1, "fetched new"]);
+    assert.throws(() => a.mget("b1" as never), { name: "TypeError", message: /keys must be an array of strings/ });
+  });
+
+  it("mset costs one request per peer, and every node then reads every entry", async () => {
+    const nodes = await startCluster(3);
+    const servedBefore = nodes.map((n) => n.stats().served);
+    const entries = Array.from({ length: 20 }, (_, i): [string, number] => [`m${i}`, i]);
+    await new Promise<void>((resolve, reject) => nodes[0].mset(entries, (err) => (err ? reject(err) : resolve())));
+    assert.deepEqual(nodes.map((n) => n.stats().served - servedBefore[nodes.indexOf(n)]), [0, 1, 1]);
+    assert.deepEqual(await nodes[2].mget(entries.map(([k]) => k)), entries.map(([, v]) => v));
+    assert.throws(() => nodes[0].mset([["ok", 1], [2, 2]] as never), TypeError);
+  });
+});
+
+describe("Stats", () => {
+  it("count entries, bytes, sets, hits, remote hits, misses, fetches, evictions and served requests", async () => {
+    let fail = false;
+    const fetch = (key: string, done: FetchDone) => (fail ? done(new Error("no")) : done(null, key));
+    // Only b has a fetch option, so b calls it for every miss and the counts are b's alone.
+    const a = await startNode({ maxEntries: 2 });
+    const b = await startNode({ master: a.address, fetch });
+    await a.mset({ one: 1, two: 2, three: 3 });
+    await a.get("three");
+    await b.get("two");
+    await b.get("fresh");
+    fail = true;
+    await assert.rejects(b.get("broken"), { code: "ERR_FETCH" });
+
+    const aStats = a.stats();
+    assert.equal(aStats.entries, 2);
+    assert.equal(aStats.sets, 3);
+    assert.equal(aStats.evictions, 1);
+    assert.equal(aStats.hits, 1);
+    assert.equal(aStats.bytes, "two".length + 1 + "three".length + 1);
+    assert.ok(aStats.served >= 2, `a answered b's get and fetch requests: ${aStats.served}`);
+    const bStats = b.stats();
+    assert.equal(bStats.remoteHits, 1);
+    assert.equal(bStats.misses, 2);
+    assert.equal(bStats.fetches, 2);
+    assert.equal(bStats.fetchErrors, 1);
+    assert.equal(bStats.sets, 1);
+    assert.equal(bStats.peers, 1);
+    assert.equal(bStats.remoteKeys, 2);
+  });
+});
