@@ -139,6 +139,60 @@ export interface NodeOptions {
    * @default {3000}
    */
   peerTimeout?: number;
+  /**
+   * A shared secret every member knows. Nodes prove knowledge of it to each other when they
+   * connect (HMAC-SHA-256 challenge and response, over Web Crypto); the secret itself never
+   * crosses the wire. A connection that cannot prove it is refused before it can read, write or
+   * learn any key, and the refusal is reported as an `error` event with code `ERR_AUTH`.
+   * Left out, any node that can reach the port may join.
+   */
+  secret?: string;
+  /**
+   * TLS for every connection: this node's certificate chain and private key (PEM), and the CA
+   * (PEM) that signed the other members' certificates. With a CA, connections are mutually
+   * authenticated: each end checks the other's certificate (a Deno listener cannot ask for a
+   * client certificate; use `secret` as well). A node with `tls` accepts no plain connection.
+   */
+  tls?: TlsOptions;
+  /**
+   * Largest frame this node accepts from a peer, in bytes; a larger one closes that connection.
+   * Every member should use the same value.
+   * @default {16777216}
+   */
+  maxFrameBytes?: number;
+  /**
+   * Most connections this node keeps open at once (peers and connections still in their
+   * handshake); more are closed at once and reported as an `error` event.
+   * @default {1024}
+   */
+  maxConnections?: number;
+  /**
+   * Longest key, in UTF-16 code units; a longer one is refused with a `RangeError`.
+   * @default {1024}
+   */
+  maxKeyLength?: number;
+  /**
+   * Largest value, as the length of its JSON text in UTF-16 code units; a larger one is refused
+   * with a `RangeError`. At most `maxFrameBytes` minus 64 KiB.
+   * @default {8388608}
+   */
+  maxValueBytes?: number;
+  /**
+   * Most bytes that may wait to be sent to one peer; a peer that stops reading that long is
+   * disconnected (peerDown reason `stalled`) instead of being buffered for without limit.
+   * @default {33554432}
+   */
+  maxQueueBytes?: number;
+}
+
+/** TLS settings of {@linkcode NodeOptions.tls}, in PEM. */
+export interface TlsOptions {
+  /** This node's certificate chain. */
+  cert: string;
+  /** This node's private key. */
+  key: string;
+  /** The CA that signed the other members' certificates; given, each end checks the other. */
+  ca?: string;
 }
 
 /** An address to join a cluster through; `host` defaults to `"127.0.0.1"`. */
@@ -150,7 +204,7 @@ export interface Seed {
 }
 
 /** Why a peer went down, as {@linkcode NodeEvents.peerDown} reports it. */
-export type PeerDownReason = "left" | "closed" | "timeout" | "protocol-error";
+export type PeerDownReason = "left" | "closed" | "timeout" | "protocol-error" | "stalled";
 
 /** A peer as events describe it. */
 export interface PeerInfo {
@@ -242,6 +296,11 @@ export const DEFAULTS: {
   readonly ttl: number;
   readonly maxEntries: number;
   readonly maxBytes: number;
+  readonly maxFrameBytes: number;
+  readonly maxConnections: number;
+  readonly maxKeyLength: number;
+  readonly maxValueBytes: number;
+  readonly maxQueueBytes: number;
 } = Object.freeze({
   host: "127.0.0.1",
   port: 0,
@@ -254,6 +313,11 @@ export const DEFAULTS: {
   ttl: 0,
   maxEntries: Infinity,
   maxBytes: Infinity,
+  maxFrameBytes: 16 * 1024 * 1024,
+  maxConnections: 1024,
+  maxKeyLength: 1024,
+  maxValueBytes: 8 * 1024 * 1024,
+  maxQueueBytes: 32 * 1024 * 1024,
 });
 
 const KOSYAK_ERROR_CODES = [
@@ -266,6 +330,8 @@ const KOSYAK_ERROR_CODES = [
   "ERR_TIMEOUT",
   "ERR_PEER_GONE",
   "ERR_FETCH",
+  "ERR_AUTH",
+  "ERR_LIMIT",
   "ERR_REMOTE",
 ] as const;
 
@@ -535,7 +601,7 @@ export class Node {
   get<T = unknown>(key: string): Promise<T | null>;
   get<T = unknown>(key: string, callback: Callback<T | null>): void;
   get<T = unknown>(key: string, callback?: Callback<T | null>): Promise<T | null> | void {
-    assertKey(key, "get");
+    this.#checkKey(key, "get");
     if (callback !== undefined) assertFunction(callback, "get", "callback");
     if (this.#lifecycle === "ready") {
       const entry = this.#store.get(key);
@@ -574,7 +640,7 @@ export class Node {
   mget<T = unknown>(keys: string[], callback: Callback<Array<T | null>>): void;
   mget<T = unknown>(keys: string[], callback?: Callback<Array<T | null>>): Promise<Array<T | null>> | void {
     if (!Array.isArray(keys)) throw new TypeError(`Cannot mget: keys must be an array of strings: received ${quote(keys)}`);
-    for (const key of keys) assertKey(key, "mget");
+    for (const key of keys) this.#checkKey(key, "mget");
     if (callback !== undefined) assertFunction(callback, "mget", "callback");
     return settle(this.#mget(keys) as Promise<Array<T | null>>, callback);
   }
@@ -598,7 +664,7 @@ export class Node {
    * ```
    */
   has(key: string): boolean {
-    assertKey(key, "has");
+    this.#checkKey(key, "has");
     if (this.#lifecycle !== "ready") return false;
     return this.#store.peek(key) !== undefined || this.#cluster.holderOf(key) !== undefined;
   }
@@ -712,7 +778,7 @@ export class Node {
   remove(key: string): Promise<void>;
   remove(key: string, callback: (err: Error | null) => void): void;
   remove(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
-    assertKey(key, "remove");
+    this.#checkKey(key, "remove");
     if (callback !== undefined) assertFunction(callback, "remove", "callback");
     return settle(this.#remove(key), callback);
   }
@@ -1041,9 +1107,18 @@ export class Node {
     return value;
   }
 
+  /** Checks that a key is a string no longer than `maxKeyLength`. */
+  #checkKey(key: unknown, operation: string): asserts key is string {
+    assertKey(key, operation);
+    const { maxKeyLength } = this.#options;
+    if (key.length > maxKeyLength) {
+      throw new RangeError(`Cannot ${operation}: the key is ${key.length} characters long, more than maxKeyLength (${maxKeyLength})`);
+    }
+  }
+
   /** Checks a write's arguments and measures it, before anything is stored. */
   #prepareWrite(operation: string, key: unknown, value: unknown, options: SetOptions | undefined): Write {
-    assertKey(key, operation);
+    this.#checkKey(key, operation);
     if (options !== undefined && (typeof options !== "object" || options === null)) {
       throw new TypeError(`Cannot ${operation} "${key}": options must be an object: received ${quote(options)}`);
     }
@@ -1051,15 +1126,19 @@ export class Node {
     if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
       throw new RangeError(`Cannot ${operation} "${key}": ttl must be a number of milliseconds, 0 or more: received ${quote(ttl)}`);
     }
+    const { maxValueBytes, maxBytes, maxFrameBytes } = this.#options;
     const json = toJson(value, `Cannot ${operation} "${key}"`);
+    if (json.length > maxValueBytes) {
+      throw new RangeError(`Cannot ${operation} "${key}": the value takes ${json.length} bytes as JSON, more than maxValueBytes (${maxValueBytes})`);
+    }
     const size = key.length + json.length;
-    if (size > this.#options.maxBytes) {
-      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${size} bytes, more than maxBytes (${this.#options.maxBytes})`);
+    if (size > maxBytes) {
+      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${size} bytes, more than maxBytes (${maxBytes})`);
     }
     // Measured in UTF-8 only when it could matter: a string takes at most 3 bytes per unit.
-    const wireBytes = 3 * size > MAX_ENTRY_BYTES ? utf8Encoder.encode(key + json).length : size;
-    if (wireBytes > MAX_ENTRY_BYTES) {
-      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${wireBytes} bytes, more than the ${MAX_ENTRY_BYTES} a frame can carry`);
+    const room = maxFrameBytes - FRAME_ROOM;
+    if (3 * size > room && utf8Encoder.encode(json).length > room) {
+      throw new RangeError(`Cannot ${operation} "${key}": the value takes more than the ${room} bytes of UTF-8 a frame can carry`);
     }
     return { key, stored: this.#options.stringify ? json : value, size, ttl };
   }
@@ -1209,12 +1288,20 @@ interface ResolvedOptions {
   ttl: number;
   maxEntries: number;
   maxBytes: number;
+  secret: string | undefined;
+  tls: TlsOptions | undefined;
+  maxFrameBytes: number;
+  maxConnections: number;
+  maxKeyLength: number;
+  maxValueBytes: number;
+  maxQueueBytes: number;
 }
 
 const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
-  "maxEntries", "maxBytes",
+  "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
+  "maxValueBytes", "maxQueueBytes",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -1280,6 +1367,25 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   }
   const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
   if (typeof maxBytes !== "number" || !(maxBytes >= 1)) fail("maxBytes must be a number of 1 or more, or Infinity", maxBytes, RangeError);
+  const whole = (name: "maxFrameBytes" | "maxConnections" | "maxKeyLength" | "maxValueBytes" | "maxQueueBytes", min: number): number => {
+    const value = options[name] ?? DEFAULTS[name];
+    if (!Number.isSafeInteger(value) || value < min) fail(`${name} must be an integer of ${min} or more`, value, RangeError);
+    return value;
+  };
+  const maxFrameBytes = whole("maxFrameBytes", 128 * 1024);
+  const maxValueBytes = whole("maxValueBytes", 1);
+  if (maxValueBytes > maxFrameBytes - FRAME_ROOM) {
+    fail(`maxValueBytes must leave 64 KiB of maxFrameBytes (${maxFrameBytes}) free`, maxValueBytes, RangeError);
+  }
+  const { secret, tls } = options;
+  if (secret !== undefined && (typeof secret !== "string" || secret === "")) fail("secret must be a non-empty string", secret);
+  if (tls !== undefined) {
+    if (typeof tls !== "object" || tls === null) fail("tls must be an object with cert and key", tls);
+    for (const field of ["cert", "key"] as const) {
+      if (typeof tls[field] !== "string" || tls[field] === "") fail(`tls.${field} must be a PEM string`, tls[field]);
+    }
+    if (tls.ca !== undefined && typeof tls.ca !== "string") fail("tls.ca must be a PEM string", tls.ca);
+  }
   if (peerTimeout <= heartbeatInterval) {
     fail(`peerTimeout must be longer than heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
@@ -1300,6 +1406,13 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     ttl,
     maxEntries,
     maxBytes,
+    secret,
+    tls: tls && { cert: tls.cert, key: tls.key, ca: tls.ca },
+    maxFrameBytes,
+    maxConnections: whole("maxConnections", 1),
+    maxKeyLength: whole("maxKeyLength", 1),
+    maxValueBytes,
+    maxQueueBytes: whole("maxQueueBytes", 1024),
   };
 }
 
@@ -1399,7 +1512,12 @@ function deferred<T>(): Deferred<T> {
 }
 
 function randomId(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return randomHex(8);
+}
+
+/** `size` random bytes, as hex. */
+function randomHex(size: number): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(size));
   return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
@@ -1435,7 +1553,8 @@ class Timers {
 }
 
 // ─── Runtime adapter ─────────────────────────────────────────────────────────────────────────
-// The only section that touches Deno, Bun or node:net. Everything else sees Transport and Conn.
+// The only section that touches Deno, Bun, node:net or node:tls. Everything else sees Transport
+// and Conn.
 
 /** What a connection tells its owner. */
 interface ConnHandlers {
@@ -1443,14 +1562,16 @@ interface ConnHandlers {
   close(): void;
 }
 
-/** One TCP connection, whatever the runtime. */
+/** One TCP (or TLS) connection, whatever the runtime. */
 interface Conn {
   /** The address the other end connects from. */
   readonly remoteHost: string;
   /** Starts delivering data and the close event to `handlers`. */
   start(handlers: ConnHandlers): void;
-  /** Queues bytes; the connection writes them in order. */
+  /** Queues bytes; the connection writes them in order as fast as the other end reads. */
   write(bytes: Uint8Array): void;
+  /** Bytes written but not yet taken by the operating system, because the other end is slow. */
+  buffered(): number;
   /**
    * Closes once queued bytes are written, or after `CLOSE_GRACE_MS` if the other end does not
    * take them; `close` is then reported once. A pending forced close never keeps the process alive.
@@ -1467,9 +1588,15 @@ interface Listener {
   close(): Promise<void>;
 }
 
+/** How a transport listens and connects: the user's socket options and TLS settings. */
+interface TransportOptions {
+  native: Record<string, unknown>;
+  tls: TlsOptions | undefined;
+}
+
 interface Transport {
-  listen(address: Address, options: Record<string, unknown>, accept: (conn: Conn) => void): Promise<Listener>;
-  connect(address: Address, options: Record<string, unknown>): Promise<Conn>;
+  listen(address: Address, options: TransportOptions, accept: (conn: Conn) => void): Promise<Listener>;
+  connect(address: Address, options: TransportOptions): Promise<Conn>;
 }
 
 let transport: Transport | undefined;
@@ -1483,11 +1610,13 @@ function currentTransport(): Transport {
 
 const NO_HANDLERS: ConnHandlers = { data() {}, close() {} };
 
-// Node.js: node:net, loaded on first use so that the module itself never imports it.
+// Node.js: node:net and node:tls, loaded on first use so that the module itself imports nothing.
 
 function nodeTransport(): Transport {
   let netModule: Promise<typeof import("node:net")> | undefined;
+  let tlsModule: Promise<typeof import("node:tls")> | undefined;
   const net = () => (netModule ??= import("node:net"));
+  const tls = () => (tlsModule ??= import("node:tls"));
 
   function wrap(socket: import("node:net").Socket): Conn {
     socket.setNoDelay(true);
@@ -1504,6 +1633,7 @@ function nodeTransport(): Transport {
       write(bytes) {
         socket.write(bytes);
       },
+      buffered: () => socket.writableLength,
       close() {
         socket.end(() => socket.destroy());
         const cut = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
@@ -1513,10 +1643,25 @@ function nodeTransport(): Transport {
     };
   }
 
+  /** Resolves once `socket` emits `ready`; rejects on its first error. */
+  const opened = (socket: import("node:net").Socket, ready: string) =>
+    new Promise<void>((resolve, reject) => {
+      socket.once("error", reject);
+      socket.once(ready, () => {
+        socket.off("error", reject);
+        resolve();
+      });
+    });
+
   return {
-    async listen(address, options, accept) {
-      const { createServer } = await net();
-      const server = createServer(options, (socket) => accept(wrap(socket)));
+    async listen(address, { native, tls: secure }, accept) {
+      // With a CA, clients must present a certificate it signed: mutual TLS.
+      const server = secure === undefined
+        ? (await net()).createServer(native, (socket) => accept(wrap(socket)))
+        : (await tls()).createServer(
+          { ...native, cert: secure.cert, key: secure.key, ca: secure.ca, requestCert: secure.ca !== undefined, rejectUnauthorized: secure.ca !== undefined },
+          (socket) => accept(wrap(socket)),
+        );
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
         server.listen({ host: address.host, port: address.port }, () => {
@@ -1525,51 +1670,53 @@ function nodeTransport(): Transport {
         });
       });
       server.on("error", () => {});
+      // A client that fails the TLS handshake never reaches accept; its socket must not throw.
+      server.on("tlsClientError", () => {});
       const bound = server.address();
       return {
         port: typeof bound === "object" && bound !== null ? bound.port : address.port,
         close: () => new Promise<void>((resolve) => server.close(() => resolve())),
       };
     },
-    async connect(address, options) {
-      const { connect } = await net();
-      const socket = connect({ ...options, host: address.host, port: address.port });
-      await new Promise<void>((resolve, reject) => {
-        socket.once("error", reject);
-        socket.once("connect", () => {
-          socket.off("error", reject);
-          resolve();
-        });
-      });
+    async connect(address, { native, tls: secure }) {
+      if (secure === undefined) {
+        const socket = (await net()).connect({ ...native, host: address.host, port: address.port });
+        await opened(socket, "connect");
+        return wrap(socket);
+      }
+      const socket = (await tls()).connect({ ...native, host: address.host, port: address.port, ...secure });
+      await opened(socket, "secureConnect");
       return wrap(socket);
     },
   };
 }
 
-// Deno: Deno.listen and Deno.connect.
+// Deno: Deno.listen/Deno.connect, and Deno.listenTls/Deno.connectTls.
 
-interface DenoTcpConn {
+interface DenoConn {
   readonly remoteAddr: { hostname?: string };
   read(buffer: Uint8Array): Promise<number | null>;
   write(bytes: Uint8Array): Promise<number>;
-  setNoDelay(noDelay?: boolean): void;
+  setNoDelay?(noDelay?: boolean): void;
   close(): void;
 }
 
+type DenoListener = AsyncIterable<DenoConn> & { readonly addr: { port?: number }; close(): void };
+
 interface DenoApi {
-  listen(options: { hostname: string; port: number }): AsyncIterable<DenoTcpConn> & {
-    readonly addr: { port?: number };
-    close(): void;
-  };
-  connect(options: { hostname: string; port: number }): Promise<DenoTcpConn>;
+  listen(options: { hostname: string; port: number }): DenoListener;
+  listenTls(options: { hostname: string; port: number; cert: string; key: string }): DenoListener;
+  connect(options: { hostname: string; port: number }): Promise<DenoConn>;
+  connectTls(options: { hostname: string; port: number; caCerts?: string[]; cert?: string; key?: string }): Promise<DenoConn & { handshake(): Promise<unknown> }>;
   unrefTimer(id: ReturnType<typeof setTimeout>): void;
 }
 
 function denoTransport(deno: DenoApi): Transport {
-  function wrap(conn: DenoTcpConn): Conn {
-    conn.setNoDelay(true);
+  function wrap(conn: DenoConn): Conn {
+    conn.setNoDelay?.(true);
     let handlers = NO_HANDLERS;
     let queue: Uint8Array[] = [];
+    let queued = 0;
     let writing = false;
     let closing = false;
     let closed = false;
@@ -1591,7 +1738,11 @@ function denoTransport(deno: DenoApi): Transport {
           const batch = queue;
           queue = [];
           for (let chunk of batch) {
-            while (chunk.length > 0) chunk = chunk.subarray(await conn.write(chunk));
+            while (chunk.length > 0) {
+              const written = await conn.write(chunk);
+              queued -= written;
+              chunk = chunk.subarray(written);
+            }
           }
         }
       } catch {
@@ -1609,7 +1760,7 @@ function denoTransport(deno: DenoApi): Transport {
           handlers.data(buffer.slice(0, n));
         }
       } catch {
-        // A reset or a close from our side ends the loop like an orderly end does.
+        // A reset, a failed TLS handshake or a close from our side ends the loop like an orderly end.
       }
       finish();
     };
@@ -1623,8 +1774,10 @@ function denoTransport(deno: DenoApi): Transport {
       write(bytes) {
         if (closed || closing) return;
         queue.push(bytes);
+        queued += bytes.length;
         if (!writing) flush();
       },
+      buffered: () => queued,
       close() {
         closing = true;
         if (!writing) return finish();
@@ -1634,8 +1787,10 @@ function denoTransport(deno: DenoApi): Transport {
   }
 
   return {
-    async listen(address, options, accept) {
-      const listener = deno.listen({ ...options, hostname: address.host, port: address.port });
+    async listen(address, { native, tls: secure }, accept) {
+      // Deno.listenTls cannot ask clients for certificates: `secret` authenticates them instead.
+      const where = { ...native, hostname: address.host, port: address.port };
+      const listener = secure === undefined ? deno.listen(where) : deno.listenTls({ ...where, cert: secure.cert, key: secure.key });
       const accepting = (async () => {
         try {
           for await (const conn of listener) accept(wrap(conn));
@@ -1656,13 +1811,28 @@ function denoTransport(deno: DenoApi): Transport {
         },
       };
     },
-    async connect(address, options) {
-      return wrap(await deno.connect({ ...options, hostname: address.host, port: address.port }));
+    async connect(address, { native, tls: secure }) {
+      const where = { ...native, hostname: address.host, port: address.port };
+      if (secure === undefined) return wrap(await deno.connect(where));
+      const conn = await deno.connectTls({
+        ...where,
+        cert: secure.cert,
+        key: secure.key,
+        caCerts: secure.ca === undefined ? undefined : [secure.ca],
+      });
+      try {
+        await conn.handshake();
+      } catch (error) {
+        conn.close();
+        throw error;
+      }
+      return wrap(conn);
     },
   };
 }
 
-// Bun: Bun.listen and Bun.connect, whose socket callbacks are routed to a Conn kept in socket.data.
+// Bun: Bun.listen and Bun.connect (with their `tls` option), whose socket callbacks are routed to
+// a Conn kept in socket.data.
 
 interface BunSocket {
   data: BunConnState;
@@ -1679,12 +1849,24 @@ interface BunSocketHandlers {
   drain(socket: BunSocket): void;
   close(socket: BunSocket): void;
   error(socket: BunSocket, error: Error): void;
+  handshake?(socket: BunSocket, success: boolean, authorizationError: Error | null): void;
   connectError?(socket: BunSocket, error: Error): void;
 }
 
+interface BunTls {
+  cert: string;
+  key: string;
+  ca?: string;
+  requestCert?: boolean;
+  rejectUnauthorized?: boolean;
+}
+
 interface BunApi {
-  listen(options: { hostname: string; port: number; socket: BunSocketHandlers }): { readonly port: number; stop(closeActive?: boolean): void };
-  connect(options: { hostname: string; port: number; socket: BunSocketHandlers }): Promise<BunSocket>;
+  listen(options: { hostname: string; port: number; tls?: BunTls; socket: BunSocketHandlers }): {
+    readonly port: number;
+    stop(closeActive?: boolean): void;
+  };
+  connect(options: { hostname: string; port: number; tls?: BunTls; socket: BunSocketHandlers }): Promise<BunSocket>;
 }
 
 /** What Bun keeps for each socket: the handlers, and bytes the kernel did not take yet. */
@@ -1692,6 +1874,7 @@ interface BunConnState {
   handlers: ConnHandlers;
   early: Uint8Array[] | undefined;
   unsent: Uint8Array[];
+  unsentBytes: number;
   closing: boolean;
   closed: boolean;
 }
@@ -1701,9 +1884,10 @@ function bunTransport(bun: BunApi): Transport {
     const state = socket.data;
     while (state.unsent.length > 0) {
       const chunk = state.unsent[0];
-      const written = socket.write(chunk);
+      const written = Math.max(socket.write(chunk), 0);
+      state.unsentBytes -= written;
       if (written < chunk.length) {
-        state.unsent[0] = chunk.subarray(Math.max(written, 0));
+        state.unsent[0] = chunk.subarray(written);
         return;
       }
       state.unsent.shift();
@@ -1713,7 +1897,7 @@ function bunTransport(bun: BunApi): Transport {
 
   const handlers: BunSocketHandlers = {
     open(socket) {
-      socket.data = { handlers: NO_HANDLERS, early: [], unsent: [], closing: false, closed: false };
+      socket.data = { handlers: NO_HANDLERS, early: [], unsent: [], unsentBytes: 0, closing: false, closed: false };
       socket.setNoDelay?.(true);
     },
     data(socket, chunk) {
@@ -1746,8 +1930,10 @@ function bunTransport(bun: BunApi): Transport {
       write(bytes) {
         if (state.closed || state.closing) return;
         state.unsent.push(bytes);
+        state.unsentBytes += bytes.length;
         if (state.unsent.length === 1) writeUnsent(socket);
       },
+      buffered: () => state.unsentBytes,
       close() {
         if (state.closing || state.closed) return;
         state.closing = true;
@@ -1757,29 +1943,56 @@ function bunTransport(bun: BunApi): Transport {
     };
   }
 
+  /** Bun's tls option; with a CA, both ends verify each other's certificate. */
+  const bunTls = (secure: TlsOptions | undefined): BunTls | undefined =>
+    secure && { ...secure, requestCert: secure.ca !== undefined, rejectUnauthorized: secure.ca !== undefined };
+
   return {
-    async listen(address, options, accept) {
+    async listen(address, { native, tls: secure }, accept) {
       const server = bun.listen({
-        ...options,
+        ...native,
         hostname: address.host,
         port: address.port,
+        tls: bunTls(secure),
         socket: {
           ...handlers,
           open(socket) {
             handlers.open(socket);
-            accept(wrap(socket));
+            // A TLS connection is handed over once its handshake has succeeded.
+            if (secure === undefined) accept(wrap(socket));
+          },
+          handshake(socket, success, authorizationError) {
+            if (success && (authorizationError === null || secure?.ca === undefined)) accept(wrap(socket));
+            else socket.terminate();
           },
         },
       });
       return { port: server.port, close: async () => server.stop(true) };
     },
-    async connect(address, options) {
+    async connect(address, { native, tls: secure }) {
+      let handshake: Promise<void> | undefined;
+      let settle: { resolve(): void; reject(error: Error): void } | undefined;
+      if (secure !== undefined) handshake = new Promise((resolve, reject) => (settle = { resolve, reject }));
       const socket = await bun.connect({
-        ...options,
+        ...native,
         hostname: address.host,
         port: address.port,
-        socket: { ...handlers, connectError: () => {} },
+        tls: bunTls(secure),
+        socket: {
+          ...handlers,
+          connectError: () => {},
+          handshake(socket, success, authorizationError) {
+            if (success && authorizationError === null) return settle?.resolve();
+            socket.terminate();
+            settle?.reject(authorizationError ?? new Error("TLS handshake failed"));
+          },
+          close(socket) {
+            settle?.reject(new Error("The connection closed during the TLS handshake"));
+            handlers.close(socket);
+          },
+        },
       });
+      await handshake;
       return wrap(socket);
     },
   };
@@ -1791,10 +2004,8 @@ function bunTransport(bun: BunApi): Transport {
 
 /** The protocol version both ends must speak; sent in every handshake. */
 const PROTOCOL_VERSION = 1;
-/** Largest frame a node accepts; a larger one closes the connection. */
-const MAX_FRAME_BYTES = 16 * 1024 * 1024;
-/** Largest entry a node stores: what still fits in one frame with room for the envelope. */
-const MAX_ENTRY_BYTES = MAX_FRAME_BYTES - 1024;
+/** Room a frame keeps beside the largest value: the key and the message around it. */
+const FRAME_ROOM = 64 * 1024;
 /** Largest version a peer may send (2^50). */
 const MAX_VERSION = 2 ** 50;
 /** Keys per message when a node tells a new peer what it holds, or its peers what it dropped. */
@@ -1823,18 +2034,22 @@ const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
  * cannot write, or that would be larger than a peer accepts, goes to `replace`; what that
  * returns is sent in its place.
  */
-function encodeFrames(messages: readonly Message[], replace: (message: Message, problem: string) => Message | undefined): Uint8Array {
+function encodeFrames(
+  messages: readonly Message[],
+  maxFrameBytes: number,
+  replace: (message: Message, problem: string) => Message | undefined,
+): Uint8Array {
   const bodies: Uint8Array[] = [];
   for (const message of messages) {
     let body: Uint8Array | undefined;
     let problem: string;
     try {
       body = utf8Encoder.encode(JSON.stringify(message));
-      problem = `the message takes ${body.length} bytes, more than the frame limit of ${MAX_FRAME_BYTES}`;
+      problem = `the message takes ${body.length} bytes, more than the frame limit of ${maxFrameBytes}`;
     } catch (error) {
       problem = `the value cannot be written as JSON: ${describe(error)}`;
     }
-    if (body !== undefined && body.length <= MAX_FRAME_BYTES) {
+    if (body !== undefined && body.length <= maxFrameBytes) {
       bodies.push(body);
       continue;
     }
@@ -1926,6 +2141,13 @@ function requireString(message: Message, field: string): string {
   return value;
 }
 
+/** A handshake nonce: 16 random bytes as hex. */
+function requireNonce(message: Message): string {
+  const nonce = message.nonce;
+  if (typeof nonce !== "string" || !/^[0-9a-f]{32}$/.test(nonce)) throw new ProtocolError(`"${message.op}" needs a nonce of 32 hex digits`);
+  return nonce;
+}
+
 function requireArray(message: Message, field: string): unknown[] {
   const value = message[field];
   if (!Array.isArray(value)) throw new ProtocolError(`"${message.op}" needs an array ${field}`);
@@ -1952,6 +2174,9 @@ function isVersion(value: unknown): value is number {
 }
 
 // ─── Peer: one connection ────────────────────────────────────────────────────────────────────
+
+/** The options a connection obeys. */
+type PeerLimits = Pick<ResolvedOptions, "requestTimeout" | "maxFrameBytes" | "maxQueueBytes">;
 
 interface PendingRequest {
   resolve: (answer: Message) => void;
@@ -1988,7 +2213,8 @@ class Peer {
   superseded = false;
 
   readonly #conn: Conn;
-  readonly #decoder = new FrameDecoder(MAX_FRAME_BYTES);
+  readonly #decoder: FrameDecoder;
+  readonly #limits: PeerLimits;
   readonly #timeout: number;
   readonly #pending = new Map<number, PendingRequest>();
   #nextRid = 1;
@@ -1998,9 +2224,11 @@ class Peer {
   #onMessage: (message: Message) => void = () => {};
   #onClose: (reason: PeerDownReason) => void = () => {};
 
-  constructor(conn: Conn, requestTimeout: number, dialled: boolean) {
+  constructor(conn: Conn, limits: PeerLimits, dialled: boolean) {
     this.#conn = conn;
-    this.#timeout = requestTimeout;
+    this.#limits = limits;
+    this.#decoder = new FrameDecoder(limits.maxFrameBytes);
+    this.#timeout = limits.requestTimeout;
     this.dialled = dialled;
   }
 
@@ -2103,7 +2331,9 @@ class Peer {
     // A value changed after set (say, a BigInt added) must fail one answer, not the process.
     const failInstead = (message: Message, problem: string): Message | undefined =>
       message.op === "ok" ? { op: "fail", rid: message.rid, code: "ERR_REMOTE", message: problem } : undefined;
-    this.#conn.write(encodeFrames(messages, failInstead));
+    this.#conn.write(encodeFrames(messages, this.#limits.maxFrameBytes, failInstead));
+    // A peer that stops reading is let go, rather than buffered for without limit.
+    if (this.#conn.buffered() > this.#limits.maxQueueBytes) this.close("stalled");
   }
 
   #expire(): void {
@@ -2183,6 +2413,7 @@ class Cluster {
   /** The port listened on, kept after the listener closes. */
   #port: number | undefined;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #hmacKey: Promise<CryptoKey> | undefined;
   #stopping = false;
 
   constructor(id: string, options: ResolvedOptions, host: ClusterHost) {
@@ -2207,7 +2438,8 @@ class Cluster {
   async start(): Promise<void> {
     const { host, port, seeds, server, heartbeatInterval } = this.#options;
     try {
-      this.#listener = await currentTransport().listen({ host, port }, server, (conn) => this.#accept(conn));
+      const options = { native: server, tls: this.#options.tls };
+      this.#listener = await currentTransport().listen({ host, port }, options, (conn) => this.#accept(conn));
       this.#port = this.#listener.port;
     } catch (cause) {
       throw new KosyakError("ERR_LISTEN", `Cannot listen on ${host}:${port}: ${describe(cause)}`, { cause });
@@ -2350,7 +2582,8 @@ class Cluster {
         try {
           return await this.#connect(seed);
         } catch (error) {
-          if (error instanceof KosyakError && error.code === "ERR_PROTOCOL") throw error;
+          // A refusal or a wrong secret will not change by trying again.
+          if (error instanceof KosyakError && (error.code === "ERR_PROTOCOL" || error.code === "ERR_AUTH")) throw error;
           lastError = error;
         }
       }
@@ -2388,65 +2621,155 @@ class Cluster {
   /** Opens a connection and completes the dialling side of the handshake. */
   async #connect(address: Address): Promise<Peer> {
     if (this.#stopping) throw this.stoppedError();
-    const conn = await currentTransport().connect(address, this.#options.socket);
+    const conn = await currentTransport().connect(address, { native: this.#options.socket, tls: this.#options.tls });
     if (this.#stopping) {
       conn.close();
       throw this.stoppedError();
     }
-    return this.#greet(new Peer(conn, this.#options.requestTimeout, true));
+    return this.#greet(new Peer(conn, this.#options, true));
   }
 
-  /** The dialling side of the handshake: hello, then welcome or a refusal. */
+  /**
+   * The dialling side of the handshake: hello; then, when the other node asks for the secret,
+   * its proof checked and this node's proof sent; then welcome, or a refusal.
+   */
   async #greet(peer: Peer): Promise<Peer> {
     this.#connections.add(peer);
     const welcomed = deferred<Peer>();
+    const fail = (error: Error) => {
+      welcomed.reject(error);
+      peer.close();
+    };
+    const nonce = randomHex(16);
+    let challenger: string | undefined;
     peer.start(
       (message) => {
         if (peer.id !== "") return this.#dispatch(peer, message);
-        if (message.op !== "welcome") {
-          peer.close();
-          return welcomed.reject(new ProtocolError(`the node refused the handshake: ${String(message.reason ?? message.op)}`));
+        switch (message.op) {
+          case "challenge":
+            if (challenger !== undefined) throw new ProtocolError("a second challenge");
+            challenger = requireString(message, "id");
+            this.#answerChallenge(peer, nonce, message).catch(fail);
+            return;
+          case "welcome":
+            if (this.#options.secret !== undefined && challenger === undefined) {
+              return fail(new KosyakError("ERR_AUTH", "The node does not ask for the secret, so it cannot have proved it knows it"));
+            }
+            if (challenger !== undefined && challenger !== message.id) throw new ProtocolError("welcome from another id than the challenge");
+            // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
+            return welcomed.resolve(this.#admit(peer, message));
+          case "refuse":
+            return fail(new KosyakError(message.code === "ERR_AUTH" ? "ERR_AUTH" : "ERR_PROTOCOL", `The node refused the handshake: ${String(message.reason)}`));
+          default:
+            throw new ProtocolError(`expected welcome, got "${message.op}"`);
         }
-        // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
-        welcomed.resolve(this.#admit(peer, message));
       },
       (reason) => {
-        welcomed.reject(new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake"));
+        welcomed.reject(peer.error ?? new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake"));
         this.#drop(peer, reason);
       },
     );
-    peer.send(this.#hello("hello"));
-    const timer = setTimeout(() => {
-      welcomed.reject(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${this.#options.requestTimeout} ms`));
-      peer.close();
-    }, this.#options.requestTimeout);
+    peer.send({ ...this.#hello("hello"), nonce });
+    const { requestTimeout } = this.#options;
+    const timer = setTimeout(() => fail(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${requestTimeout} ms`)), requestTimeout);
     return await welcomed.promise.finally(() => clearTimeout(timer));
   }
 
-  /** The accepting side of the handshake. */
+  /** Checks the accepting node's proof of the secret, and answers with this node's own proof. */
+  async #answerChallenge(peer: Peer, nonce: string, challenge: Message): Promise<void> {
+    if (this.#options.secret === undefined) throw new KosyakError("ERR_AUTH", "The node asks for a secret, and this node has none");
+    const transcript = [nonce, requireNonce(challenge), this.#id, requireString(challenge, "id")];
+    if (!(await this.#verify("accept", transcript, challenge.proof))) {
+      throw new KosyakError("ERR_AUTH", "The node failed to prove it knows the secret");
+    }
+    peer.send({ op: "prove", proof: await this.#sign("dial", transcript) });
+  }
+
+  /**
+   * The accepting side of the handshake: hello; with a secret, a challenge that carries this
+   * node's proof, then the dialler's proof checked; then welcome and this node's keys.
+   */
   #accept(conn: Conn): void {
+    const { maxConnections, requestTimeout, secret } = this.#options;
     if (this.#stopping) return conn.close();
-    const peer = new Peer(conn, this.#options.requestTimeout, false);
+    if (this.#connections.size >= maxConnections) {
+      conn.close();
+      const error = new KosyakError("ERR_LIMIT", `Refused a connection from ${conn.remoteHost}: maxConnections (${maxConnections}) reached`);
+      return this.#host.emit("error", error);
+    }
+    const peer = new Peer(conn, this.#options, false);
     this.#connections.add(peer);
-    const timer = setTimeout(() => peer.id === "" && peer.close(), this.#options.requestTimeout);
+    const timer = setTimeout(() => {
+      if (peer.id !== "") return;
+      this.#host.emit("error", new KosyakError("ERR_TIMEOUT", `Closed a connection from ${peer.remoteHost}: no handshake within ${requestTimeout} ms`));
+      peer.close();
+    }, requestTimeout);
+    let stage: "hello" | "proof" | "checking" = "hello";
+    let hello: Message = { op: "hello" };
+    let transcript: string[] = [];
+    const refuseUnproven = (what: string) => {
+      this.#host.emit("error", new KosyakError("ERR_AUTH", `Refused a connection from ${peer.remoteHost}: ${what}`));
+      peer.send({ op: "refuse", code: "ERR_AUTH", reason: "authentication failed" });
+      peer.close();
+    };
     peer.start(
       (message) => {
         if (peer.id !== "") return this.#dispatch(peer, message);
-        clearTimeout(timer);
-        if (message.op !== "hello") throw new ProtocolError(`expected hello, got "${message.op}"`);
-        const refusal = this.#refusalOf(message);
-        if (refusal !== undefined) {
-          peer.send({ op: "refuse", reason: refusal });
-          return peer.close();
+        if (stage === "hello") {
+          if (message.op !== "hello") throw new ProtocolError(`expected hello, got "${message.op}"`);
+          const refusal = this.#refusalOf(message);
+          if (refusal !== undefined) {
+            peer.send({ op: "refuse", reason: refusal });
+            return peer.close();
+          }
+          hello = message;
+          if (secret === undefined) return this.#welcome(peer, hello, timer);
+          stage = "proof";
+          const nonce = randomHex(16);
+          transcript = [requireNonce(message), nonce, requireString(message, "id"), this.#id];
+          this.#sign("accept", transcript).then((proof) => peer.send({ op: "challenge", id: this.#id, nonce, proof }));
+          return;
         }
-        peer.send(this.#hello("welcome"));
-        this.#admit(peer, message);
+        if (stage !== "proof" || message.op !== "prove") throw new ProtocolError(`expected prove, got "${message.op}"`);
+        stage = "checking";
+        this.#verify("dial", transcript, message.proof).then((valid) => {
+          if (peer.closed) return;
+          if (valid) this.#welcome(peer, hello, timer);
+          else refuseUnproven("it failed to prove it knows the secret");
+        });
       },
       (reason) => {
         clearTimeout(timer);
+        if (stage === "proof" && reason === "closed") refuseUnproven("it left without proving it knows the secret");
         this.#drop(peer, reason);
       },
     );
+  }
+
+  #welcome(peer: Peer, hello: Message, timer: ReturnType<typeof setTimeout>): void {
+    clearTimeout(timer);
+    peer.send(this.#hello("welcome"));
+    this.#admit(peer, hello);
+  }
+
+  /** HMAC-SHA-256 of a handshake transcript with the secret, as hex. */
+  async #sign(role: "accept" | "dial", transcript: string[]): Promise<string> {
+    const signature = await crypto.subtle.sign("HMAC", await this.#secretKey(), utf8Encoder.encode([role, ...transcript].join("\n")));
+    return Array.from(new Uint8Array(signature), (byte) => byte.toString(16).padStart(2, "0")).join("");
+  }
+
+  /** Whether `proof` is the HMAC of the transcript; compared in constant time by Web Crypto. */
+  async #verify(role: "accept" | "dial", transcript: string[], proof: unknown): Promise<boolean> {
+    if (typeof proof !== "string" || !/^[0-9a-f]{64}$/.test(proof)) return false;
+    const bytes = new Uint8Array(32);
+    for (let i = 0; i < 32; i++) bytes[i] = parseInt(proof.slice(2 * i, 2 * i + 2), 16);
+    return crypto.subtle.verify("HMAC", await this.#secretKey(), bytes, utf8Encoder.encode([role, ...transcript].join("\n")));
+  }
+
+  #secretKey(): Promise<CryptoKey> {
+    const secret = utf8Encoder.encode(this.#options.secret);
+    this.#hmacKey ??= crypto.subtle.importKey("raw", secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
+    return this.#hmacKey;
   }
 
   /** Why a hello must be refused, if it must. */

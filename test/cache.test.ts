@@ -78,11 +78,14 @@ describe("Bounded memory", () => {
     assert.equal(node.stats().bytes, 3 + JSON.stringify({ n: 1 }).length);
   });
 
-  it("set refuses one entry larger than maxBytes, or than a frame can carry", async () => {
+  it("set refuses one entry larger than maxBytes, maxValueBytes, or what a frame can carry", async () => {
     const node = await startNode({ maxBytes: 50 });
     assert.throws(() => node.set("k", "y".repeat(100)), { name: "RangeError", message: /more than maxBytes \(50\)/ });
     const unbounded = await startNode();
-    assert.throws(() => unbounded.set("big", "z".repeat(17 * 1024 * 1024)), { name: "RangeError", message: /a frame can carry/ });
+    assert.throws(() => unbounded.set("big", "z".repeat(9 * 1024 * 1024)), { name: "RangeError", message: /more than maxValueBytes \(8388608\)/ });
+    // Six million euro signs: within maxValueBytes as UTF-16, but 18 MB of UTF-8.
+    assert.throws(() => unbounded.set("wide", "\u20ac".repeat(6_000_000)), { name: "RangeError", message: /a frame can carry/ });
+    assert.throws(() => unbounded.set("k".repeat(1025), 1), { name: "RangeError", message: /more than maxKeyLength \(1024\)/ });
   });
 });
 
