@@ -8,7 +8,10 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { type Address, Node, type NodeOptions } from "./mod.ts";
@@ -188,4 +191,34 @@ export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime):
       throw error;
     },
   );
+}
+
+// ─── Throwaway TLS certificates ──────────────────────────────────────────────────────────────
+
+/** A CA and a certificate it signed for 127.0.0.1 and localhost, usable by servers and clients. */
+export interface TestCertificates {
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+/** Makes a new CA and a node certificate with openssl, in a temporary folder it then removes. */
+export function makeCertificates(): TestCertificates {
+  const dir = mkdtempSync(join(tmpdir(), "kosyak-certs-"));
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  try {
+    writeFileSync(join(dir, "ca.cnf"), "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n");
+    writeFileSync(
+      join(dir, "node.cnf"),
+      "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kosyak test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");
+    openssl("req", ...ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=localhost");
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "node.crt", "-days", "2", "-extfile", "node.cnf");
+    const read = (name: string) => readFileSync(join(dir, name), "utf8");
+    return { ca: read("ca.crt"), cert: read("node.crt"), key: read("node.key") };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -2665,7 +2665,10 @@ class Cluster {
         }
       },
       (reason) => {
-        welcomed.reject(peer.error ?? new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake"));
+        const error = peer.error === undefined
+          ? new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake")
+          : new KosyakError("ERR_PROTOCOL", `The node's answer is not kosyak's protocol (does only one side use TLS?): ${peer.error.message}`);
+        welcomed.reject(error);
         this.#drop(peer, reason);
       },
     );
