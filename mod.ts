@@ -256,6 +256,8 @@ export interface NodeStats {
   bytes: number;
   /** Connected peers. */
   peers: number;
+  /** Open connections: peers, and connections still in their handshake. */
+  connections: number;
   /** Keys this node knows to be held by peers. */
   remoteKeys: number;
   /** Writes stored here: `set`, each entry of `mset`, and fetched values. */
@@ -1249,6 +1251,7 @@ export class Node {
       entries: this.#store.size,
       bytes: this.#store.bytes,
       peers: this.#cluster.peerCount,
+      connections: this.#cluster.connectionCount,
       remoteKeys: this.#cluster.remoteKeyCount,
       ...this.#counters,
       evictions: this.#store.evictions,
@@ -2428,6 +2431,10 @@ class Cluster {
 
   get peerCount(): number {
     return this.#peers.size;
+  }
+
+  get connectionCount(): number {
+    return this.#connections.size;
   }
 
   get remoteKeyCount(): number {

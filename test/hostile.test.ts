@@ -1,0 +1,42 @@
+// A hostile client process attacks a node while a legitimate peer keeps using it.
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { afterEach, assert, describe, it, runtime, startNode, stopAll, track, waitFor, within } from "../deps.ts";
+
+afterEach(stopAll);
+
+describe("Hostile client", () => {
+  it("garbage, oversized and truncated frames, silent connections and floods: the node keeps serving and lets go of them", async () => {
+    const target = await startNode({ requestTimeout: 1_000, maxQueueBytes: 1024 * 1024 });
+    const friend = await startNode({ master: target.address });
+    const errors: Error[] = [];
+    target.on("error", (error) => errors.push(error));
+    for (let i = 0; i < 50; i++) await target.set(`key${i}`, { i, padding: "x".repeat(100) });
+    const heapBefore = process.memoryUsage().heapUsed;
+
+    const script = fileURLToPath(new URL("./fixtures/hostile.mjs", import.meta.url));
+    const args = runtime === "deno" ? ["run", "-A", script] : [script];
+    const child = spawn(process.execPath, [...args, String(target.address.port)], { stdio: ["ignore", "pipe", "inherit"] });
+    track({ stop: async () => void (child.exitCode === null && child.kill("SIGKILL")) });
+    const report = new Promise<Record<string, number>>((resolve) => {
+      createInterface({ input: child.stdout! }).once("line", (line) => resolve(JSON.parse(line)));
+    });
+
+    // The legitimate peer works all through the attack.
+    for (let i = 0; i < 300; i++) {
+      await friend.set(`friend${i % 10}`, i);
+      assert.deepEqual(await friend.get(`key${i % 50}`), { i: i % 50, padding: "x".repeat(100) });
+    }
+    const seen = await within("the hostile process to finish", report, 30_000);
+    assert.equal(seen.heldOpen, 0, `the node closed every hostile connection itself: ${JSON.stringify(seen)}`);
+    assert.equal(seen.closedByNode, 69);
+    assert.ok(seen.answers > 0, "the flooders were answered while they read");
+    await waitFor("only the friend to stay connected", () => target.stats().connections === 1);
+    assert.equal(target.stats().peers, 1);
+    assert.ok(errors.length >= 40, `the node reported the bad connections (${errors.length})`);
+    const grown = process.memoryUsage().heapUsed - heapBefore;
+    assert.ok(grown < 100 * 1024 * 1024, `heap grew by ${grown} bytes`);
+    assert.equal(await friend.get("key7").then((v) => (v as { i: number }).i), 7);
+  }, 60_000);
+});
