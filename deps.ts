@@ -12,6 +12,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect, type Socket } from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { type Address, Node, type NodeOptions } from "./mod.ts";
@@ -221,4 +222,62 @@ export function makeCertificates(): TestCertificates {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// ─── Raw protocol clients ────────────────────────────────────────────────────────────────────
+
+/** A length-prefixed JSON frame, as kosyak writes them. */
+export function frame(message: unknown): Uint8Array {
+  const body = new TextEncoder().encode(JSON.stringify(message));
+  const out = new Uint8Array(4 + body.length);
+  new DataView(out.buffer).setUint32(0, body.length);
+  out.set(body, 4);
+  return out;
+}
+
+/** A hand-written client of the wire protocol, for tests of what a node does with bad peers. */
+export interface RawClient {
+  socket: Socket;
+  /** Every message the node has sent, in order. */
+  messages: Array<Record<string, unknown>>;
+  /** The next message not yet taken by `next`, waiting for it if need be. */
+  next(): Promise<Record<string, unknown>>;
+  /** Resolves when the connection closes. */
+  closed: Promise<void>;
+  /** Everything the node has sent, as text. */
+  text(): string;
+}
+
+/** Connects to a node with a plain socket that splits what the node sends into messages. */
+export async function rawConnect(address: Address): Promise<RawClient> {
+  const socket = connect(address.port, address.host);
+  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  socket.on("error", () => {});
+  const received: Uint8Array[] = [];
+  const messages: Array<Record<string, unknown>> = [];
+  let unread = new Uint8Array(0);
+  let taken = 0;
+  socket.on("data", (chunk: Uint8Array) => {
+    received.push(chunk);
+    const joined = new Uint8Array(unread.length + chunk.length);
+    joined.set(unread);
+    joined.set(chunk, unread.length);
+    unread = joined;
+    while (unread.length >= 4) {
+      const length = new DataView(unread.buffer, unread.byteOffset).getUint32(0);
+      if (unread.length < 4 + length) break;
+      messages.push(JSON.parse(new TextDecoder().decode(unread.subarray(4, 4 + length))));
+      unread = unread.slice(4 + length);
+    }
+  });
+  return {
+    socket,
+    messages,
+    closed: new Promise<void>((resolve) => socket.once("close", () => resolve())),
+    async next() {
+      await waitFor("a message from the node", () => messages.length > taken);
+      return messages[taken++];
+    },
+    text: () => received.map((chunk) => new TextDecoder().decode(chunk)).join(""),
+  };
 }

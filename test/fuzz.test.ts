@@ -4,7 +4,7 @@
 // random one; fast-check prints the seed of any failure so that it can be replayed.
 import fc from "fast-check";
 import { connect, type Socket } from "node:net";
-import { afterEach, assert, describe, it, startCluster, stopAll, waitFor, within } from "../deps.ts";
+import { afterEach, assert, describe, frame, it, rawConnect, startCluster, stopAll, waitFor, within } from "../deps.ts";
 import type { Address, Node } from "../mod.ts";
 
 afterEach(stopAll);
@@ -14,40 +14,14 @@ const RUNS = 25;
 /** A key the random messages never name, to check that the node still serves. */
 const GUARD = "a key no fuzzed message names: 7c1f0d";
 
-const frame = (message: unknown): Uint8Array => {
-  const body = new TextEncoder().encode(JSON.stringify(message));
-  const out = new Uint8Array(4 + body.length);
-  new DataView(out.buffer).setUint32(0, body.length);
-  out.set(body, 4);
-  return out;
-};
-
-/** A connection that completed the handshake, with a reader of whole frames. */
+/** A connection that completed the handshake; `answers()` gives what came after it. */
 async function handshaken(address: Address, id: string) {
-  const socket: Socket = connect(address.port, address.host);
-  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-  socket.on("error", () => {});
-  const messages: Array<Record<string, unknown>> = [];
-  let pending = new Uint8Array(0);
-  socket.on("data", (chunk: Uint8Array) => {
-    const joined = new Uint8Array(pending.length + chunk.length);
-    joined.set(pending);
-    joined.set(chunk, pending.length);
-    pending = joined;
-    while (pending.length >= 4) {
-      const length = new DataView(pending.buffer, pending.byteOffset).getUint32(0);
-      if (pending.length < 4 + length) break;
-      messages.push(JSON.parse(new TextDecoder().decode(pending.subarray(4, 4 + length))));
-      pending = pending.slice(4 + length);
-    }
-  });
-  let closed = false;
-  socket.once("close", () => (closed = true));
-  socket.write(frame({ op: "hello", version: 1, id, host: "127.0.0.1", port: 9, nonce: "0".repeat(32) }));
-  socket.write(frame({ op: "keys", keys: [], done: true }));
-  await waitFor("welcome and keys", () => messages.filter((m) => m.op === "keys" && m.done).length === 1);
-  messages.length = 0;
-  return { socket, messages, isClosed: () => closed };
+  const raw = await rawConnect(address);
+  raw.socket.write(frame({ op: "hello", version: 1, id, host: "127.0.0.1", port: 9, nonce: "0".repeat(32) }));
+  raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+  await waitFor("welcome and keys", () => raw.messages.some((m) => m.op === "keys" && m.done));
+  const start = raw.messages.length;
+  return { socket: raw.socket, answers: () => raw.messages.slice(start) };
 }
 
 /** Writes `bytes` in pieces cut at the given offsets, each piece its own write. */
@@ -89,9 +63,9 @@ describe("Fuzzing the protocol", () => {
             const peer = await handshaken(node.address, `fuzz-${Math.random()}`);
             const keys = entries.map(([key]) => key);
             await writeInPieces(peer.socket, concat(keys.map((key, rid) => frame({ op: "get", rid: rid + 1, key }))), cuts);
-            await waitFor("every answer", () => peer.messages.length === keys.length);
-            assert.deepEqual(peer.messages.map((m) => m.rid), keys.map((_, rid) => rid + 1));
-            assert.deepEqual(peer.messages.map((m) => m.value), keys.map((key) => values.get(key)));
+            await waitFor("every answer", () => peer.answers().length === keys.length);
+            assert.deepEqual(peer.answers().map((m) => m.rid), keys.map((_, rid) => rid + 1));
+            assert.deepEqual(peer.answers().map((m) => m.value), keys.map((key) => values.get(key)));
             peer.socket.destroy();
           },
         ),

@@ -1,60 +1,7 @@
 // The wire protocol seen from a raw socket: handshake, refusals and bad frames.
-import { connect, type Socket } from "node:net";
-import { afterEach, assert, describe, it, startCluster, startNode, stopAll, within } from "../deps.ts";
-import type { Address } from "../mod.ts";
+import { afterEach, assert, describe, frame, it, rawConnect, startCluster, startNode, stopAll, within } from "../deps.ts";
 
 afterEach(stopAll);
-
-/** A length-prefixed JSON frame, as kosyak writes them. */
-function frame(message: unknown): Uint8Array {
-  const body = new TextEncoder().encode(JSON.stringify(message));
-  const out = new Uint8Array(4 + body.length);
-  new DataView(out.buffer).setUint32(0, body.length);
-  out.set(body, 4);
-  return out;
-}
-
-interface RawPeer {
-  socket: Socket;
-  /** The next message the node sends. */
-  next(): Promise<Record<string, unknown>>;
-  /** Resolves when the node closes the connection. */
-  closed: Promise<void>;
-}
-
-async function rawConnect(address: Address): Promise<RawPeer> {
-  const socket = connect(address.port, address.host);
-  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-  let buffer = new Uint8Array(0);
-  const messages: Array<Record<string, unknown>> = [];
-  let wake: () => void = () => {};
-  socket.on("data", (chunk: Uint8Array) => {
-    const joined = new Uint8Array(buffer.length + chunk.length);
-    joined.set(buffer);
-    joined.set(chunk, buffer.length);
-    buffer = joined;
-    while (buffer.length >= 4) {
-      const length = new DataView(buffer.buffer, buffer.byteOffset).getUint32(0);
-      if (buffer.length < 4 + length) break;
-      messages.push(JSON.parse(new TextDecoder().decode(buffer.subarray(4, 4 + length))));
-      buffer = buffer.slice(4 + length);
-    }
-    wake();
-  });
-  socket.on("error", () => {});
-  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
-  return {
-    socket,
-    closed,
-    async next() {
-      await within("a message from the node", new Promise<void>((resolve) => {
-        if (messages.length > 0) return resolve();
-        wake = resolve;
-      }));
-      return messages.shift()!;
-    },
-  };
-}
 
 const hello = (extra: Record<string, unknown> = {}) => ({
   op: "hello", version: 1, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,

@@ -1,42 +1,10 @@
 // Trust: the shared secret, TLS, and the limits that keep one connection from taking everything.
-import { connect } from "node:net";
-import { afterEach, assert, describe, it, makeCertificates, startCluster, startNode, stopAll, type TestCertificates, waitFor, within } from "../deps.ts";
+import {
+  afterEach, assert, describe, frame, it, makeCertificates, rawConnect, startCluster, startNode, stopAll, type TestCertificates, waitFor, within,
+} from "../deps.ts";
 import { KosyakError, type Node } from "../mod.ts";
 
 afterEach(stopAll);
-
-const frame = (message: unknown): Uint8Array => {
-  const body = new TextEncoder().encode(JSON.stringify(message));
-  const out = new Uint8Array(4 + body.length);
-  new DataView(out.buffer).setUint32(0, body.length);
-  out.set(body, 4);
-  return out;
-};
-
-/** A raw client that records every byte the node sends and splits them into messages. */
-async function rawClient(port: number) {
-  const socket = connect(port, "127.0.0.1");
-  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-  socket.on("error", () => {});
-  const received: Uint8Array[] = [];
-  const messages: Array<Record<string, unknown>> = [];
-  let pending = new Uint8Array(0);
-  socket.on("data", (chunk: Uint8Array) => {
-    received.push(chunk);
-    const joined = new Uint8Array(pending.length + chunk.length);
-    joined.set(pending);
-    joined.set(chunk, pending.length);
-    pending = joined;
-    while (pending.length >= 4) {
-      const length = new DataView(pending.buffer, pending.byteOffset).getUint32(0);
-      if (pending.length < 4 + length) break;
-      messages.push(JSON.parse(new TextDecoder().decode(pending.subarray(4, 4 + length))));
-      pending = pending.slice(4 + length);
-    }
-  });
-  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
-  return { socket, received, messages, closed, text: () => received.map((c) => new TextDecoder().decode(c)).join("") };
-}
 
 /** HMAC-SHA-256 as kosyak's handshake computes it, for a client written by hand. */
 async function proof(secret: string, role: string, transcript: string[]): Promise<string> {
@@ -65,7 +33,7 @@ describe("Shared secret", () => {
     const secret = "never on the wire";
     const node = await startNode({ secret });
     await node.set("k", 1);
-    const raw = await rawClient(node.address.port);
+    const raw = await rawConnect(node.address);
     raw.socket.write(frame({ op: "hello", version: 1, id: "hand-written", host: "127.0.0.1", port: 9, nonce: NONCE }));
     await waitFor("the challenge", () => raw.messages.length === 1);
     const challenge = raw.messages[0];
@@ -83,7 +51,7 @@ describe("Shared secret", () => {
     const node = await startNode({ secret: "right" });
     const errors = recordErrors(node);
     await node.set("hidden", 1);
-    const raw = await rawClient(node.address.port);
+    const raw = await rawConnect(node.address);
     raw.socket.write(frame({ op: "hello", version: 1, id: "intruder", host: "127.0.0.1", port: 9, nonce: NONCE }));
     await waitFor("the challenge", () => raw.messages.length === 1);
     raw.socket.write(frame({ op: "prove", proof: "0".repeat(64) }));
@@ -141,8 +109,8 @@ describe("Limits", () => {
   it("connections past maxConnections are closed at once and reported", async () => {
     const node = await startNode({ maxConnections: 2 });
     const errors = recordErrors(node);
-    const held = [await rawClient(node.address.port), await rawClient(node.address.port)];
-    const extra = await rawClient(node.address.port);
+    const held = [await rawConnect(node.address), await rawConnect(node.address)];
+    const extra = await rawConnect(node.address);
     await within("the extra connection to be closed", extra.closed);
     assert.ok(errors.some((e) => /maxConnections \(2\) reached/.test(e.message)));
     for (const raw of held) raw.socket.destroy();
@@ -153,7 +121,7 @@ describe("Limits", () => {
     await node.set("big", "x".repeat(32 * 1024));
     const down: string[] = [];
     node.on("peerDown", (peer) => down.push(peer.reason));
-    const raw = await rawClient(node.address.port);
+    const raw = await rawConnect(node.address);
     raw.socket.write(frame({ op: "hello", version: 1, id: "sleeper", host: "127.0.0.1", port: 9, nonce: NONCE }));
     raw.socket.write(frame({ op: "keys", keys: [], done: true }));
     await waitFor("the node to admit the peer", () => node.stats().peers === 1);
