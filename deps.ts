@@ -113,11 +113,57 @@ export async function stopAll(): Promise<void> {
 const root = fileURLToPath(new URL(".", import.meta.url));
 
 /** The command that runs a script under a runtime. */
-function commandFor(target: Runtime, script: string): [string, string[]] {
+export function commandFor(target: Runtime, script: string): [string, string[]] {
   // Node.js is the one on PATH (the machine's own); Deno and Bun are the npm packages' binaries.
   const own = target === runtime ? process.execPath : target === "node" ? "node" : `${root}node_modules/.bin/${target}`;
   if (target === "deno") return [own, ["run", "-A", script]];
   return [own, [script]];
+}
+
+/** A child process whose output the test reads line by line. */
+export interface Started {
+  readonly process: ChildProcess;
+  /** Resolves with the first line of standard output (seen so far or to come) that matches. */
+  line(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Everything written to standard output so far. */
+  output(): string;
+  /** Sends a signal (through process.kill: Deno's ChildProcess.kill does not send every signal as asked). */
+  signal(name: "SIGTERM" | "SIGINT" | "SIGKILL"): void;
+  /** Resolves with the exit code (null when a signal ended the process). */
+  readonly exit: Promise<number | null>;
+}
+
+/** Starts `command` from the project folder; it is killed after the test if still running. */
+export function startProcess(command: string, args: string[]): Started {
+  const child = spawn(command, args, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  const lines: string[] = [];
+  const waiters = new Set<() => void>();
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    lines.push(line);
+    for (const wake of waiters) wake();
+  });
+  const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  track({ stop: async () => void (child.exitCode === null && child.signalCode === null && process.kill(child.pid!, "SIGKILL")) });
+  return {
+    process: child,
+    exit,
+    output: () => lines.join("\n"),
+    signal: (name) => void process.kill(child.pid!, name),
+    line(pattern, timeoutMs = 15_000) {
+      const found = () => lines.map((line) => pattern.exec(line)).find((match) => match !== null);
+      const seen = new Promise<RegExpMatchArray>((resolve) => {
+        const check = () => {
+          const match = found();
+          if (match === undefined) return;
+          waiters.delete(check);
+          resolve(match);
+        };
+        waiters.add(check);
+        check();
+      });
+      return within(`a line matching ${pattern} from ${command}`, seen, timeoutMs);
+    },
+  };
 }
 
 /** A node running in a child process, driven over its standard input and output. */

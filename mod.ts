@@ -322,26 +322,29 @@ export const DEFAULTS: {
   maxQueueBytes: 32 * 1024 * 1024,
 });
 
-const KOSYAK_ERROR_CODES = [
-  "ERR_LISTEN",
-  "ERR_CONNECT",
-  "ERR_NOT_STARTED",
-  "ERR_ALREADY_STARTED",
-  "ERR_STOPPED",
-  "ERR_PROTOCOL",
-  "ERR_TIMEOUT",
-  "ERR_PEER_GONE",
-  "ERR_FETCH",
-  "ERR_AUTH",
-  "ERR_LIMIT",
-  "ERR_REMOTE",
-] as const;
-
 /**
  * Why an operation failed, as the `code` of a {@linkcode KosyakError}. `ERR_REMOTE` is a peer's
  * failure that has no code of its own.
  */
-export type KosyakErrorCode = (typeof KOSYAK_ERROR_CODES)[number];
+export type KosyakErrorCode =
+  | "ERR_LISTEN"
+  | "ERR_CONNECT"
+  | "ERR_NOT_STARTED"
+  | "ERR_ALREADY_STARTED"
+  | "ERR_STOPPED"
+  | "ERR_PROTOCOL"
+  | "ERR_TIMEOUT"
+  | "ERR_PEER_GONE"
+  | "ERR_FETCH"
+  | "ERR_AUTH"
+  | "ERR_LIMIT"
+  | "ERR_REMOTE";
+
+/** Every code, to tell ours from anything else a peer sends; the record makes it complete. */
+const KOSYAK_ERROR_CODES = Object.keys({
+  ERR_LISTEN: 0, ERR_CONNECT: 0, ERR_NOT_STARTED: 0, ERR_ALREADY_STARTED: 0, ERR_STOPPED: 0, ERR_PROTOCOL: 0,
+  ERR_TIMEOUT: 0, ERR_PEER_GONE: 0, ERR_FETCH: 0, ERR_AUTH: 0, ERR_LIMIT: 0, ERR_REMOTE: 0,
+} satisfies Record<KosyakErrorCode, 0>);
 
 /**
  * An operation failed for a reason other than a wrong argument (those throw `TypeError` or
@@ -569,6 +572,7 @@ export class Node {
    * ```
    */
   ready(): Promise<this>;
+  /** {@linkcode Node.ready} with a callback. */
   ready(callback: (err: Error | null) => void): void;
   ready(callback?: (err: Error | null) => void): Promise<this> | void {
     const done = this.#whenStarted("ready").then(() => this);
@@ -601,6 +605,7 @@ export class Node {
    * ```
    */
   get<T = unknown>(key: string): Promise<T | null>;
+  /** {@linkcode Node.get} with a callback. */
   get<T = unknown>(key: string, callback: Callback<T | null>): void;
   get<T = unknown>(key: string, callback?: Callback<T | null>): Promise<T | null> | void {
     this.#checkKey(key, "get");
@@ -639,6 +644,7 @@ export class Node {
    * ```
    */
   mget<T = unknown>(keys: string[]): Promise<Array<T | null>>;
+  /** {@linkcode Node.mget} with a callback. */
   mget<T = unknown>(keys: string[], callback: Callback<Array<T | null>>): void;
   mget<T = unknown>(keys: string[], callback?: Callback<Array<T | null>>): Promise<Array<T | null>> | void {
     if (!Array.isArray(keys)) throw new TypeError(`Cannot mget: keys must be an array of strings: received ${quote(keys)}`);
@@ -699,7 +705,9 @@ export class Node {
    * ```
    */
   set<T>(key: string, value: T, options?: SetOptions): Promise<T>;
+  /** {@linkcode Node.set} with a callback. */
   set<T>(key: string, value: T, callback: Callback<T>): void;
+  /** {@linkcode Node.set} with options and a callback. */
   set<T>(key: string, value: T, options: SetOptions, callback: Callback<T>): void;
   set<T>(
     key: string,
@@ -733,7 +741,9 @@ export class Node {
    * ```
    */
   mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, options?: SetOptions): Promise<void>;
+  /** {@linkcode Node.mset} with a callback. */
   mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, callback: (err: Error | null) => void): void;
+  /** {@linkcode Node.mset} with options and a callback. */
   mset(
     entries: Iterable<[string, unknown]> | Record<string, unknown>,
     options: SetOptions,
@@ -778,6 +788,7 @@ export class Node {
    * ```
    */
   remove(key: string): Promise<void>;
+  /** {@linkcode Node.remove} with a callback. */
   remove(key: string, callback: (err: Error | null) => void): void;
   remove(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
     this.#checkKey(key, "remove");
@@ -803,6 +814,7 @@ export class Node {
    * ```
    */
   delete(key: string): Promise<void>;
+  /** {@linkcode Node.delete} with a callback. */
   delete(key: string, callback: (err: Error | null) => void): void;
   delete(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
     return callback === undefined ? this.remove(key) : this.remove(key, callback);
@@ -826,6 +838,7 @@ export class Node {
    * ```
    */
   clear(): Promise<void>;
+  /** {@linkcode Node.clear} with a callback. */
   clear(callback: (err: Error | null) => void): void;
   clear(callback?: (err: Error | null) => void): Promise<void> | void {
     if (callback !== undefined) assertFunction(callback, "clear", "callback");
@@ -913,6 +926,7 @@ export class Node {
    * ```
    */
   stats(): NodeStats;
+  /** Every node's stats, handed to a callback. */
   stats(callback: (nodesStats: NodeStats[]) => void): void;
   stats(callback?: (nodesStats: NodeStats[]) => void): NodeStats | void {
     if (callback === undefined) return this.#localStats();
@@ -958,6 +972,7 @@ export class Node {
    * ```
    */
   stop(): Promise<void>;
+  /** {@linkcode Node.stop} with a callback. */
   stop(callback: () => void): void;
   stop(callback?: () => void): Promise<void> | void {
     if (callback !== undefined) assertFunction(callback, "stop", "callback");
@@ -2190,7 +2205,7 @@ interface PendingRequest {
 
 /** The error a peer's `fail` answer stands for, with the peer's code when it is one of ours. */
 function remoteError(message: Message): KosyakError {
-  const code = KOSYAK_ERROR_CODES.includes(message.code as KosyakErrorCode) ? (message.code as KosyakErrorCode) : "ERR_REMOTE";
+  const code = KOSYAK_ERROR_CODES.includes(String(message.code)) ? (message.code as KosyakErrorCode) : "ERR_REMOTE";
   return new KosyakError(code, String(message.message));
 }
 
@@ -2939,7 +2954,8 @@ class Cluster {
     if (this.#peers.get(peer.id) !== peer) return false;
     this.#peers.delete(peer.id);
     this.#forgetKeysOf(peer);
-    if (this.#announced.delete(peer.id)) this.#host.emit("peerDown", { ...peer.info, reason });
+    // A node that is stopping has said goodbye; the connections it closes are no news.
+    if (this.#announced.delete(peer.id) && !this.#stopping) this.#host.emit("peerDown", { ...peer.info, reason });
     return true;
   }
 

@@ -1,7 +1,8 @@
-// Builds mod.ts for Node.js 20, which cannot run TypeScript: ESM, CommonJS and declarations in dist/.
+// Builds mod.ts for Node.js 20, which cannot run TypeScript: ESM, CommonJS and declarations in
+// dist/, and the `kosyak` command as dist/cli.js.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { rmSync } from "node:fs";
+import { chmodSync, rmSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -26,3 +27,21 @@ execFileSync(
   ],
   { stdio: "inherit" },
 );
+
+// `require('kosyak')` is the Node class itself, with the named exports as its properties.
+writeFileSync(
+  `${root}/dist/mod.d.cts`,
+  `import type * as kosyak from "./mod.js";
+declare const Node: typeof kosyak.Node & {
+  readonly Node: typeof kosyak.Node;
+  readonly default: typeof kosyak.Node;
+  readonly KosyakError: typeof kosyak.KosyakError;
+  readonly DEFAULTS: typeof kosyak.DEFAULTS;
+};
+type Node = kosyak.Node;
+export = Node;
+`,
+);
+
+await build({ ...common, entryPoints: [`${root}/cli.ts`], bundle: true, format: "esm", outfile: `${root}/dist/cli.js` });
+chmodSync(`${root}/dist/cli.js`, 0o755);

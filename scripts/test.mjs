@@ -1,4 +1,5 @@
-// `npm test`: type-checks, builds, then runs the one shared suite under Node.js (vitest), Deno and
+// `npm test`: type-checks (the code and its doc examples), lints the docs, dry-runs the JSR
+// publish, builds, then runs the one shared suite under Node.js (vitest), Deno and
 // Bun, one runtime after another. Prints a summary per runtime and, as its very last line, the
 // totals as "N passed, N failed". Exits non-zero if a step fails or a runtime runs no test.
 import { spawnSync } from "node:child_process";
@@ -20,7 +21,10 @@ function run(title, command, args) {
 
 const checks = [
   ["type check (tsc)", bin("tsc"), ["--noEmit", "-p", "."]],
-  ["type check (deno)", bin("deno"), ["check", "mod.ts", "deps.ts", "test/"]],
+  ["type check (deno)", bin("deno"), ["check", "mod.ts", "cli.ts", "deps.ts", "test/", "examples/deno-server.ts"]],
+  ["type check of the @example blocks", bin("deno"), ["check", "--doc", "mod.ts"]],
+  ["documentation lint (JSR)", bin("deno"), ["doc", "--lint", "mod.ts"]],
+  ["JSR publish dry run", bin("deno"), ["publish", "--dry-run", "--allow-dirty"]],
   ["build for Node.js 20", process.execPath, ["scripts/build.mjs"]],
 ];
 let checksPassed = true;
@@ -57,7 +61,7 @@ function countJUnit(path) {
 }
 
 console.log("\n=== summary");
-console.log(`checks (tsc, deno check, build): ${checksPassed ? "ok" : "FAILED"}`);
+console.log(`checks (${checks.map(([title]) => title).join(", ")}): ${checksPassed ? "ok" : "FAILED"}`);
 let passed = 0;
 let failed = 0;
 let ok = checksPassed;

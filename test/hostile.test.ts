@@ -1,8 +1,5 @@
 // A hostile client process attacks a node while a legitimate peer keeps using it.
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
-import { afterEach, assert, describe, it, runtime, startNode, stopAll, track, waitFor, within } from "../deps.ts";
+import { afterEach, assert, commandFor, describe, it, runtime, startNode, startProcess, stopAll, waitFor } from "../deps.ts";
 
 afterEach(stopAll);
 
@@ -15,20 +12,16 @@ describe("Hostile client", () => {
     for (let i = 0; i < 50; i++) await target.set(`key${i}`, { i, padding: "x".repeat(100) });
     const heapBefore = process.memoryUsage().heapUsed;
 
-    const script = fileURLToPath(new URL("./fixtures/hostile.mjs", import.meta.url));
-    const args = runtime === "deno" ? ["run", "-A", script] : [script];
-    const child = spawn(process.execPath, [...args, String(target.address.port)], { stdio: ["ignore", "pipe", "inherit"] });
-    track({ stop: async () => void (child.exitCode === null && child.kill("SIGKILL")) });
-    const report = new Promise<Record<string, number>>((resolve) => {
-      createInterface({ input: child.stdout! }).once("line", (line) => resolve(JSON.parse(line)));
-    });
+    const [command, args] = commandFor(runtime, "test/fixtures/hostile.mjs");
+    const hostile = startProcess(command, [...args, String(target.address.port)]);
+    const report = hostile.line(/^\{/, 30_000).then((match) => JSON.parse(match.input!));
 
     // The legitimate peer works all through the attack.
     for (let i = 0; i < 300; i++) {
       await friend.set(`friend${i % 10}`, i);
       assert.deepEqual(await friend.get(`key${i % 50}`), { i: i % 50, padding: "x".repeat(100) });
     }
-    const seen = await within("the hostile process to finish", report, 30_000);
+    const seen: Record<string, number> = await report;
     assert.equal(seen.heldOpen, 0, `the node closed every hostile connection itself: ${JSON.stringify(seen)}`);
     assert.equal(seen.closedByNode, 69);
     assert.ok(seen.answers > 0, "the flooders were answered while they read");

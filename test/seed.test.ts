@@ -1,22 +1,14 @@
 // The seed README's usage example, as written, and its flow on an OS-chosen port.
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import { afterEach, assert, describe, it, runtime, stopAll, track, within } from "../deps.ts";
+import { afterEach, assert, commandFor, describe, it, runtime, startProcess, stopAll, track, within } from "../deps.ts";
 import Node from "../mod.ts";
 
 afterEach(stopAll);
 
 describe("Seed usage example", () => {
   it("runs as written (require('kosyak'), port 13390) and its process exits by itself", async () => {
-    const script = fileURLToPath(new URL("./fixtures/seed-example.cjs", import.meta.url));
-    const args = runtime === "deno" ? ["run", "-A", script] : [script];
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "inherit", "pipe"] });
-    let stderr = "";
-    child.stderr!.on("data", (chunk) => (stderr += chunk));
-    const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    track({ stop: async () => void (child.exitCode === null && child.kill("SIGKILL")) });
+    const seedExample = startProcess(...commandFor(runtime, "test/fixtures/seed-example.cjs"));
     // Exiting at all proves that stop() left no socket or timer behind.
-    assert.equal(await within("the seed example to exit", exit, 15_000), 0, stderr);
+    assert.equal(await within("the seed example to exit", seedExample.exit, 15_000), 0);
   });
 
   it("works in process with the seed's callbacks on a port the OS picks", async () => {
