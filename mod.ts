@@ -415,6 +415,11 @@ export class Node {
   readonly #fetches = new Map<string, Promise<unknown>>();
   /** Keys evicted or expired this tick, told to the peers in one message. */
   #gone: Array<[string, number]> = [];
+  /** Keys written this tick, announced to the peers in one message (see #announce). */
+  #owned: Array<[string, number, number]> = [];
+  #ownedSent: Deferred<void> = deferred<void>();
+  /** Remote gets of this tick, per holder (see #askHolder). */
+  readonly #asks = new Map<Peer, Array<{ key: string; resolve: (found: [unknown] | undefined) => void }>>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   readonly #listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
@@ -1022,7 +1027,7 @@ export class Node {
   }
 
   async #getSlow(key: string): Promise<unknown> {
-    await this.#whenStarted("get");
+    if (this.#lifecycle !== "ready") await this.#whenStarted("get");
     const local = this.#store.get(key);
     if (local !== undefined) {
       this.#counters.hits++;
@@ -1030,10 +1035,10 @@ export class Node {
     }
     const holder = this.#cluster.holderOf(key);
     if (holder !== undefined) {
-      const answer = await holder.request({ op: "get", key }).catch(() => undefined);
-      if (answer !== undefined && "value" in answer) {
+      const found = await this.#askHolder(holder, key);
+      if (found !== undefined) {
         this.#counters.remoteHits++;
-        return answer.value;
+        return found[0];
       }
       this.#cluster.forget(key, holder);
     }
@@ -1043,39 +1048,46 @@ export class Node {
 
   async #mget(keys: string[]): Promise<unknown[]> {
     await this.#whenStarted("mget");
-    const values: unknown[] = new Array(keys.length).fill(null);
-    const byHolder = new Map<Peer, number[]>();
-    const elsewhere: number[] = [];
-    keys.forEach((key, i) => {
-      const local = this.#store.get(key);
-      const holder = local === undefined ? this.#cluster.holderOf(key) : undefined;
-      if (local !== undefined) {
-        this.#counters.hits++;
-        values[i] = this.#reveal(local.value);
-      } else if (holder !== undefined) {
-        byHolder.set(holder, [...(byHolder.get(holder) ?? []), i]);
-      } else {
-        elsewhere.push(i);
+    // Gets started in one tick reach each holder as one request (see #askHolder).
+    return Promise.all(keys.map((key) => this.#getShared(key)));
+  }
+
+  /**
+   * Asks a peer for a key it holds; resolves with `[value]`, or undefined when it has none or
+   * does not answer. The asks of one tick to one peer go as a single `mget`, so that many gets in
+   * flight cost one message each way rather than one per key.
+   */
+  #askHolder(holder: Peer, key: string): Promise<[unknown] | undefined> {
+    let asks = this.#asks.get(holder);
+    if (asks === undefined) {
+      if (this.#asks.size === 0) queueMicrotask(() => this.#sendAsks());
+      asks = [];
+      this.#asks.set(holder, asks);
+    }
+    return new Promise((resolve) => asks.push({ key, resolve }));
+  }
+
+  #sendAsks(): void {
+    const batches = [...this.#asks];
+    this.#asks.clear();
+    for (const [holder, asks] of batches) {
+      if (asks.length === 1) {
+        const [{ key, resolve }] = asks;
+        holder.request({ op: "get", key }).then((answer) => resolve("value" in answer ? [answer.value] : undefined), () => resolve(undefined));
+        continue;
       }
-    });
-    await Promise.all(
-      Array.from(byHolder, async ([holder, indices]) => {
-        const answer = await holder.request({ op: "mget", keys: indices.map((i) => keys[i]) }).catch(() => undefined);
+      const settleAll = (answer: Message | undefined) => {
         const found = Array.isArray(answer?.values) ? answer.values : [];
-        indices.forEach((i, n) => {
-          const hit = found[n];
-          if (Array.isArray(hit) && hit.length === 1) {
-            this.#counters.remoteHits++;
-            values[i] = hit[0];
-          } else {
-            this.#cluster.forget(keys[i], holder);
-            elsewhere.push(i);
-          }
+        asks.forEach(({ key, resolve }, i) => {
+          const hit = found[i];
+          if (Array.isArray(hit)) resolve(hit.length === 1 ? [hit[0]] : undefined);
+          // Left out to keep the answer within a frame: asked again on its own.
+          else if (hit === 0) holder.request({ op: "get", key }).then((one) => resolve("value" in one ? [one.value] : undefined), () => resolve(undefined));
+          else resolve(undefined);
         });
-      }),
-    );
-    await Promise.all(elsewhere.map(async (i) => (values[i] = await this.#getShared(keys[i]))));
-    return values;
+      };
+      holder.request({ op: "mget", keys: asks.map((ask) => ask.key) }).then(settleAll, () => settleAll(undefined));
+    }
   }
 
   /**
@@ -1162,13 +1174,38 @@ export class Node {
 
   /** Stores writes here and waits until every live peer knows this node holds them. */
   async #write(writes: Write[]): Promise<void> {
-    await this.#whenStarted("set");
-    const owned = writes.map(({ key, stored, size, ttl }) => {
+    if (this.#lifecycle !== "ready") await this.#whenStarted("set");
+    const owned = writes.map(({ key, stored, size, ttl }): [string, number, number] => {
       this.#counters.sets++;
       this.#cluster.forgetRemote(key);
       return [key, this.#store.set(key, stored, size, ttl), ttl];
     });
-    await this.#cluster.askAll({ op: "own", keys: owned });
+    if (this.#cluster.peerCount > 0) await this.#announce(owned);
+  }
+
+  /**
+   * Tells every peer that this node now holds these keys, and resolves once all have
+   * acknowledged. The writes of one tick go as one `own` request per peer.
+   */
+  #announce(owned: Array<[string, number, number]>): Promise<void> {
+    if (this.#owned.length === 0) {
+      this.#ownedSent = deferred<void>();
+      queueMicrotask(() => this.#flushOwned());
+    }
+    for (const triple of owned) this.#owned.push(triple);
+    return this.#ownedSent.promise;
+  }
+
+  /** Sends the announcements waiting for the end of the tick; a drop must never overtake them. */
+  #flushOwned(): void {
+    if (this.#owned.length === 0) return;
+    const [owned, sent] = [this.#owned, this.#ownedSent];
+    this.#owned = [];
+    const requests = [];
+    for (let i = 0; i < owned.length; i += OWNED_PER_MESSAGE) {
+      requests.push(this.#cluster.askAll({ op: "own", keys: owned.slice(i, i + OWNED_PER_MESSAGE) }));
+    }
+    Promise.all(requests).then(() => sent.resolve());
   }
 
   async #remove(key: string): Promise<void> {
@@ -1177,12 +1214,14 @@ export class Node {
     if (!known) return;
     const version = this.#store.delete(key);
     this.#cluster.forgetRemote(key);
+    this.#flushOwned();
     await this.#cluster.askAll({ op: "drop", keys: [[key, version]] });
   }
 
   async #clear(): Promise<void> {
     await this.#whenStarted("clear");
     const gone = this.#store.clear();
+    this.#flushOwned();
     for (let i = 0; i < gone.length; i += KEYS_PER_MESSAGE) {
       await this.#cluster.askAll({ op: "gone", keys: gone.slice(i, i + KEYS_PER_MESSAGE) });
     }
@@ -1194,6 +1233,7 @@ export class Node {
       queueMicrotask(() => {
         const keys = this.#gone;
         this.#gone = [];
+        this.#flushOwned();
         this.#cluster.askAll({ op: "gone", keys });
       });
     }
@@ -1208,13 +1248,15 @@ export class Node {
         return entry === undefined ? {} : { value: this.#reveal(entry.value) };
       }
       case "mget": {
-        const keys = requireArray(message, "keys");
-        return {
-          values: keys.map((key) => {
-            const entry = typeof key === "string" ? this.#store.get(key) : undefined;
-            return entry === undefined ? [] : [this.#reveal(entry.value)];
-          }),
-        };
+        // [value] when held, [] when not, 0 when left out to keep the answer within a frame.
+        let room = this.#options.maxFrameBytes / 2;
+        const values = requireArray(message, "keys").map((key) => {
+          const entry = typeof key === "string" ? this.#store.get(key) : undefined;
+          if (entry === undefined) return [];
+          room -= entry.size;
+          return room < 0 ? 0 : [this.#reveal(entry.value)];
+        });
+        return { values };
       }
       case "own":
         for (const [key, version, ttl] of requireKeyList(message)) {
@@ -2028,6 +2070,8 @@ const FRAME_ROOM = 64 * 1024;
 const MAX_VERSION = 2 ** 50;
 /** Keys per message when a node tells a new peer what it holds, or its peers what it dropped. */
 const KEYS_PER_MESSAGE = 1000;
+/** Writes per `own` message: 10,000 triples stay far within a frame. */
+const OWNED_PER_MESSAGE = 10_000;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */
 const SWEEP_INTERVAL = 1000;
 
@@ -2229,6 +2273,10 @@ class Peer {
   error: Error | undefined;
   /** Set when another connection to the same node replaced this one; its close is no failure. */
   superseded = false;
+  /** The keys the other node holds, with the version of each (this node's directory, in part). */
+  readonly keys: Map<string, number> = new Map();
+  /** When those of its keys that have a TTL expire (Date.now() scale). */
+  #expiries: Map<string, number> | undefined;
 
   readonly #conn: Conn;
   readonly #decoder: FrameDecoder;
@@ -2256,6 +2304,29 @@ class Peer {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Records that the other node holds `key` at `version`, for `ttl` more ms (0: no expiry). */
+  holdKey(key: string, version: number, ttl: number): void {
+    this.keys.set(key, version);
+    if (ttl > 0) (this.#expiries ??= new Map()).set(key, Date.now() + ttl);
+    else this.#expiries?.delete(key);
+  }
+
+  /** Whether the other node's entry for `key` has expired. */
+  expired(key: string): boolean {
+    const expires = this.#expiries?.get(key);
+    return expires !== undefined && expires <= Date.now();
+  }
+
+  dropKey(key: string): void {
+    this.keys.delete(key);
+    this.#expiries?.delete(key);
+  }
+
+  dropAllKeys(): void {
+    this.keys.clear();
+    this.#expiries = undefined;
   }
 
   get info(): PeerInfo {
@@ -2305,9 +2376,11 @@ class Peer {
     return answer;
   }
 
-  /** Answers a request of the other node. */
+  /** Answers a request of the other node; `fields` becomes the answer itself. */
   reply(rid: number, fields: Record<string, unknown>): void {
-    this.send({ ...fields, op: "ok", rid });
+    fields.op = "ok";
+    fields.rid = rid;
+    this.send(fields as Message);
   }
 
   /** Answers a request of the other node with an error. */
@@ -2395,11 +2468,10 @@ interface ClusterHost {
   emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void;
 }
 
+/** A key's holder as the directory knows it: the peer, and the version of its write. */
 interface RemoteHolder {
   peer: Peer;
   version: number;
-  /** When the holder's entry expires (Date.now() scale), 0 when it does not. */
-  expires: number;
 }
 
 /**
@@ -2419,7 +2491,6 @@ class Cluster {
   readonly #peers = new Map<string, Peer>();
   /** Connections of any state, so that stop can close even those mid-handshake. */
   readonly #connections = new Set<Peer>();
-  readonly #directory = new Map<string, RemoteHolder>();
   /** Ids of nodes being dialled, so that two announcements of one member make one connection. */
   readonly #dialling = new Set<string>();
   /** Ids of peers reported up and not yet down, so that each up is matched by one down. */
@@ -2453,7 +2524,9 @@ class Cluster {
   }
 
   get remoteKeyCount(): number {
-    return this.#directory.size;
+    let count = 0;
+    for (const peer of this.#peers.values()) count += peer.keys.size;
+    return count;
   }
 
   /** Listens, then joins through the seeds if there are any; on failure leaves nothing open. */
@@ -2486,10 +2559,7 @@ class Cluster {
 
   /** The peer that holds a live entry for `key`, if another node does. */
   holderOf(key: string): Peer | undefined {
-    const holder = this.#directory.get(key);
-    if (holder === undefined || holder.expires === 0 || holder.expires > Date.now()) return holder?.peer;
-    this.#directory.delete(key);
-    return undefined;
+    return this.#holder(key)?.peer;
   }
 
   /**
@@ -2497,23 +2567,41 @@ class Cluster {
    * unless a newer holder is already known.
    */
   learn(key: string, peer: Peer, version: number, ttl: number): void {
-    const known = this.#directory.get(key);
-    const stale = known !== undefined && known.peer !== this.#peers.get(known.peer.id);
-    if (known === undefined || stale || newer(version, peer.id, known.version, known.peer.id)) {
-      this.#directory.set(key, { peer, version, expires: ttl > 0 ? Date.now() + ttl : 0 });
+    const known = this.#holder(key);
+    if (known !== undefined && known.peer !== peer) {
+      if (!newer(version, peer.id, known.version, known.peer.id)) return;
+      known.peer.dropKey(key);
     }
+    peer.holdKey(key, version, ttl);
   }
 
   /** Forgets the holder of `key` if its write is older than a removal at `version` by `writer`. */
   forgetOlder(key: string, version: number, writer: string): void {
-    const known = this.#directory.get(key);
-    if (known !== undefined && newer(version, writer, known.version, known.peer.id)) this.#directory.delete(key);
+    const known = this.#holder(key);
+    if (known !== undefined && newer(version, writer, known.version, known.peer.id)) known.peer.dropKey(key);
   }
 
   /** Forgets that `peer` holds `key` at exactly `version`: it evicted or expired that entry. */
   forgetExact(key: string, peer: Peer, version: number): void {
-    const known = this.#directory.get(key);
-    if (known !== undefined && known.peer === peer && known.version === version) this.#directory.delete(key);
+    if (peer.keys.get(key) === version) peer.dropKey(key);
+  }
+
+  /**
+   * The directory is spread over the peers: each keeps the keys it holds with their versions, a
+   * Map<string, number> no bigger than a plain map of the same keys. Finding a key's holder asks
+   * each member in turn; a full mesh has few.
+   */
+  #holder(key: string): RemoteHolder | undefined {
+    for (const peer of this.#peers.values()) {
+      const version = peer.keys.get(key);
+      if (version === undefined) continue;
+      if (peer.expired(key)) {
+        peer.dropKey(key);
+        return undefined;
+      }
+      return { peer, version };
+    }
+    return undefined;
   }
 
   /**
@@ -2536,12 +2624,12 @@ class Cluster {
 
   /** Forgets that `peer` holds `key`: it answered that it does not. */
   forget(key: string, peer: Peer): void {
-    if (this.#directory.get(key)?.peer === peer) this.#directory.delete(key);
+    peer.dropKey(key);
   }
 
   /** Forgets any remote holder of `key`: this node now holds it, or it was removed. */
   forgetRemote(key: string): void {
-    this.#directory.delete(key);
+    this.#holder(key)?.peer.dropKey(key);
   }
 
   /** Sends a request to every ready peer and gathers the answers of those that answer. */
@@ -2960,9 +3048,7 @@ class Cluster {
   }
 
   #forgetKeysOf(peer: Peer): void {
-    for (const [key, holder] of this.#directory) {
-      if (holder.peer === peer) this.#directory.delete(key);
-    }
+    peer.dropAllKeys();
   }
 
   async #closeAll(): Promise<void> {

@@ -1,0 +1,177 @@
+// One runtime's part of `npm run bench`, started by scripts/bench.mjs under Node.js, Deno or Bun.
+// It starts the peers it needs (scripts/bench-peer.mjs, same runtime), runs every workload in
+// rounds, interleaved so that machine noise hits all of them alike, and prints one JSON line per
+// measurement. Every loop is bounded by a time window or a count.
+import { spawn } from "node:child_process";
+import process from "node:process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import Redis from "ioredis";
+import { LRUCache } from "lru-cache";
+import { Node } from "kosyak";
+import { nativeClient } from "./bench-native.mjs";
+
+const settings = JSON.parse(process.argv[2]);
+const { runtime, redisPort, rounds, windowMs, joinKeys, peerCommand } = settings;
+const KEYS = 1000;
+const VALUE = "a value of some 30 bytes......";
+const report = (result) => process.stdout.write(JSON.stringify({ runtime, ...result }) + "\n");
+const gc = () => (globalThis.Bun ? Bun.gc(true) : globalThis.gc?.());
+const children = [];
+
+/** Starts scripts/bench-peer.mjs in this runtime and resolves with its port. */
+async function startPeer(mode, options = {}) {
+  const script = fileURLToPath(new URL("./bench-peer.mjs", import.meta.url));
+  const child = spawn(peerCommand[0], [...peerCommand.slice(1), script, mode, JSON.stringify(options)], { stdio: ["pipe", "pipe", "inherit"] });
+  children.push(child);
+  const line = await new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout }).once("line", resolve);
+    child.once("exit", () => reject(new Error(`a ${mode} peer exited early`)));
+  });
+  return JSON.parse(line).port;
+}
+
+/** Operations per second of `op` (sync, or async resolved in batches) over one window. */
+async function throughput(batch) {
+  let done = 0;
+  const started = performance.now();
+  while (performance.now() - started < windowMs) done += await batch();
+  return done / ((performance.now() - started) / 1000);
+}
+
+/** Sync operations per second: `op(i)` called in batches of 10,000. */
+const syncRate = (op) =>
+  throughput(() => {
+    for (let i = 0; i < 10_000; i++) op(i);
+    return 10_000;
+  });
+
+/** Async operations per second with `inFlight` loops each awaiting `op(i)` one after another. */
+async function asyncRate(op, inFlight) {
+  let done = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: inFlight }, async (_, lane) => {
+      for (let i = lane; performance.now() - started < windowMs; i += inFlight) {
+        await op(i);
+        done++;
+      }
+    }),
+  );
+  return done / ((performance.now() - started) / 1000);
+}
+
+/** Latency percentiles (µs) of `op` called one after another, for a window or 5,000 calls. */
+async function latency(op) {
+  const samples = [];
+  const started = performance.now();
+  for (let i = 0; i < 5_000 && performance.now() - started < windowMs; i++) {
+    const t = performance.now();
+    await op(i);
+    samples.push((performance.now() - t) * 1000);
+  }
+  samples.sort((a, b) => a - b);
+  return { p50: samples[Math.floor(samples.length * 0.5)], p99: samples[Math.floor(samples.length * 0.99)] };
+}
+
+const key = (i) => `key:${i % KEYS}`;
+
+// ─── Set-up ───────────────────────────────────────────────────────────────────────────────────
+
+const map = new Map();
+const lru = new LRUCache({ max: 100_000 });
+const local = await new Node().init().ready();
+for (let i = 0; i < KEYS; i++) {
+  map.set(key(i), VALUE);
+  lru.set(key(i), VALUE);
+  await local.set(key(i), VALUE);
+}
+
+const holderPort = await startPeer("node", { keys: KEYS });
+const reader = await new Node({ master: { port: holderPort } }).init().ready();
+const writer1 = await new Node().init().ready();
+await startPeer("node", { master: { port: writer1.address.port } });
+const writer3 = await new Node().init().ready();
+for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: writer3.address.port } });
+const bare = await nativeClient(await startPeer("bare"));
+let redis;
+if (redisPort) {
+  redis = new Redis({ host: "127.0.0.1", port: redisPort });
+  for (let i = 0; i < KEYS; i++) await redis.set(key(i), VALUE);
+}
+
+// ─── Workloads ────────────────────────────────────────────────────────────────────────────────
+
+let sink = 0;
+const workloads = {
+  "local get hit, Map": () => syncRate((i) => (sink += map.get(key(i)).length)),
+  "local get hit, lru-cache": () => syncRate((i) => (sink += lru.get(key(i)).length)),
+  "local get hit, kosyak callback": () => syncRate((i) => local.get(key(i), (_, value) => (sink += value.length))),
+  "local get hit, kosyak promise": () => asyncRate((i) => local.get(key(i)), 1),
+  "local set, Map": () => syncRate((i) => map.set(key(i), VALUE)),
+  "local set, lru-cache": () => syncRate((i) => lru.set(key(i), VALUE)),
+  "local set, kosyak callback": () => throughput(() => new Promise((resolve) => {
+    let left = 1000;
+    for (let i = 0; i < 1000; i++) local.set(key(i), VALUE, () => --left === 0 && resolve(1000));
+  })),
+  "local set, kosyak promise": () => asyncRate((i) => local.set(key(i), VALUE), 1),
+  "remote get, kosyak, sequential": () => latency((i) => reader.get(key(i))),
+  "remote get, bare limit, sequential": () => latency((i) => bare.request({ op: "get", key: key(i) })),
+  "set acked by 1 peer, sequential": () => latency((i) => writer1.set(key(i), VALUE)),
+  "set acked by 3 peers, sequential": () => latency((i) => writer3.set(key(i), VALUE)),
+};
+for (const inFlight of [1, 16, 64]) {
+  workloads[`remote get, kosyak, ${inFlight} in flight`] = () => asyncRate((i) => reader.get(key(i)), inFlight);
+  workloads[`remote get, bare limit, ${inFlight} in flight`] = () => asyncRate((i) => bare.request({ op: "get", key: key(i) }), inFlight);
+}
+workloads["set acked by 1 peer, 64 in flight"] = () => asyncRate((i) => writer1.set(key(i), VALUE), 64);
+workloads["set acked by 3 peers, 64 in flight"] = () => asyncRate((i) => writer3.set(key(i), VALUE), 64);
+if (redis) {
+  workloads["remote get, ioredis+Redis, sequential"] = () => latency((i) => redis.get(key(i)));
+  workloads["set, ioredis+Redis, sequential"] = () => latency((i) => redis.set(key(i), VALUE));
+  for (const inFlight of [1, 16, 64]) workloads[`remote get, ioredis+Redis, ${inFlight} in flight`] = () => asyncRate((i) => redis.get(key(i)), inFlight);
+  workloads["set, ioredis+Redis, 64 in flight"] = () => asyncRate((i) => redis.set(key(i), VALUE), 64);
+}
+
+for (let round = 1; round <= rounds; round++) {
+  for (const [name, run] of Object.entries(workloads)) {
+    const result = await run();
+    report(typeof result === "number" ? { name, round, opsPerSec: result } : { name, round, ...result });
+  }
+}
+
+// ─── Joining a large cluster ──────────────────────────────────────────────────────────────────
+
+const bigPort = await startPeer("node", { keys: joinKeys });
+for (let round = 1; round <= 3; round++) {
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  const started = performance.now();
+  const joiner = await new Node({ master: { port: bigPort }, requestTimeout: 60_000 }).init().ready();
+  const joinMs = performance.now() - started;
+  gc();
+  const directoryBytes = process.memoryUsage().heapUsed - before;
+  const known = joiner.stats().remoteKeys;
+  await joiner.stop();
+
+  gc();
+  const mapBefore = process.memoryUsage().heapUsed;
+  let plain = new Map();
+  for (let i = 0; i < joinKeys; i++) plain.set(`key:${i}`, i);
+  gc();
+  const mapBytes = process.memoryUsage().heapUsed - mapBefore;
+  sink += plain.size;
+  plain = undefined;
+  report({ name: `join a cluster of ${joinKeys} keys`, round, joinMs, known, bytesPerKey: directoryBytes / joinKeys, mapBytesPerKey: mapBytes / joinKeys });
+}
+
+// ─── Tear-down ────────────────────────────────────────────────────────────────────────────────
+
+console.error("reader", JSON.stringify(reader.stats()));
+await Promise.all([local.stop(), reader.stop(), writer1.stop(), writer3.stop()]);
+bare.close();
+await redis?.quit();
+for (const child of children) child.stdin.end();
+await Promise.all(children.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
+if (sink === -1) console.log(sink);
+process.exit(0);

@@ -1,0 +1,178 @@
+// `npm run bench`: kosyak against a Map, lru-cache, the bare socket limit and ioredis+Redis, under
+// Node.js, Deno and Bun, on loopback. Each runtime runs scripts/bench-worker.mjs; this script
+// starts a redis-server on a free loopback port (if one is installed), gathers the results, and
+// writes bench/results.json (every measurement), bench/results.md (the table, with the targets)
+// and bench/chart.svg. Options: --quick (fewer and shorter rounds, a 100,000-key join),
+// --runtimes node,deno,bun.
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const runtimes = (args.find((a) => a.startsWith("--runtimes="))?.split("=")[1] ?? "node,deno,bun").split(",");
+const settings = { rounds: quick ? 1 : 5, windowMs: quick ? 300 : 600, joinKeys: quick ? 100_000 : 1_000_000 };
+const RUNTIME_TIMEOUT_MS = 15 * 60_000;
+
+const commands = {
+  node: { worker: [process.execPath, "--expose-gc"], peer: [process.execPath] },
+  deno: { worker: [`${root}node_modules/.bin/deno`, "run", "-A", "--v8-flags=--expose-gc"], peer: [`${root}node_modules/.bin/deno`, "run", "-A"] },
+  bun: { worker: [`${root}node_modules/.bin/bun`], peer: [`${root}node_modules/.bin/bun`] },
+};
+
+execFileSync(process.execPath, [`${root}scripts/build.mjs`], { stdio: "inherit" });
+
+// ─── Redis ────────────────────────────────────────────────────────────────────────────────────
+
+async function freePort() {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function startRedis() {
+  try {
+    execFileSync("redis-server", ["--version"], { stdio: "pipe" });
+  } catch {
+    console.log("redis-server is not installed, so the Redis rows are left out. Install it with: apt-get install redis-server");
+    return undefined;
+  }
+  const port = await freePort();
+  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("redis-server did not start within 10 s")), 10_000);
+    createInterface({ input: redis.stdout }).on("line", (line) => line.includes("Ready to accept connections") && (clearTimeout(timer), resolve()));
+  });
+  return { port, stop: () => redis.kill("SIGTERM") };
+}
+
+// ─── Running the workers ──────────────────────────────────────────────────────────────────────
+
+async function runWorker(runtime, redisPort) {
+  const { worker, peer } = commands[runtime];
+  const child = spawn(worker[0], [...worker.slice(1), `${root}scripts/bench-worker.mjs`, JSON.stringify({ runtime, redisPort, peerCommand: peer, ...settings })], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const results = [];
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    const result = JSON.parse(line);
+    results.push(result);
+    const shown = result.opsPerSec ? `${Math.round(result.opsPerSec).toLocaleString("en")} ops/s` : result.p50 ? `p50 ${result.p50.toFixed(1)} µs` : `${result.joinMs?.toFixed(0)} ms`;
+    console.log(`${runtime} round ${result.round}: ${result.name}: ${shown}`);
+  });
+  const timer = setTimeout(() => child.kill("SIGKILL"), RUNTIME_TIMEOUT_MS);
+  const code = await new Promise((resolve) => child.once("exit", resolve));
+  clearTimeout(timer);
+  if (code !== 0) console.log(`the ${runtime} worker exited with code ${code}; its results so far are kept`);
+  return results;
+}
+
+const redis = await startRedis();
+const raw = [];
+try {
+  for (const runtime of runtimes) raw.push(...(await runWorker(runtime, redis?.port)));
+} finally {
+  redis?.stop();
+}
+
+// ─── Summary, targets, table, chart ───────────────────────────────────────────────────────────
+
+const median = (values) => values.slice().sort((a, b) => a - b)[Math.floor(values.length / 2)];
+const summary = {};
+for (const result of raw) {
+  const entry = (summary[result.runtime] ??= {})[result.name] ??= {};
+  for (const field of ["opsPerSec", "p50", "p99", "joinMs", "bytesPerKey", "mapBytesPerKey"]) {
+    if (result[field] !== undefined) (entry[field] ??= []).push(result[field]);
+  }
+}
+const stat = (runtime, name, field) => {
+  const values = summary[runtime]?.[name]?.[field];
+  return values && { median: median(values), min: Math.min(...values), max: Math.max(...values) };
+};
+const m = (runtime, name, field) => stat(runtime, name, field)?.median;
+const join = `join a cluster of ${settings.joinKeys} keys`;
+
+const targets = (runtime) => [
+  ["remote get, 64 in flight / ioredis+Redis GET", m(runtime, "remote get, kosyak, 64 in flight", "opsPerSec") / m(runtime, "remote get, ioredis+Redis, 64 in flight", "opsPerSec"), ">=", 1.2],
+  ["remote get, 64 in flight / bare limit", m(runtime, "remote get, kosyak, 64 in flight", "opsPerSec") / m(runtime, "remote get, bare limit, 64 in flight", "opsPerSec"), ">=", 0.7],
+  ["remote get p50 / ioredis+Redis GET p50", m(runtime, "remote get, kosyak, sequential", "p50") / m(runtime, "remote get, ioredis+Redis, sequential", "p50"), "<=", 1.1],
+  ["local get hit (callback) / Map", m(runtime, "local get hit, kosyak callback", "opsPerSec") / m(runtime, "local get hit, Map", "opsPerSec"), ">=", 0.67],
+  ["local get hit (callback) / lru-cache", m(runtime, "local get hit, kosyak callback", "opsPerSec") / m(runtime, "local get hit, lru-cache", "opsPerSec"), ">", 1],
+  ["set acked by 3 peers, 64 in flight / ioredis+Redis SET", m(runtime, "set acked by 3 peers, 64 in flight", "opsPerSec") / m(runtime, "set, ioredis+Redis, 64 in flight", "opsPerSec"), ">=", 0.5],
+  [`join ${settings.joinKeys.toLocaleString("en")} keys (s)`, m(runtime, join, "joinMs") / 1000, "<", 5],
+  ["directory bytes per key / Map<string, number>", m(runtime, join, "bytesPerKey") / m(runtime, join, "mapBytesPerKey"), "<=", 1.5],
+].map(([what, value, op, bound]) => ({
+  what,
+  value,
+  target: `${op} ${bound}`,
+  met: Number.isFinite(value) ? { ">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound }[op] : undefined,
+}));
+
+const cell = (runtime, name) => {
+  const ops = stat(runtime, name, "opsPerSec");
+  if (ops) return `${fmt(ops.median)} (${fmt(ops.min)}–${fmt(ops.max)})`;
+  const p50 = stat(runtime, name, "p50");
+  if (p50) return `p50 ${p50.median.toFixed(1)} µs, p99 ${m(runtime, name, "p99").toFixed(1)} µs`;
+  const joinMs = stat(runtime, name, "joinMs");
+  if (joinMs) return `${(joinMs.median / 1000).toFixed(2)} s, ${m(runtime, name, "bytesPerKey").toFixed(0)} B/key (Map: ${m(runtime, name, "mapBytesPerKey").toFixed(0)})`;
+  return "–";
+};
+const fmt = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(0)}k` : n.toFixed(0));
+const names = [...new Set(raw.map((r) => r.name))];
+const lines = [
+  `Ops/s: median of ${settings.rounds} interleaved rounds of ${settings.windowMs} ms (min–max); latencies in µs. ${new Date().toISOString().slice(0, 10)}, ${process.platform}/${process.arch}, loopback.`,
+  "",
+  `| workload | ${runtimes.join(" | ")} |`,
+  `| --- | ${runtimes.map(() => "---").join(" | ")} |`,
+  ...names.map((name) => `| ${name} | ${runtimes.map((r) => cell(r, name)).join(" | ")} |`),
+  "",
+  `| target | ${runtimes.join(" | ")} |`,
+  `| --- | ${runtimes.map(() => "---").join(" | ")} |`,
+  ...targets(runtimes[0]).map(({ what, target }, i) =>
+    `| ${what} ${target} | ${runtimes.map((r) => { const t = targets(r)[i]; return Number.isFinite(t.value) ? `${t.value.toFixed(2)} ${t.met ? "met" : "**missed**"}` : "–"; }).join(" | ")} |`),
+];
+const markdown = lines.join("\n") + "\n";
+console.log("\n" + markdown);
+
+mkdirSync(`${root}bench`, { recursive: true });
+writeFileSync(`${root}bench/results.json`, JSON.stringify({ settings, runtimes, raw, targets: Object.fromEntries(runtimes.map((r) => [r, targets(r)])) }, null, 2) + "\n");
+writeFileSync(`${root}bench/results.md`, markdown);
+writeFileSync(`${root}bench/chart.svg`, chart());
+console.log("wrote bench/results.json, bench/results.md and bench/chart.svg");
+
+/** Two panels of horizontal bars, one bar per runtime: local operations and remote ones. */
+function chart() {
+  const colors = { node: "#3c873a", deno: "#222222", bun: "#f472b6" };
+  const panels = [
+    ["Local, millions of ops/s", 1e6, ["local get hit, Map", "local get hit, kosyak callback", "local get hit, lru-cache", "local set, Map", "local set, kosyak callback", "local set, lru-cache"]],
+    ["Remote, thousands of ops/s (64 in flight)", 1e3, ["remote get, bare limit, 64 in flight", "remote get, kosyak, 64 in flight", "remote get, ioredis+Redis, 64 in flight", "set acked by 3 peers, 64 in flight", "set, ioredis+Redis, 64 in flight"]],
+  ];
+  const bar = 12, gap = 10, labelWidth = 300, plotWidth = 420;
+  let y = 30;
+  const parts = [];
+  for (const [title, unit, rows] of panels) {
+    const present = rows.filter((name) => runtimes.some((r) => m(r, name, "opsPerSec")));
+    const max = Math.max(...present.flatMap((name) => runtimes.map((r) => m(r, name, "opsPerSec") ?? 0)));
+    parts.push(`<text x="10" y="${y}" font-weight="bold">${title}</text>`);
+    y += 14;
+    for (const name of present) {
+      parts.push(`<text x="10" y="${y + bar * 1.5 + 4}">${name}</text>`);
+      runtimes.forEach((runtime, i) => {
+        const value = m(runtime, name, "opsPerSec") ?? 0;
+        const width = (value / max) * plotWidth;
+        parts.push(`<rect x="${labelWidth}" y="${y + i * bar}" width="${width.toFixed(1)}" height="${bar - 2}" fill="${colors[runtime]}"/>`);
+        parts.push(`<text x="${labelWidth + width + 4}" y="${y + i * bar + bar - 3}" font-size="10">${(value / unit).toFixed(unit === 1e6 ? 1 : 0)}</text>`);
+      });
+      y += runtimes.length * bar + gap;
+    }
+    y += 16;
+  }
+  const legend = runtimes.map((r, i) => `<rect x="${labelWidth + i * 80}" y="8" width="10" height="10" fill="${colors[r]}"/><text x="${labelWidth + 14 + i * 80}" y="17">${r}</text>`).join("");
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${labelWidth + plotWidth + 80}" height="${y}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>${legend}${parts.join("")}</svg>\n`;
+}
