@@ -613,13 +613,13 @@ export class Node {
   /** {@linkcode Node.get} with a callback. */
   get<T = unknown>(key: string, callback: Callback<T | null>): void;
   get<T = unknown>(key: string, callback?: Callback<T | null>): Promise<T | null> | void {
-    this.#checkKey(key, "get");
-    if (callback !== undefined) assertFunction(callback, "get", "callback");
+    if (typeof key !== "string" || key.length > this.#options.maxKeyLength) this.#checkKey(key, "get");
+    if (callback !== undefined && typeof callback !== "function") assertFunction(callback, "get", "callback");
     if (this.#lifecycle === "ready") {
       const entry = this.#store.get(key);
       if (entry !== undefined) {
         this.#counters.hits++;
-        const value = this.#reveal(entry.value) as T;
+        const value = (this.#options.stringify ? JSON.parse(entry.value as string) : entry.value) as T;
         if (callback === undefined) return Promise.resolve(value);
         callback(null, value);
         return;
@@ -3134,8 +3134,14 @@ class Store {
 
   /** A live entry, marked as just used; an expired one is removed and reported instead. */
   get(key: string): StoredEntry | undefined {
-    const entry = this.peek(key);
-    if (entry !== undefined && this.#bounded) {
+    // The hot path of every local hit: one Map lookup when entries neither expire nor get evicted.
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expires !== 0 && entry.expires <= Date.now()) {
+      this.#expire(entry);
+      return undefined;
+    }
+    if (this.#bounded) {
       this.#entries.delete(key);
       this.#entries.set(key, entry);
     }

@@ -14,7 +14,7 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
 const runtimes = (args.find((a) => a.startsWith("--runtimes="))?.split("=")[1] ?? "node,deno,bun").split(",");
-const settings = { rounds: quick ? 1 : 5, windowMs: quick ? 300 : 600, joinKeys: quick ? 100_000 : 1_000_000 };
+const settings = { rounds: quick ? 2 : 5, windowMs: quick ? 300 : 600, joinKeys: quick ? 100_000 : 1_000_000 };
 const RUNTIME_TIMEOUT_MS = 15 * 60_000;
 
 const commands = {

@@ -1,0 +1,16 @@
+import { Node } from "kosyak";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+const peer = async (mode, options) => { const child = spawn(process.execPath, ["scripts/bench-peer.mjs", mode, JSON.stringify(options)], { stdio: ["pipe", "pipe", "inherit"] }); children.push(child); return JSON.parse(await new Promise((r) => createInterface({ input: child.stdout }).once("line", r))).port; };
+const children = [];
+const port = await peer("node", { keys: 1000 });
+const reader = await new Node({ master: { port } }).init().ready();
+const measure = async (label) => { for (let round = 0; round < 2; round++) { const s = []; for (let i = 0; i < 3000; i++) { const t = performance.now(); await reader.get(`key:${i % 1000}`); s.push((performance.now() - t) * 1000); } s.sort((a, b) => a - b); console.log(label, "p50", s[1500].toFixed(1)); } };
+await measure("alone");
+const w1 = await new Node().init().ready(); await peer("node", { master: { port: w1.address.port } });
+await measure("with writer1");
+const w3 = await new Node().init().ready(); for (let i = 0; i < 3; i++) await peer("node", { master: { port: w3.address.port } });
+await measure("with writer3");
+for (let i = 0; i < 1000; i++) await w3.set("k" + i, "v");
+await measure("after sets");
+await Promise.all([reader.stop(), w1.stop(), w3.stop()]); for (const c of children) c.stdin.end();
