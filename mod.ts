@@ -2502,6 +2502,7 @@ class Cluster {
   /** The port listened on, kept after the listener closes. */
   #port: number | undefined;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #lastCheck = Date.now();
   #hmacKey: Promise<CryptoKey> | undefined;
   #stopping = false;
 
@@ -3011,8 +3012,12 @@ class Cluster {
   #checkPeers(): void {
     const { heartbeatInterval, peerTimeout } = this.#options;
     const now = Date.now();
+    // After this process was busy for a while, timers run before the data that waits in the
+    // sockets is read: judge silence only at the next check, once it has been.
+    const stalled = now - this.#lastCheck > 2 * heartbeatInterval;
+    this.#lastCheck = now;
     for (const peer of this.#peers.values()) {
-      if (now - peer.lastHeard > peerTimeout) peer.close("timeout");
+      if (now - peer.lastHeard > peerTimeout && !stalled) peer.close("timeout");
       else if (now - peer.lastSent >= heartbeatInterval) peer.send({ op: "ping" });
     }
   }

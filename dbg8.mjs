@@ -1,0 +1,10 @@
+import { Node } from "kosyak";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+const child = spawn(process.execPath, ["scripts/bench-peer.mjs", "node", JSON.stringify({ keys: 1000 })], { stdio: ["pipe", "pipe", "inherit"] });
+const port = JSON.parse(await new Promise((r) => createInterface({ input: child.stdout }).once("line", r))).port;
+const reader = await new Node({ master: { port } }).init().ready();
+let nulls = 0; const started = performance.now();
+await Promise.all(Array.from({ length: 64 }, async (_, lane) => { for (let i = lane; performance.now() - started < 500; i += 64) { if ((await reader.get(`key:${i % 1000}`)) === null) nulls++; } }));
+const s = reader.stats(); console.log({ nulls, remoteKeys: s.remoteKeys, remoteHits: s.remoteHits, misses: s.misses, peers: s.peers });
+await reader.stop(); child.stdin.end();
