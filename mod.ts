@@ -2329,6 +2329,12 @@ class Peer {
     this.#expiries = undefined;
   }
 
+  /** Takes over what another connection to the same node knew of its keys. */
+  adoptKeys(other: Peer): void {
+    for (const [key, version] of other.keys) this.keys.set(key, version);
+    for (const [key, expires] of other.#expiries ?? []) (this.#expiries ??= new Map()).set(key, expires);
+  }
+
   get info(): PeerInfo {
     return { id: this.id, address: this.listening ?? { host: this.remoteHost, port: 0 } };
   }
@@ -2916,7 +2922,11 @@ class Cluster {
         return existing;
       }
       this.#peers.set(peer.id, peer);
+      peer.adoptKeys(existing);
       this.#retire(existing);
+    } else if (existing !== undefined) {
+      // The connection this one replaces knew the node's keys; they stay reachable meanwhile.
+      peer.adoptKeys(existing);
     }
     this.#peers.set(peer.id, peer);
     let batch: Array<[string, number, number]> = [];
@@ -2963,9 +2973,10 @@ class Cluster {
         return peer.reply(this.#rid(message), {});
       case "duplicate":
         // The other node keeps another connection to this one, which #admit will put in this
-        // one's place; until then this one stays, closed, so that #settled waits for the other.
+        // one's place (taking over the keys known so far); until then this one stays, closed,
+        // so that #settled waits for the other.
         peer.superseded = true;
-        return this.#forgetKeysOf(peer);
+        return;
       default:
         return this.#answer(peer, message);
     }

@@ -71,7 +71,7 @@ describe("Failure detection and recovery", () => {
     assert.equal(await within("a get of the frozen node's key", local.get("k")), null);
 
     frozen.resume();
-    await waitFor("the two nodes to meet again", () => up.length === 1 && local.stats().peers === 1, 10_000);
+    await waitFor("the two nodes to meet again and share keys", () => up.length === 1 && local.has("k"), 10_000);
     assert.equal(up[0].id, frozen.id);
     assert.equal(await local.get("k"), "v");
   }, 40_000);
