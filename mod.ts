@@ -127,7 +127,8 @@ export interface NodeOptions {
    */
   requestTimeout?: number;
   /**
-   * How often to send a heartbeat on a connection that has sent nothing else, in milliseconds.
+   * How often connections are checked, in milliseconds; one that has sent nothing for half of
+   * this sends a heartbeat.
    * @default {1000}
    */
   heartbeatInterval?: number;
@@ -135,7 +136,7 @@ export interface NodeOptions {
    * How long a peer may stay silent before it is declared down, in milliseconds: its keys leave
    * the directory and its connection is closed. A killed process is noticed at once, since its
    * operating system closes its connections; a hung process or a silent network within
-   * `peerTimeout + heartbeatInterval`.
+   * `peerTimeout + heartbeatInterval`. At least twice `heartbeatInterval`.
    * @default {3000}
    */
   peerTimeout?: number;
@@ -412,14 +413,14 @@ export class Node {
   /** Gets under way for keys not held here, so that concurrent gets of one key share one. */
   readonly #gets = new Map<string, Promise<unknown>>();
   /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
-  readonly #fetches = new Map<string, Promise<unknown>>();
+  readonly #fetches = new Map<string, FetchCall>();
   /** Keys evicted or expired this tick, told to the peers in one message. */
   #gone: Array<[string, number]> = [];
   /** Keys written this tick, announced to the peers in one message (see #announce). */
   #owned: Array<[string, number, number]> = [];
   #ownedSent: Deferred<void> = deferred<void>();
   /** Remote gets of this tick, per holder (see #askHolder). */
-  readonly #asks = new Map<Peer, Array<{ key: string; resolve: (found: [unknown] | undefined) => void }>>();
+  readonly #asks = new Map<Peer, Array<{ key: string; resolve: (found: Found) => void }>>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   readonly #listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
@@ -851,7 +852,8 @@ export class Node {
   }
 
   /**
-   * The keys of the live entries this node holds, least recently used first.
+   * The keys of the live entries this node holds: in insertion order, or least recently used
+   * first on a node with `maxEntries` or `maxBytes`.
    *
    * @returns An iterator of keys.
    *
@@ -889,8 +891,9 @@ export class Node {
   }
 
   /**
-   * Calls `iterator(value, key, entry)` for every entry this node holds locally, in insertion
-   * order. With `stringify: true`, `value` is a fresh copy and `entry.value` the JSON string.
+   * Calls `iterator(value, key, entry)` for every live entry this node holds: in insertion order,
+   * or least recently used first on a node with `maxEntries` or `maxBytes`. With
+   * `stringify: true`, `value` is a fresh copy and `entry.value` the JSON string.
    *
    * @param iterator Called once per local entry.
    * @throws {TypeError} `iterator` is not a function.
@@ -936,7 +939,7 @@ export class Node {
   stats(callback?: (nodesStats: NodeStats[]) => void): NodeStats | void {
     if (callback === undefined) return this.#localStats();
     assertFunction(callback, "stats", "callback");
-    this.clusterStats().then((all) => callback(all), () => callback([this.#localStats()]));
+    this.clusterStats().then((all) => callLater(callback, all), () => callLater(callback, [this.#localStats()]));
   }
 
   /**
@@ -1019,8 +1022,8 @@ export class Node {
   #getShared(key: string): Promise<unknown> {
     let pending = this.#gets.get(key);
     if (pending === undefined) {
-      pending = this.#getSlow(key).finally(() => this.#gets.delete(key));
-      this.#gets.set(key, pending);
+      const started: Promise<unknown> = this.#getSlow(key).finally(() => this.#gets.get(key) === started && this.#gets.delete(key));
+      this.#gets.set(key, (pending = started));
     }
     // Callers share one result; with stringify, each still gets a copy of its own.
     return this.#options.stringify ? pending.then(copyJson) : pending;
@@ -1036,11 +1039,12 @@ export class Node {
     const holder = this.#cluster.holderOf(key);
     if (holder !== undefined) {
       const found = await this.#askHolder(holder, key);
-      if (found !== undefined) {
+      if (found !== null && found !== undefined) {
         this.#counters.remoteHits++;
         return found[0];
       }
-      this.#cluster.forget(key, holder);
+      // A holder that answered that it has no such entry is forgotten; a silent one is not.
+      if (found === null) this.#cluster.forget(key, holder);
     }
     this.#counters.misses++;
     return this.#fetch(key);
@@ -1053,11 +1057,11 @@ export class Node {
   }
 
   /**
-   * Asks a peer for a key it holds; resolves with `[value]`, or undefined when it has none or
-   * does not answer. The asks of one tick to one peer go as a single `mget`, so that many gets in
-   * flight cost one message each way rather than one per key.
+   * Asks a peer for a key it holds; resolves with `[value]`, with null when the peer has no such
+   * entry, or with undefined when it does not answer. The asks of one tick to one peer go as a
+   * single `mget`, so that many gets in flight cost one message each way rather than one per key.
    */
-  #askHolder(holder: Peer, key: string): Promise<[unknown] | undefined> {
+  #askHolder(holder: Peer, key: string): Promise<Found> {
     let asks = this.#asks.get(holder);
     if (asks === undefined) {
       if (this.#asks.size === 0) queueMicrotask(() => this.#sendAsks());
@@ -1071,18 +1075,19 @@ export class Node {
     const batches = [...this.#asks];
     this.#asks.clear();
     for (const [holder, asks] of batches) {
+      const askAlone = (key: string, resolve: (found: Found) => void) =>
+        holder.request({ op: "get", key }).then((answer) => resolve("value" in answer ? [answer.value] : null), () => resolve(undefined));
       if (asks.length === 1) {
-        const [{ key, resolve }] = asks;
-        holder.request({ op: "get", key }).then((answer) => resolve("value" in answer ? [answer.value] : undefined), () => resolve(undefined));
+        askAlone(asks[0].key, asks[0].resolve);
         continue;
       }
       const settleAll = (answer: Message | undefined) => {
         const found = Array.isArray(answer?.values) ? answer.values : [];
         asks.forEach(({ key, resolve }, i) => {
           const hit = found[i];
-          if (Array.isArray(hit)) resolve(hit.length === 1 ? [hit[0]] : undefined);
+          if (Array.isArray(hit)) resolve(hit.length === 1 ? [hit[0]] : null);
           // Left out to keep the answer within a frame: asked again on its own.
-          else if (hit === 0) holder.request({ op: "get", key }).then((one) => resolve("value" in one ? [one.value] : undefined), () => resolve(undefined));
+          else if (hit === 0) askAlone(key, resolve);
           else resolve(undefined);
         });
       };
@@ -1112,15 +1117,29 @@ export class Node {
 
   /** Calls the `fetch` option once for concurrent callers of the same key, here and from peers. */
   #fetchHere(key: string): Promise<unknown> {
-    let pending = this.#fetches.get(key);
-    if (pending === undefined) {
-      pending = this.#callFetch(key).finally(() => this.#fetches.delete(key));
-      this.#fetches.set(key, pending);
+    let fetching = this.#fetches.get(key);
+    if (fetching === undefined) {
+      const call: FetchCall = { overtaken: false, result: Promise.resolve(null) };
+      call.result = this.#callFetch(key, call).finally(() => this.#fetches.get(key) === call && this.#fetches.delete(key));
+      this.#fetches.set(key, (fetching = call));
     }
-    return pending;
+    return fetching.result;
   }
 
-  async #callFetch(key: string): Promise<unknown> {
+  /**
+   * A write of `key` (here, or announced by a peer) overtakes the gets and the fetch under way for
+   * it: gets that start from now on do not join them, and the fetched value is not stored over
+   * the newer one.
+   */
+  #overtake(key: string): void {
+    this.#gets.delete(key);
+    const fetching = this.#fetches.get(key);
+    if (fetching === undefined) return;
+    fetching.overtaken = true;
+    this.#fetches.delete(key);
+  }
+
+  async #callFetch(key: string, call: FetchCall): Promise<unknown> {
     const { fetch, fetchTimeout } = this.#options;
     this.#counters.fetches++;
     let value: unknown;
@@ -1132,7 +1151,7 @@ export class Node {
       throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
     }
     if (value === undefined || value === null) return null;
-    await this.#write([this.#prepareWrite("fetch", key, value, undefined)]);
+    if (!call.overtaken) await this.#write([this.#prepareWrite("fetch", key, value, undefined)]);
     return value;
   }
 
@@ -1177,6 +1196,7 @@ export class Node {
     if (this.#lifecycle !== "ready") await this.#whenStarted("set");
     const owned = writes.map(({ key, stored, size, ttl }): [string, number, number] => {
       this.#counters.sets++;
+      this.#overtake(key);
       this.#cluster.forgetRemote(key);
       return [key, this.#store.set(key, stored, size, ttl), ttl];
     });
@@ -1210,8 +1230,9 @@ export class Node {
 
   async #remove(key: string): Promise<void> {
     await this.#whenStarted("remove");
-    const known = this.#store.peek(key) !== undefined || this.#cluster.holderOf(key) !== undefined;
-    if (!known) return;
+    // Every peer hears of it: a directory can miss a holder for a while (one that did not answer
+    // in time, say), and a removal must reach the holder all the same.
+    this.#overtake(key);
     const version = this.#store.delete(key);
     this.#cluster.forgetRemote(key);
     this.#flushOwned();
@@ -1260,11 +1281,13 @@ export class Node {
       }
       case "own":
         for (const [key, version, ttl] of requireKeyList(message)) {
+          this.#overtake(key);
           if (this.#store.yieldTo(key, version, peer.id)) this.#cluster.learn(key, peer, version, ttl);
         }
         return {};
       case "drop":
         for (const [key, version] of requireKeyList(message)) {
+          this.#overtake(key);
           this.#store.deleteOlder(key, version, peer.id);
           this.#cluster.forgetOlder(key, version, peer.id);
         }
@@ -1286,8 +1309,8 @@ export class Node {
     const local = this.#store.get(key);
     if (local !== undefined) return { value: this.#reveal(local.value) };
     if (this.#options.fetch === undefined || this.#lifecycle !== "ready") return {};
-    const value = await this.#fetchHere(key);
-    return value === null ? {} : { value };
+    // A null from fetch is an answer too: the asking node must not call fetch again.
+    return { value: await this.#fetchHere(key) };
   }
 
   #emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void {
@@ -1317,6 +1340,15 @@ export class Node {
       uptime: this.#startedAt === 0 ? 0 : Date.now() - this.#startedAt,
     };
   }
+}
+
+/** A holder's answer for one key: `[value]`, null for no such entry, undefined for no answer. */
+type Found = [unknown] | null | undefined;
+
+/** A call of the `fetch` option, and whether a write of its key has made its value stale. */
+interface FetchCall {
+  overtaken: boolean;
+  result: Promise<unknown>;
 }
 
 /** A write checked and measured, ready to store. */
@@ -1446,8 +1478,8 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     }
     if (tls.ca !== undefined && typeof tls.ca !== "string") fail("tls.ca must be a PEM string", tls.ca);
   }
-  if (peerTimeout <= heartbeatInterval) {
-    fail(`peerTimeout must be longer than heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
+  if (peerTimeout < 2 * heartbeatInterval) {
+    fail(`peerTimeout must be at least twice heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
   return {
     host: chosenHost,
@@ -2064,6 +2096,8 @@ function bunTransport(bun: BunApi): Transport {
 
 /** The protocol version both ends must speak; sent in every handshake. */
 const PROTOCOL_VERSION = 1;
+/** Largest frame before the handshake is done: hello, challenge and prove are small. */
+const HANDSHAKE_FRAME_BYTES = 64 * 1024;
 /** Room a frame keeps beside the largest value: the key and the message around it. */
 const FRAME_ROOM = 64 * 1024;
 /** Largest version a peer may send (2^50). */
@@ -2136,10 +2170,11 @@ class FrameDecoder {
   #buffer = new Uint8Array(0);
   #start = 0;
   #end = 0;
-  readonly #maxFrameBytes: number;
+  /** Largest frame accepted; raised once the other end is trusted. */
+  limit: number;
 
-  constructor(maxFrameBytes: number) {
-    this.#maxFrameBytes = maxFrameBytes;
+  constructor(limit: number) {
+    this.limit = limit;
   }
 
   /** Adds a chunk and calls `onMessage` for every message it completes; throws ProtocolError. */
@@ -2148,9 +2183,7 @@ class FrameDecoder {
     while (this.#end - this.#start >= 4) {
       const view = new DataView(this.#buffer.buffer, this.#buffer.byteOffset + this.#start, 4);
       const length = view.getUint32(0);
-      if (length > this.#maxFrameBytes) {
-        throw new ProtocolError(`frame of ${length} bytes exceeds the limit of ${this.#maxFrameBytes}`);
-      }
+      if (length > this.limit) throw new ProtocolError(`frame of ${length} bytes exceeds the limit of ${this.limit}`);
       if (this.#end - this.#start < 4 + length) break;
       const body = this.#buffer.subarray(this.#start + 4, this.#start + 4 + length);
       this.#start += 4 + length;
@@ -2293,7 +2326,8 @@ class Peer {
   constructor(conn: Conn, limits: PeerLimits, dialled: boolean) {
     this.#conn = conn;
     this.#limits = limits;
-    this.#decoder = new FrameDecoder(limits.maxFrameBytes);
+    // Until the handshake is done, nobody may make this node hold a large frame.
+    this.#decoder = new FrameDecoder(Math.min(HANDSHAKE_FRAME_BYTES, limits.maxFrameBytes));
     this.#timeout = limits.requestTimeout;
     this.dialled = dialled;
   }
@@ -2304,6 +2338,11 @@ class Peer {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The handshake is done: frames up to `maxFrameBytes` are welcome from now on. */
+  trust(): void {
+    this.#decoder.limit = this.#limits.maxFrameBytes;
   }
 
   /** Records that the other node holds `key` at `version`, for `ttl` more ms (0: no expiry). */
@@ -2909,6 +2948,7 @@ class Cluster {
    */
   #admit(peer: Peer, greeting: Message): Peer {
     peer.id = requireString(greeting, "id");
+    peer.trust();
     const host = requireString(greeting, "host");
     const port = greeting.port;
     if (!isPort(port, 1)) throw new ProtocolError(`"${greeting.op}" needs a port from 1 to 65535`);
@@ -3029,7 +3069,8 @@ class Cluster {
     this.#lastCheck = now;
     for (const peer of this.#peers.values()) {
       if (now - peer.lastHeard > peerTimeout && !stalled) peer.close("timeout");
-      else if (now - peer.lastSent >= heartbeatInterval) peer.send({ op: "ping" });
+      // Half an interval of quiet is enough: checks come once an interval, pings never later than 1.5.
+      else if (now - peer.lastSent >= heartbeatInterval / 2) peer.send({ op: "ping" });
     }
   }
 

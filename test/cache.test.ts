@@ -139,6 +139,33 @@ describe("Single-flight fetch", () => {
     assert.equal(node.stats().fetchErrors, 1);
   });
 
+  it("a set that has called back is never overwritten by a fetch that started before it", async () => {
+    const held = heldFetch();
+    // Only c has a fetch option, so c calls it whichever node the key hashes to.
+    const a = await startNode();
+    const c = await startNode({ master: a.address, fetch: held.fetch });
+    const early = c.get("x");
+    await waitFor("fetch to be called", () => held.calls.length === 1);
+    await a.set("x", "fresh");
+    assert.equal(await c.get("x"), "fresh", "a get issued after the set sees the set");
+    held.calls[0].done(null, "stale");
+    assert.equal(await early, "stale", "the get issued before the set may see what it fetched");
+    assert.deepEqual([await a.get("x"), await c.get("x")], ["fresh", "fresh"]);
+    assert.equal(c.stats().entries, 0, "the stale value was not stored");
+  });
+
+  it("a fetch that finds nothing is asked once in the whole cluster too", async () => {
+    const held = heldFetch();
+    const nodes = await startCluster(3, { fetch: held.fetch });
+    const gets = nodes.map((node) => node.get("nothing"));
+    // The two other nodes ask the chosen one; null is not stored, so both asks must be in first.
+    await waitFor("both asks to reach the fetching node", () => nodes.reduce((sum, node) => sum + node.stats().served, 0) === 2);
+    await waitFor("fetch to be called", () => held.calls.length === 1);
+    held.calls[0].done(null, null);
+    assert.deepEqual(await Promise.all(gets), [null, null, null]);
+    assert.equal(held.calls.length, 1);
+  });
+
   it("with stringify, callers that share one remote get each receive their own copy", async () => {
     const [a, b] = await startCluster(2, { stringify: true });
     await a.set("obj", { list: [1] });

@@ -76,6 +76,21 @@ describe("Failure detection and recovery", () => {
     assert.equal(await local.get("k"), "v");
   }, 40_000);
 
+  it("a holder that did not answer in time still gets the removal of its key", async () => {
+    const holder = await spawnNode();
+    const local = await startNode({ master: holder.address, requestTimeout: 300 });
+    await holder.call("set", "k", "v");
+    holder.pause();
+    try {
+      assert.equal(await within("a get while the holder is frozen", local.get("k")), null);
+    } finally {
+      holder.resume();
+    }
+    await local.remove("k");
+    assert.equal(await holder.call("get", "k"), null);
+    assert.equal(await local.get("k"), null);
+  }, 20_000);
+
   it("the master's death disturbs no one, and a restarted master rejoins through a non-master node", async () => {
     const master = await spawnNode();
     const a = await spawnNode({ master: master.address });

@@ -30,6 +30,7 @@ describe("Node options", () => {
       [{ connectDelay: -1 }, /connectDelay must be/],
       [{ connectAttempts: 0 }, /connectAttempts must be an integer of 1 or more/],
       [{ requestTimeout: 0 }, /requestTimeout must be a positive number/],
+      [{ heartbeatInterval: 100, peerTimeout: 190 }, /peerTimeout must be at least twice heartbeatInterval \(100 ms\)/],
       [{ prot: 1 }, /unknown option "prot"/],
       [{ host: "a", addr: "b" }, /host and addr name the same setting and differ/],
     ];
@@ -140,6 +141,7 @@ describe("Node lifecycle", () => {
     await within("stop", node.stop());
     const err = await within("init", init);
     assert.ok(err instanceof KosyakError);
+    assert.equal(err.code, "ERR_STOPPED");
   });
 });
 

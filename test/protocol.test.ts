@@ -55,6 +55,19 @@ describe("Protocol", () => {
     assert.equal(a.stats().peers, 1);
   });
 
+  it("before the handshake, a frame over 64 KiB closes the connection before it is buffered", async () => {
+    const node = await startNode();
+    const errors: Error[] = [];
+    node.on("error", (error) => errors.push(error));
+    const raw = await rawConnect(node.address);
+    const header = new Uint8Array(4);
+    new DataView(header.buffer).setUint32(0, 1024 * 1024);
+    raw.socket.write(header);
+    raw.socket.write(new Uint8Array(1000));
+    await within("the node to close the connection", raw.closed);
+    assert.match(errors[0]?.message ?? "", /frame of 1048576 bytes exceeds the limit of 65536/);
+  });
+
   it("a connection that never says hello is closed after requestTimeout", async () => {
     const node = await startNode({ requestTimeout: 200 });
     const raw = await rawConnect(node.address);
