@@ -2096,6 +2096,10 @@ function bunTransport(bun: BunApi): Transport {
 
 /** The protocol version both ends must speak; sent in every handshake. */
 const PROTOCOL_VERSION = 1;
+/** Heartbeat checks between two attempts to reach the members lost without a goodbye. */
+const LOST_RETRY_CHECKS = 10;
+/** How long a member lost without a goodbye is dialled again before it is given up. */
+const LOST_RETENTION_MS = 10 * 60 * 1000;
 /** Largest frame before the handshake is done: hello, challenge and prove are small. */
 const HANDSHAKE_FRAME_BYTES = 64 * 1024;
 /** Room a frame keeps beside the largest value: the key and the message around it. */
@@ -2538,6 +2542,10 @@ class Cluster {
   readonly #connections = new Set<Peer>();
   /** Ids of nodes being dialled, so that two announcements of one member make one connection. */
   readonly #dialling = new Set<string>();
+  /** Members lost without a goodbye whose redial failed, with where they listen and since when. */
+  readonly #lost = new Map<string, { address: Address; since: number }>();
+  /** Heartbeat checks so far, to dial lost members every LOST_RETRY_CHECKS of them. */
+  #checks = 0;
   /** Ids of peers reported up and not yet down, so that each up is matched by one down. */
   readonly #announced = new Set<string>();
   /** Resolves at the next change of membership or of a peer's keys; see #settled. */
@@ -3059,10 +3067,14 @@ class Cluster {
     return members;
   }
 
-  /** Sends heartbeats on idle connections and closes those whose peer has been silent too long. */
+  /**
+   * Sends heartbeats on idle connections, closes those whose peer has been silent too long, and
+   * every LOST_RETRY_CHECKS checks dials the members lost without a goodbye once more.
+   */
   #checkPeers(): void {
     const { heartbeatInterval, peerTimeout } = this.#options;
     const now = Date.now();
+    if (++this.#checks % LOST_RETRY_CHECKS === 0) this.#dialLost(now);
     // After this process was busy for a while, timers run before the data that waits in the
     // sockets is read: judge silence only at the next check, once it has been.
     const stalled = now - this.#lastCheck > 2 * heartbeatInterval;
@@ -3090,8 +3102,19 @@ class Cluster {
     }
     if (reason === "protocol-error" && peer.error) this.#host.emit("error", peer.error);
     if (!this.#forgetPeer(peer, reason) || this.#stopping || peer.listening === undefined) return;
-    // Both ends dial; should both succeed, the rule in #admit keeps one connection.
-    this.#dial(peer.listening, peer.id).catch(() => {});
+    // Both ends dial; should both succeed, the rule in #admit keeps one connection. Should all
+    // attempts fail, the member is dialled again now and then (see #checkPeers): a partition
+    // longer than connectAttempts must not split the cluster for good.
+    const { id, listening } = peer;
+    this.#dial(listening, id).catch(() => this.#lost.set(id, { address: listening, since: Date.now() }));
+  }
+
+  /** Dials each lost member not met again yet; forgets those lost for longer than LOST_RETENTION_MS. */
+  #dialLost(now: number): void {
+    for (const [id, { address, since }] of this.#lost) {
+      if (this.#peers.has(id) || now - since > LOST_RETENTION_MS) this.#lost.delete(id);
+      else if (!this.#dialling.has(id)) this.#dial(address, id).then(() => this.#lost.delete(id), () => {});
+    }
   }
 
   /** Forgets a peer and the keys it held; returns whether it was a current member. */

@@ -76,6 +76,21 @@ describe("Failure detection and recovery", () => {
     assert.equal(await local.get("k"), "v");
   }, 40_000);
 
+  it("a member lost for longer than every reconnect attempt is still dialled again later", async () => {
+    const fast = { heartbeatInterval: 100, peerTimeout: 300, connectDelay: 10, connectAttempts: 1 };
+    const first = await spawnNode(fast);
+    const local = await startNode({ ...fast, master: first.address });
+    const down = record(local, "peerDown");
+    await first.kill();
+    await waitFor("the lost member to be reported down", () => down.length === 1);
+    // A node that knows nobody comes up where the lost one listened: only the survivor's
+    // repeated dialling, long after its connectAttempts ran out, can bring the two together.
+    const comeback = await spawnNode({ ...fast, port: first.address.port });
+    await comeback.call("set", "k", "back");
+    await waitFor("the survivor to dial the old address again", () => local.stats().peers === 1, 10_000);
+    assert.equal(await local.get("k"), "back");
+  }, 30_000);
+
   it("a holder that did not answer in time still gets the removal of its key", async () => {
     const holder = await spawnNode();
     const local = await startNode({ master: holder.address, requestTimeout: 300 });
