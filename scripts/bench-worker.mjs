@@ -7,12 +7,13 @@ import process from "node:process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import Redis from "ioredis";
+import memjs from "memjs";
 import { LRUCache } from "lru-cache";
 import { Node } from "kosyak";
 import { nativeClient } from "./bench-native.mjs";
 
 const settings = JSON.parse(process.argv[2]);
-const { runtime, redisPort, rounds, joinKeys, peerCommand } = settings;
+const { runtime, redisPort, memcachedPort, rounds, joinKeys, peerCommand } = settings;
 const KEYS = 1000;
 const VALUE = "a value of some 30 bytes......";
 const report = (result) => process.stdout.write(JSON.stringify({ runtime, ...result }) + "\n");
@@ -113,6 +114,11 @@ await startPeer("node", { master: { port: writer1.address.port } });
 const writer3 = await new Node().init().ready();
 for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: writer3.address.port } });
 const bare = await nativeClient(await startPeer("bare"));
+let memcached;
+if (memcachedPort) {
+  memcached = memjs.Client.create(`127.0.0.1:${memcachedPort}`, { logger: { log() {} } });
+  for (let i = 0; i < KEYS; i++) await memcached.set(key(i), VALUE, { expires: 0 });
+}
 let redis;
 if (redisPort) {
   redis = new Redis({ host: "127.0.0.1", port: redisPort });
@@ -150,6 +156,12 @@ if (redis) {
   workloads["set, ioredis+Redis, sequential"] = () => latency((i) => redis.set(key(i), VALUE));
   for (const inFlight of [1, 16, 64]) workloads[`remote get, ioredis+Redis, ${inFlight} in flight`] = () => asyncRate((i) => redis.get(key(i)), inFlight);
   workloads["set, ioredis+Redis, 64 in flight"] = () => asyncRate((i) => redis.set(key(i), VALUE), 64);
+}
+
+if (memcached) {
+  workloads["remote get, memjs+memcached, sequential"] = () => latency((i) => memcached.get(key(i)));
+  workloads["remote get, memjs+memcached, 64 in flight"] = () => asyncRate((i) => memcached.get(key(i)), 64);
+  workloads["set, memjs+memcached, 64 in flight"] = () => asyncRate((i) => memcached.set(key(i), VALUE, { expires: 0 }), 64);
 }
 
 // A short run of everything first, so that no measured round pays for the JIT's warm-up.
@@ -196,6 +208,7 @@ for (let round = 1; round <= 3; round++) {
 await Promise.all([local.stop(), reader.stop(), writer1.stop(), writer3.stop()]);
 bare.close();
 await redis?.quit();
+memcached?.close();
 for (const child of children) child.stdin.end();
 await Promise.all(children.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
 if (sink === -1) console.log(sink);

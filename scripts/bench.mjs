@@ -1,12 +1,13 @@
-// `npm run bench`: kosyak against a Map, lru-cache, the bare socket limit and ioredis+Redis, under
-// Node.js, Deno and Bun, on loopback. Each runtime runs scripts/bench-worker.mjs; this script
-// starts a redis-server on a free loopback port (if one is installed), gathers the results, and
+// `npm run bench`: kosyak against a Map, lru-cache, the bare socket limit, ioredis+Redis and
+// memjs+memcached, under Node.js, Deno and Bun, on loopback. Each runtime runs
+// scripts/bench-worker.mjs; this script starts a redis-server and a memcached on free loopback
+// ports (those that are installed), gathers the results, and
 // writes bench/results.json (every measurement), bench/results.md (the table, with the targets)
 // and bench/chart.svg. Options: --quick (fewer and shorter rounds, a 100,000-key join),
 // --runtimes node,deno,bun.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
@@ -51,11 +52,38 @@ async function startRedis() {
   return { port, stop: () => redis.kill("SIGTERM") };
 }
 
+/** Resolves once something accepts connections on the port, trying for at most 10 s. */
+async function accepting(port) {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const up = await new Promise((resolve) => {
+      const socket = connect(port, "127.0.0.1", () => (socket.destroy(), resolve(true))).on("error", () => resolve(false));
+    });
+    if (up) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`nothing accepts connections on port ${port}`);
+}
+
+async function startMemcached() {
+  try {
+    execFileSync("memcached", ["-h"], { stdio: "pipe" });
+  } catch {
+    console.log("memcached is not installed, so the memcached rows are left out. Install it with: apt-get install memcached");
+    return undefined;
+  }
+  const port = await freePort();
+  // -u root: memcached refuses to run as root without it; -U 0: no UDP.
+  const memcached = spawn("memcached", ["-p", String(port), "-l", "127.0.0.1", "-U", "0", "-u", "root"], { stdio: "ignore" });
+  await accepting(port);
+  return { port, stop: () => memcached.kill("SIGTERM") };
+}
+
 // ─── Running the workers ──────────────────────────────────────────────────────────────────────
 
-async function runWorker(runtime, redisPort) {
+async function runWorker(runtime, redisPort, memcachedPort) {
   const { worker, peer } = commands[runtime];
-  const child = spawn(worker[0], [...worker.slice(1), `${root}scripts/bench-worker.mjs`, JSON.stringify({ runtime, redisPort, peerCommand: peer, ...settings })], {
+  const workerSettings = { runtime, redisPort, memcachedPort, peerCommand: peer, ...settings };
+  const child = spawn(worker[0], [...worker.slice(1), `${root}scripts/bench-worker.mjs`, JSON.stringify(workerSettings)], {
     cwd: root,
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -74,11 +102,13 @@ async function runWorker(runtime, redisPort) {
 }
 
 const redis = await startRedis();
+const memcached = await startMemcached();
 const raw = [];
 try {
-  for (const runtime of runtimes) raw.push(...(await runWorker(runtime, redis?.port)));
+  for (const runtime of runtimes) raw.push(...(await runWorker(runtime, redis?.port, memcached?.port)));
 } finally {
   redis?.stop();
+  memcached?.stop();
 }
 
 // ─── Summary, targets, table, chart ───────────────────────────────────────────────────────────
@@ -151,7 +181,10 @@ function chart() {
   const colors = { node: "#3c873a", deno: "#222222", bun: "#f472b6" };
   const panels = [
     ["Local, millions of ops/s", 1e6, ["local get hit, Map", "local get hit, kosyak callback", "local get hit, lru-cache", "local set, Map", "local set, kosyak callback", "local set, lru-cache"]],
-    ["Remote, thousands of ops/s (64 in flight)", 1e3, ["remote get, bare limit, 64 in flight", "remote get, kosyak, 64 in flight", "remote get, ioredis+Redis, 64 in flight", "set acked by 3 peers, 64 in flight", "set, ioredis+Redis, 64 in flight"]],
+    ["Remote, thousands of ops/s (64 in flight)", 1e3, [
+      "remote get, bare limit, 64 in flight", "remote get, kosyak, 64 in flight", "remote get, ioredis+Redis, 64 in flight",
+      "remote get, memjs+memcached, 64 in flight", "set acked by 3 peers, 64 in flight", "set, ioredis+Redis, 64 in flight",
+    ]],
   ];
   const bar = 12, gap = 10, labelWidth = 300, plotWidth = 420;
   let y = 30;
