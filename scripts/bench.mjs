@@ -36,22 +36,6 @@ async function freePort() {
   return port;
 }
 
-async function startRedis() {
-  try {
-    execFileSync("redis-server", ["--version"], { stdio: "pipe" });
-  } catch {
-    console.log("redis-server is not installed, so the Redis rows are left out. Install it with: apt-get install redis-server");
-    return undefined;
-  }
-  const port = await freePort();
-  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "inherit"] });
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("redis-server did not start within 10 s")), 10_000);
-    createInterface({ input: redis.stdout }).on("line", (line) => line.includes("Ready to accept connections") && (clearTimeout(timer), resolve()));
-  });
-  return { port, stop: () => redis.kill("SIGTERM") };
-}
-
 /** Resolves once something accepts connections on the port, trying for at most 10 s. */
 async function accepting(port) {
   for (let attempt = 0; attempt < 200; attempt++) {
@@ -64,19 +48,28 @@ async function accepting(port) {
   throw new Error(`nothing accepts connections on port ${port}`);
 }
 
-async function startMemcached() {
+/**
+ * Starts a server the benchmark compares against on a free loopback port, or says how to install
+ * it and resolves with undefined when it is missing.
+ */
+async function startServer(command, versionFlag, argsFor) {
   try {
-    execFileSync("memcached", ["-h"], { stdio: "pipe" });
+    execFileSync(command, [versionFlag], { stdio: "pipe" });
   } catch {
-    console.log("memcached is not installed, so the memcached rows are left out. Install it with: apt-get install memcached");
+    console.log(`${command} is not installed, so its rows are left out. Install it with: apt-get install ${command}`);
     return undefined;
   }
   const port = await freePort();
-  // -u root: memcached refuses to run as root without it; -U 0: no UDP.
-  const memcached = spawn("memcached", ["-p", String(port), "-l", "127.0.0.1", "-U", "0", "-u", "root"], { stdio: "ignore" });
+  const server = spawn(command, argsFor(port), { stdio: "ignore" });
   await accepting(port);
-  return { port, stop: () => memcached.kill("SIGTERM") };
+  return { port, stop: () => server.kill("SIGTERM") };
 }
+
+const startRedis = () =>
+  startServer("redis-server", "--version", (port) => ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+// -u root: memcached refuses to run as root without it; -U 0: no UDP.
+const startMemcached = () =>
+  startServer("memcached", "-h", (port) => ["-p", String(port), "-l", "127.0.0.1", "-U", "0", "-u", "root"]);
 
 // ─── Running the workers ──────────────────────────────────────────────────────────────────────
 
