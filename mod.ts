@@ -3214,14 +3214,8 @@ class Store {
 
   /** A live entry, marked as just used; an expired one is removed and reported instead. */
   get(key: string): StoredEntry | undefined {
-    // The hot path of every local hit: one Map lookup when entries neither expire nor get evicted.
-    const entry = this.#entries.get(key);
-    if (entry === undefined) return undefined;
-    if (entry.expires !== 0 && entry.expires <= Date.now()) {
-      this.#expire(entry);
-      return undefined;
-    }
-    if (this.#bounded) {
+    const entry = this.peek(key);
+    if (entry !== undefined && this.#bounded) {
       this.#entries.delete(key);
       this.#entries.set(key, entry);
     }
