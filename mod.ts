@@ -184,6 +184,39 @@ export interface NodeOptions {
    * @default {33554432}
    */
   maxQueueBytes?: number;
+  /**
+   * Where the node reads the time and sets its timers: TTL, heartbeats, peer timeouts, request
+   * timeouts, connection retries and `fetchTimeout` all follow it. Tests give a clock they move
+   * by hand, to check time-driven behaviour without waiting; sockets are never affected.
+   * @default {Date.now with the runtime's setTimeout and clearTimeout}
+   */
+  clock?: Clock;
+}
+
+/**
+ * A source of time and one-off timers, for {@linkcode NodeOptions.clock}.
+ *
+ * @example A clock that moves only when told to
+ * ```ts
+ * import type { Clock } from "./mod.ts";
+ *
+ * let now = 0;
+ * const timers = new Map<number, { at: number; callback: () => void }>();
+ * let next = 1;
+ * const clock: Clock = {
+ *   now: () => now,
+ *   setTimeout: (callback, ms) => (timers.set(next, { at: now + ms, callback }), next++),
+ *   clearTimeout: (handle) => void timers.delete(handle as number),
+ * };
+ * ```
+ */
+export interface Clock {
+  /** Milliseconds on the clock's own scale (Date.now's for the default clock). */
+  now(): number;
+  /** Calls `callback` once, `ms` milliseconds from now; returns a handle for clearTimeout. */
+  setTimeout(callback: () => void, ms: number): unknown;
+  /** Cancels a timer that has not fired yet. */
+  clearTimeout(handle: unknown): void;
 }
 
 /** TLS settings of {@linkcode NodeOptions.tls}, in PEM. */
@@ -373,9 +406,7 @@ export class KosyakError extends Error {
   }
 }
 
-// ─── The Node ────────────────────────────────────────────────────────────────────────────────
-
-type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped";
+// ─── The Node: the public API ───────────────────────────────────────────────────────────────
 
 /**
  * One member of a kosyak cluster: a local store, a TCP listener and a connection to every other
@@ -402,31 +433,7 @@ export class Node {
   /** This node's id: random, different for every instance. */
   readonly id: string = randomId();
 
-  readonly #options: ResolvedOptions;
-  readonly #store: Store;
-  readonly #cluster: Cluster;
-  #lifecycle: Lifecycle = "new";
-  #started: Promise<void> | undefined;
-  #stopped: Promise<void> | undefined;
-  #startedAt = 0;
-  #counters = { sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
-  /** Gets under way for keys not held here, so that concurrent gets of one key share one. */
-  readonly #gets = new Map<string, Promise<unknown>>();
-  /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
-  readonly #fetches = new Map<string, FetchCall>();
-  /** Keys evicted or expired this tick, told to the peers in one message. */
-  #gone: Array<[string, number]> = [];
-  /** Keys written this tick, announced to the peers in one message (see #announce). */
-  #owned: Array<[string, number, number]> = [];
-  #ownedSent: Deferred<void> = deferred<void>();
-  /** Remote gets of this tick, per holder (see #askHolder). */
-  readonly #asks = new Map<Peer, Array<{ key: string; resolve: (found: Found) => void }>>();
-  #sweeper: ReturnType<typeof setInterval> | undefined;
-  readonly #listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
-    peerUp: new Set(),
-    peerDown: new Set(),
-    error: new Set(),
-  };
+  readonly #core: Core;
 
   /**
    * Creates a node; nothing listens or connects until {@linkcode Node.init}.
@@ -442,14 +449,7 @@ export class Node {
    * ```
    */
   constructor(options: NodeOptions = {}) {
-    this.#options = resolveOptions(options);
-    this.#store = new Store(this.id, this.#options, (key, version) => this.#tellGone(key, version));
-    this.#cluster = new Cluster(this.id, this.#options, {
-      localKeys: () => this.#store.versions(),
-      observe: (version) => this.#store.observe(version),
-      serve: (peer, message) => this.#serve(peer, message),
-      emit: (event, payload) => this.#emit(event, payload),
-    });
+    this.#core = new Core(this.id, resolveOptions(options));
   }
 
   /**
@@ -475,7 +475,7 @@ export class Node {
   on<E extends keyof NodeEvents>(event: E, listener: (payload: NodeEvents[E]) => void): this {
     assertEvent(event, "on");
     assertFunction(listener, "on", "listener");
-    this.#listeners[event].add(listener as (payload: unknown) => void);
+    this.#core.listeners[event].add(listener as (payload: unknown) => void);
     return this;
   }
 
@@ -497,7 +497,7 @@ export class Node {
    */
   off<E extends keyof NodeEvents>(event: E, listener: (payload: NodeEvents[E]) => void): this {
     assertEvent(event, "off");
-    this.#listeners[event].delete(listener as (payload: unknown) => void);
+    this.#core.listeners[event].delete(listener as (payload: unknown) => void);
     return this;
   }
 
@@ -515,7 +515,8 @@ export class Node {
    * ```
    */
   get address(): Address {
-    return { host: this.#options.host, port: this.#cluster.port ?? this.#options.port };
+    const { options, cluster } = this.#core;
+    return { host: options.host, port: cluster.port ?? options.port };
   }
 
   /**
@@ -541,25 +542,11 @@ export class Node {
    */
   init(callback?: (err: Error | null) => void): this {
     if (callback !== undefined) assertFunction(callback, "init", "callback");
-    if (this.#lifecycle !== "new") {
+    if (this.#core.lifecycle !== "new") {
       throw new KosyakError("ERR_ALREADY_STARTED", `Cannot init node ${this.id}: init was already called`);
     }
-    this.#lifecycle = "starting";
-    this.#started = this.#cluster.start().then(
-      () => {
-        if (this.#lifecycle !== "starting") throw this.#cluster.stoppedError();
-        this.#lifecycle = "ready";
-        this.#startedAt = Date.now();
-        this.#sweeper = setInterval(() => this.#store.sweep(), SWEEP_INTERVAL);
-      },
-      (err: Error) => {
-        if (this.#lifecycle === "starting") this.#lifecycle = "failed";
-        throw err;
-      },
-    );
-    // Callers who use neither the callback nor ready() must not see an unhandled rejection.
-    this.#started.catch(() => {});
-    if (callback) this.#started.then(() => callLater(callback, null), (err) => callLater(callback, err));
+    const started = this.#core.start();
+    if (callback) started.then(() => callLater(callback, null), (err) => callLater(callback, err));
     return this;
   }
 
@@ -581,7 +568,7 @@ export class Node {
   /** {@linkcode Node.ready} with a callback. */
   ready(callback: (err: Error | null) => void): void;
   ready(callback?: (err: Error | null) => void): Promise<this> | void {
-    const done = this.#whenStarted("ready").then(() => this);
+    const done = this.#core.whenStarted("ready").then(() => this);
     if (callback === undefined) return done;
     assertFunction(callback, "ready", "callback");
     done.then(() => callLater(callback, null), (err) => callLater(callback, err));
@@ -614,19 +601,20 @@ export class Node {
   /** {@linkcode Node.get} with a callback. */
   get<T = unknown>(key: string, callback: Callback<T | null>): void;
   get<T = unknown>(key: string, callback?: Callback<T | null>): Promise<T | null> | void {
-    if (typeof key !== "string" || key.length > this.#options.maxKeyLength) this.#checkKey(key, "get");
+    const core = this.#core;
+    if (typeof key !== "string" || key.length > core.options.maxKeyLength) checkKey(key, "get", core.options.maxKeyLength);
     if (callback !== undefined && typeof callback !== "function") assertFunction(callback, "get", "callback");
-    if (this.#lifecycle === "ready") {
-      const entry = this.#store.get(key);
+    if (core.lifecycle === "ready") {
+      const entry = core.store.get(key);
       if (entry !== undefined) {
-        this.#counters.hits++;
-        const value = (this.#options.stringify ? JSON.parse(entry.value as string) : entry.value) as T;
+        core.counters.hits++;
+        const value = core.reveal(entry.value) as T;
         if (callback === undefined) return Promise.resolve(value);
         callback(null, value);
         return;
       }
     }
-    return settle(this.#getShared(key) as Promise<T | null>, callback);
+    return settle(core.getShared(key) as Promise<T | null>, callback);
   }
 
   /**
@@ -654,9 +642,12 @@ export class Node {
   mget<T = unknown>(keys: string[], callback: Callback<Array<T | null>>): void;
   mget<T = unknown>(keys: string[], callback?: Callback<Array<T | null>>): Promise<Array<T | null>> | void {
     if (!Array.isArray(keys)) throw new TypeError(`Cannot mget: keys must be an array of strings: received ${quote(keys)}`);
-    for (const key of keys) this.#checkKey(key, "mget");
+    for (const key of keys) checkKey(key, "mget", this.#core.options.maxKeyLength);
     if (callback !== undefined) assertFunction(callback, "mget", "callback");
-    return settle(this.#mget(keys) as Promise<Array<T | null>>, callback);
+    const core = this.#core;
+    // Gets started in one tick reach each holder as one request.
+    const values = core.whenStarted("mget").then(() => Promise.all(keys.map((key) => core.getShared(key))));
+    return settle(values as Promise<Array<T | null>>, callback);
   }
 
   /**
@@ -678,9 +669,8 @@ export class Node {
    * ```
    */
   has(key: string): boolean {
-    this.#checkKey(key, "has");
-    if (this.#lifecycle !== "ready") return false;
-    return this.#store.peek(key) !== undefined || this.#cluster.holderOf(key) !== undefined;
+    checkKey(key, "has", this.#core.options.maxKeyLength);
+    return this.#core.has(key);
   }
 
   /**
@@ -723,8 +713,8 @@ export class Node {
   ): Promise<T> | void {
     const [options, done] = typeof optionsOrCallback === "function" ? [{}, optionsOrCallback] : [optionsOrCallback, callback];
     if (done !== undefined) assertFunction(done, "set", "callback");
-    const write = this.#prepareWrite("set", key, value, options);
-    return settle(this.#write([write]).then(() => value), done);
+    const write = this.#core.prepareWrite("set", key, value, options);
+    return settle(this.#core.write([write]).then(() => value), done);
   }
 
   /**
@@ -768,9 +758,9 @@ export class Node {
     const pairs = Symbol.iterator in entries ? Array.from(entries as Iterable<[string, unknown]>) : Object.entries(entries);
     const writes = pairs.map((pair) => {
       if (!Array.isArray(pair)) throw new TypeError(`Cannot mset: each entry must be a [key, value] pair: received ${quote(pair)}`);
-      return this.#prepareWrite("mset", pair[0], pair[1], options);
+      return this.#core.prepareWrite("mset", pair[0], pair[1], options);
     });
-    return settle(this.#write(writes), done);
+    return settle(this.#core.write(writes), done);
   }
 
   /**
@@ -797,9 +787,9 @@ export class Node {
   /** {@linkcode Node.remove} with a callback. */
   remove(key: string, callback: (err: Error | null) => void): void;
   remove(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
-    this.#checkKey(key, "remove");
+    checkKey(key, "remove", this.#core.options.maxKeyLength);
     if (callback !== undefined) assertFunction(callback, "remove", "callback");
-    return settle(this.#remove(key), callback);
+    return settle(this.#core.remove(key), callback);
   }
 
   /**
@@ -848,7 +838,7 @@ export class Node {
   clear(callback: (err: Error | null) => void): void;
   clear(callback?: (err: Error | null) => void): Promise<void> | void {
     if (callback !== undefined) assertFunction(callback, "clear", "callback");
-    return settle(this.#clear(), callback);
+    return settle(this.#core.clear(), callback);
   }
 
   /**
@@ -868,7 +858,7 @@ export class Node {
    * ```
    */
   *keys(): Generator<string> {
-    for (const entry of this.#store.live()) yield entry.key;
+    for (const entry of this.#core.store.live()) yield entry.key;
   }
 
   /**
@@ -887,7 +877,7 @@ export class Node {
    * ```
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<[string, unknown]> {
-    for (const entry of this.#store.live()) yield [entry.key, this.#reveal(entry.value)];
+    for (const entry of this.#core.store.live()) yield [entry.key, this.#core.reveal(entry.value)];
   }
 
   /**
@@ -910,7 +900,7 @@ export class Node {
    */
   eachEntry(iterator: (value: unknown, key: string, entry: Entry) => void): void {
     assertFunction(iterator, "eachEntry", "iterator");
-    for (const entry of this.#store.live()) iterator(this.#reveal(entry.value), entry.key, entry);
+    for (const entry of this.#core.store.live()) iterator(this.#core.reveal(entry.value), entry.key, entry);
   }
 
   /**
@@ -937,9 +927,9 @@ export class Node {
   /** Every node's stats, handed to a callback. */
   stats(callback: (nodesStats: NodeStats[]) => void): void;
   stats(callback?: (nodesStats: NodeStats[]) => void): NodeStats | void {
-    if (callback === undefined) return this.#localStats();
+    if (callback === undefined) return this.#core.localStats();
     assertFunction(callback, "stats", "callback");
-    this.clusterStats().then((all) => callLater(callback, all), () => callLater(callback, [this.#localStats()]));
+    this.clusterStats().then((all) => callLater(callback, all), () => callLater(callback, [this.#core.localStats()]));
   }
 
   /**
@@ -959,9 +949,10 @@ export class Node {
    * ```
    */
   async clusterStats(): Promise<NodeStats[]> {
-    await this.#whenStarted("clusterStats");
-    const answers = await this.#cluster.askAll({ op: "stats" });
-    return [this.#localStats(), ...answers.map((answer) => answer.stats as NodeStats)];
+    const core = this.#core;
+    await core.whenStarted("clusterStats");
+    const answers = await core.cluster.askAll({ op: "stats" });
+    return [core.localStats(), ...answers.map((answer) => answer.stats as NodeStats)];
   }
 
   /**
@@ -984,366 +975,28 @@ export class Node {
   stop(callback: () => void): void;
   stop(callback?: () => void): Promise<void> | void {
     if (callback !== undefined) assertFunction(callback, "stop", "callback");
-    this.#stopped ??= this.#stop();
-    if (callback === undefined) return this.#stopped;
-    this.#stopped.then(() => callLater(callback));
-  }
-
-  // ─── The Node: internals ───────────────────────────────────────────────────────────────────
-
-  async #stop(): Promise<void> {
-    this.#lifecycle = "stopping";
-    clearInterval(this.#sweeper);
-    // Stopping the cluster first cuts short an init that is still connecting or retrying.
-    await this.#cluster.stop();
-    await this.#started?.catch(() => {});
-    this.#lifecycle = "stopped";
-  }
-
-  /** Resolves when the node is ready; rejects when it never will be. */
-  #whenStarted(operation: string): Promise<void> {
-    switch (this.#lifecycle) {
-      case "ready":
-        return Promise.resolve();
-      case "starting":
-        return this.#started!;
-      case "new":
-        return Promise.reject(
-          new KosyakError("ERR_NOT_STARTED", `Cannot ${operation}: call init() first`),
-        );
-      case "failed":
-        return this.#started!;
-      default:
-        return Promise.reject(new KosyakError("ERR_STOPPED", `Cannot ${operation}: the node is stopped`));
-    }
-  }
-
-  /** Gets a key not held here, sharing the work with concurrent gets of the same key. */
-  #getShared(key: string): Promise<unknown> {
-    let pending = this.#gets.get(key);
-    if (pending === undefined) {
-      const started: Promise<unknown> = this.#getSlow(key).finally(() => this.#gets.get(key) === started && this.#gets.delete(key));
-      this.#gets.set(key, (pending = started));
-    }
-    // Callers share one result; with stringify, each still gets a copy of its own.
-    return this.#options.stringify ? pending.then(copyJson) : pending;
-  }
-
-  async #getSlow(key: string): Promise<unknown> {
-    if (this.#lifecycle !== "ready") await this.#whenStarted("get");
-    const local = this.#store.get(key);
-    if (local !== undefined) {
-      this.#counters.hits++;
-      return this.#reveal(local.value);
-    }
-    const holder = this.#cluster.holderOf(key);
-    if (holder !== undefined) {
-      const found = await this.#askHolder(holder, key);
-      if (found !== null && found !== undefined) {
-        this.#counters.remoteHits++;
-        return found[0];
-      }
-      // A holder that answered that it has no such entry is forgotten; a silent one is not.
-      if (found === null) this.#cluster.forget(key, holder);
-    }
-    this.#counters.misses++;
-    return this.#fetch(key);
-  }
-
-  async #mget(keys: string[]): Promise<unknown[]> {
-    await this.#whenStarted("mget");
-    // Gets started in one tick reach each holder as one request (see #askHolder).
-    return Promise.all(keys.map((key) => this.#getShared(key)));
-  }
-
-  /**
-   * Asks a peer for a key it holds; resolves with `[value]`, with null when the peer has no such
-   * entry, or with undefined when it does not answer. The asks of one tick to one peer go as a
-   * single `mget`, so that many gets in flight cost one message each way rather than one per key.
-   */
-  #askHolder(holder: Peer, key: string): Promise<Found> {
-    let asks = this.#asks.get(holder);
-    if (asks === undefined) {
-      if (this.#asks.size === 0) queueMicrotask(() => this.#sendAsks());
-      asks = [];
-      this.#asks.set(holder, asks);
-    }
-    return new Promise((resolve) => asks.push({ key, resolve }));
-  }
-
-  #sendAsks(): void {
-    const batches = [...this.#asks];
-    this.#asks.clear();
-    for (const [holder, asks] of batches) {
-      const askAlone = (key: string, resolve: (found: Found) => void) =>
-        holder.request({ op: "get", key }).then((answer) => resolve("value" in answer ? [answer.value] : null), () => resolve(undefined));
-      if (asks.length === 1) {
-        askAlone(asks[0].key, asks[0].resolve);
-        continue;
-      }
-      const settleAll = (answer: Message | undefined) => {
-        const found = Array.isArray(answer?.values) ? answer.values : [];
-        asks.forEach(({ key, resolve }, i) => {
-          const hit = found[i];
-          if (Array.isArray(hit)) resolve(hit.length === 1 ? [hit[0]] : null);
-          // Left out to keep the answer within a frame: asked again on its own.
-          else if (hit === 0) askAlone(key, resolve);
-          else resolve(undefined);
-        });
-      };
-      holder.request({ op: "mget", keys: asks.map((ask) => ask.key) }).then(settleAll, () => settleAll(undefined));
-    }
-  }
-
-  /**
-   * Gets a value from the `fetch` option. The cluster agrees, by hashing the key over the member
-   * ids, on one node to call `fetch` for each key, so that gets of one missing key on several
-   * nodes call it once; if that node is gone, has no `fetch`, or does not answer, this one calls it.
-   */
-  async #fetch(key: string): Promise<unknown> {
-    if (this.#options.fetch === undefined) return null;
-    const fetcher = this.#cluster.fetcherOf(key);
-    if (fetcher !== undefined) {
-      const timeout = this.#options.fetchTimeout + this.#options.requestTimeout;
-      try {
-        const answer = await fetcher.request({ op: "fetch", key }, timeout);
-        if ("value" in answer) return answer.value;
-      } catch (error) {
-        if (error instanceof KosyakError && error.code === "ERR_FETCH") throw error;
-      }
-    }
-    return this.#fetchHere(key);
-  }
-
-  /** Calls the `fetch` option once for concurrent callers of the same key, here and from peers. */
-  #fetchHere(key: string): Promise<unknown> {
-    let fetching = this.#fetches.get(key);
-    if (fetching === undefined) {
-      const call: FetchCall = { overtaken: false, result: Promise.resolve(null) };
-      call.result = this.#callFetch(key, call).finally(() => this.#fetches.get(key) === call && this.#fetches.delete(key));
-      this.#fetches.set(key, (fetching = call));
-    }
-    return fetching.result;
-  }
-
-  /**
-   * A write of `key` (here, or announced by a peer) overtakes the gets and the fetch under way for
-   * it: gets that start from now on do not join them, and the fetched value is not stored over
-   * the newer one.
-   */
-  #overtake(key: string): void {
-    this.#gets.delete(key);
-    const fetching = this.#fetches.get(key);
-    if (fetching === undefined) return;
-    fetching.overtaken = true;
-    this.#fetches.delete(key);
-  }
-
-  async #callFetch(key: string, call: FetchCall): Promise<unknown> {
-    const { fetch, fetchTimeout } = this.#options;
-    this.#counters.fetches++;
-    let value: unknown;
-    try {
-      const called = new Promise((resolve, reject) => fetch!(key, (err, result) => (err ? reject(err) : resolve(result))));
-      value = await withTimeout(called, fetchTimeout, () => new Error(`it did not call back within ${fetchTimeout} ms`));
-    } catch (cause) {
-      this.#counters.fetchErrors++;
-      throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
-    }
-    if (value === undefined || value === null) return null;
-    if (!call.overtaken) await this.#write([this.#prepareWrite("fetch", key, value, undefined)]);
-    return value;
-  }
-
-  /** Checks that a key is a string no longer than `maxKeyLength`. */
-  #checkKey(key: unknown, operation: string): asserts key is string {
-    assertKey(key, operation);
-    const { maxKeyLength } = this.#options;
-    if (key.length > maxKeyLength) {
-      throw new RangeError(`Cannot ${operation}: the key is ${key.length} characters long, more than maxKeyLength (${maxKeyLength})`);
-    }
-  }
-
-  /** Checks a write's arguments and measures it, before anything is stored. */
-  #prepareWrite(operation: string, key: unknown, value: unknown, options: SetOptions | undefined): Write {
-    this.#checkKey(key, operation);
-    if (options !== undefined && (typeof options !== "object" || options === null)) {
-      throw new TypeError(`Cannot ${operation} "${key}": options must be an object: received ${quote(options)}`);
-    }
-    const ttl = options?.ttl ?? this.#options.ttl;
-    if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
-      throw new RangeError(`Cannot ${operation} "${key}": ttl must be a number of milliseconds, 0 or more: received ${quote(ttl)}`);
-    }
-    const { maxValueBytes, maxBytes, maxFrameBytes } = this.#options;
-    const json = toJson(value, `Cannot ${operation} "${key}"`);
-    if (json.length > maxValueBytes) {
-      throw new RangeError(`Cannot ${operation} "${key}": the value takes ${json.length} bytes as JSON, more than maxValueBytes (${maxValueBytes})`);
-    }
-    const size = key.length + json.length;
-    if (size > maxBytes) {
-      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${size} bytes, more than maxBytes (${maxBytes})`);
-    }
-    // Measured in UTF-8 only when it could matter: a string takes at most 3 bytes per unit.
-    const room = maxFrameBytes - FRAME_ROOM;
-    if (3 * size > room && utf8Encoder.encode(json).length > room) {
-      throw new RangeError(`Cannot ${operation} "${key}": the value takes more than the ${room} bytes of UTF-8 a frame can carry`);
-    }
-    return { key, stored: this.#options.stringify ? json : value, size, ttl };
-  }
-
-  /** Stores writes here and waits until every live peer knows this node holds them. */
-  async #write(writes: Write[]): Promise<void> {
-    if (this.#lifecycle !== "ready") await this.#whenStarted("set");
-    const owned = writes.map(({ key, stored, size, ttl }): [string, number, number] => {
-      this.#counters.sets++;
-      this.#overtake(key);
-      this.#cluster.forgetRemote(key);
-      return [key, this.#store.set(key, stored, size, ttl), ttl];
-    });
-    if (this.#cluster.peerCount > 0) await this.#announce(owned);
-  }
-
-  /**
-   * Tells every peer that this node now holds these keys, and resolves once all have
-   * acknowledged. The writes of one tick go as one `own` request per peer.
-   */
-  #announce(owned: Array<[string, number, number]>): Promise<void> {
-    if (this.#owned.length === 0) {
-      this.#ownedSent = deferred<void>();
-      queueMicrotask(() => this.#flushOwned());
-    }
-    for (const triple of owned) this.#owned.push(triple);
-    return this.#ownedSent.promise;
-  }
-
-  /** Sends the announcements waiting for the end of the tick; a drop must never overtake them. */
-  #flushOwned(): void {
-    if (this.#owned.length === 0) return;
-    const [owned, sent] = [this.#owned, this.#ownedSent];
-    this.#owned = [];
-    const requests = [];
-    for (let i = 0; i < owned.length; i += OWNED_PER_MESSAGE) {
-      requests.push(this.#cluster.askAll({ op: "own", keys: owned.slice(i, i + OWNED_PER_MESSAGE) }));
-    }
-    Promise.all(requests).then(() => sent.resolve());
-  }
-
-  async #remove(key: string): Promise<void> {
-    await this.#whenStarted("remove");
-    // Every peer hears of it: a directory can miss a holder for a while (one that did not answer
-    // in time, say), and a removal must reach the holder all the same.
-    this.#overtake(key);
-    const version = this.#store.delete(key);
-    this.#cluster.forgetRemote(key);
-    this.#flushOwned();
-    await this.#cluster.askAll({ op: "drop", keys: [[key, version]] });
-  }
-
-  async #clear(): Promise<void> {
-    await this.#whenStarted("clear");
-    const gone = this.#store.clear();
-    this.#flushOwned();
-    for (let i = 0; i < gone.length; i += KEYS_PER_MESSAGE) {
-      await this.#cluster.askAll({ op: "gone", keys: gone.slice(i, i + KEYS_PER_MESSAGE) });
-    }
-  }
-
-  /** Collects keys the store evicted or expired, and tells the peers once per tick, unawaited. */
-  #tellGone(key: string, version: number): void {
-    if (this.#gone.length === 0) {
-      queueMicrotask(() => {
-        const keys = this.#gone;
-        this.#gone = [];
-        this.#flushOwned();
-        this.#cluster.askAll({ op: "gone", keys });
-      });
-    }
-    this.#gone.push([key, version]);
-  }
-
-  /** Answers a peer's data request with the fields of the reply, or a Promise of them. */
-  #serve(peer: Peer, message: Message): Record<string, unknown> | Promise<Record<string, unknown>> {
-    switch (message.op) {
-      case "get": {
-        const entry = this.#store.get(requireString(message, "key"));
-        return entry === undefined ? {} : { value: this.#reveal(entry.value) };
-      }
-      case "mget": {
-        // [value] when held, [] when not, 0 when left out to keep the answer within a frame.
-        let room = this.#options.maxFrameBytes / 2;
-        const values = requireArray(message, "keys").map((key) => {
-          const entry = typeof key === "string" ? this.#store.get(key) : undefined;
-          if (entry === undefined) return [];
-          room -= entry.size;
-          return room < 0 ? 0 : [this.#reveal(entry.value)];
-        });
-        return { values };
-      }
-      case "own":
-        for (const [key, version, ttl] of requireKeyList(message)) {
-          this.#overtake(key);
-          if (this.#store.yieldTo(key, version, peer.id)) this.#cluster.learn(key, peer, version, ttl);
-        }
-        return {};
-      case "drop":
-        for (const [key, version] of requireKeyList(message)) {
-          this.#overtake(key);
-          this.#store.deleteOlder(key, version, peer.id);
-          this.#cluster.forgetOlder(key, version, peer.id);
-        }
-        return {};
-      case "gone":
-        for (const [key, version] of requireKeyList(message)) this.#cluster.forgetExact(key, peer, version);
-        return {};
-      case "fetch":
-        return this.#answerFetch(requireString(message, "key"));
-      case "stats":
-        return { stats: this.#localStats() };
-      default:
-        throw new ProtocolError(`unknown request "${String(message.op)}"`);
-    }
-  }
-
-  /** A peer asks this node, the key's agreed fetcher, for a value no node holds. */
-  async #answerFetch(key: string): Promise<Record<string, unknown>> {
-    const local = this.#store.get(key);
-    if (local !== undefined) return { value: this.#reveal(local.value) };
-    if (this.#options.fetch === undefined || this.#lifecycle !== "ready") return {};
-    // A null from fetch is an answer too: the asking node must not call fetch again.
-    return { value: await this.#fetchHere(key) };
-  }
-
-  #emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void {
-    for (const listener of this.#listeners[event]) callLater(listener, payload);
-  }
-
-  /** The caller's view of a stored value: a fresh copy when values are stored as JSON. */
-  #reveal(stored: unknown): unknown {
-    return this.#options.stringify ? JSON.parse(stored as string) : stored;
-  }
-
-  #localStats(): NodeStats {
-    const address = this.address;
-    return {
-      id: this.id,
-      host: address.host,
-      port: address.port,
-      entries: this.#store.size,
-      bytes: this.#store.bytes,
-      peers: this.#cluster.peerCount,
-      connections: this.#cluster.connectionCount,
-      remoteKeys: this.#cluster.remoteKeyCount,
-      ...this.#counters,
-      evictions: this.#store.evictions,
-      expirations: this.#store.expirations,
-      served: this.#cluster.served,
-      uptime: this.#startedAt === 0 ? 0 : Date.now() - this.#startedAt,
-    };
+    const stopped = this.#core.stop();
+    if (callback === undefined) return stopped;
+    stopped.then(() => callLater(callback));
   }
 }
 
-/** A holder's answer for one key: `[value]`, null for no such entry, undefined for no answer. */
-type Found = [unknown] | null | undefined;
+/** Checks that a key is a string no longer than `maxKeyLength`. */
+function checkKey(key: unknown, operation: string, maxKeyLength: number): asserts key is string {
+  assertKey(key, operation);
+  if (key.length > maxKeyLength) {
+    throw new RangeError(`Cannot ${operation}: the key is ${key.length} characters long, more than maxKeyLength (${maxKeyLength})`);
+  }
+}
+
+export default Node;
+
+// ─── The Node's engine: lifecycle, request paths, and the answers to peers ─────────────────
+
+type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped";
+
+/** A holder's answer for one key: `[value]`, `[]` for not held, `[null, holder, version, ttl]` for moved. */
+type Found = [unknown] | [] | [null, string, number, number];
 
 /** A call of the `fetch` option, and whether a write of its key has made its value stale. */
 interface FetchCall {
@@ -1359,7 +1012,406 @@ interface Write {
   ttl: number;
 }
 
-export default Node;
+/**
+ * Everything a {@linkcode Node} does below its public API: its lifecycle, the paths of gets,
+ * writes, removals and fetches, and the handlers of its peers' requests, over the Store (local
+ * entries), the Directory (who holds what) and the Cluster (connections).
+ */
+class Core {
+  readonly id: string;
+  readonly options: ResolvedOptions;
+  readonly store: Store;
+  readonly directory: Directory;
+  readonly cluster: Cluster;
+  lifecycle: Lifecycle = "new";
+  readonly counters = { sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
+  readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
+    peerUp: new Set(),
+    peerDown: new Set(),
+    error: new Set(),
+  };
+  #started: Promise<void> | undefined;
+  #stopped: Promise<void> | undefined;
+  #startedAt = 0;
+  readonly #timers: Timers;
+  /** Gets under way for keys not held here, so that concurrent gets of one key share one. */
+  readonly #gets = new Map<string, Promise<unknown>>();
+  /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
+  readonly #fetches = new Map<string, FetchCall>();
+
+  constructor(id: string, options: ResolvedOptions) {
+    this.id = id;
+    this.options = options;
+    this.#timers = new Timers(options.clock);
+    this.store = new Store(options, options.clock, (key, version) => this.#tellGone(key, version));
+    this.directory = new Directory(id, this.store, options.clock);
+    this.cluster = new Cluster(id, options, {
+      handlers: {
+        get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
+        own: (peer, message) => this.#learn(peer, message),
+        keys: (peer, message) => void this.#learn(peer, message),
+        drop: (peer, message) => this.#dropOlder(peer, message),
+        gone: (peer, message) => this.#forgetGone(peer, message),
+        fetch: (_peer, message) => this.#answerFetch(requireString(message, "key")),
+        stats: () => ({ stats: this.localStats() }),
+      },
+      admitted: (peer) => this.#tellKeys(peer),
+      lost: (peerId) => this.directory.forgetHolder(peerId),
+      emit: (event, payload) => this.emit(event, payload),
+    });
+  }
+
+  // Lifecycle.
+
+  start(): Promise<void> {
+    this.lifecycle = "starting";
+    this.#started = this.cluster.start().then(
+      () => {
+        if (this.lifecycle !== "starting") throw this.cluster.stoppedError();
+        this.lifecycle = "ready";
+        this.#startedAt = this.options.clock.now();
+        this.#timers.every(SWEEP_INTERVAL, () => this.store.sweep());
+      },
+      (err: Error) => {
+        if (this.lifecycle === "starting") this.lifecycle = "failed";
+        throw err;
+      },
+    );
+    // Callers who use neither the callback nor ready() must not see an unhandled rejection.
+    this.#started.catch(() => {});
+    return this.#started;
+  }
+
+  stop(): Promise<void> {
+    this.#stopped ??= (async () => {
+      this.lifecycle = "stopping";
+      this.#timers.close();
+      // Stopping the cluster first cuts short an init that is still connecting or retrying.
+      await this.cluster.stop();
+      await this.#started?.catch(() => {});
+      this.lifecycle = "stopped";
+    })();
+    return this.#stopped;
+  }
+
+  /** Resolves when the node is ready; rejects when it never will be. */
+  whenStarted(operation: string): Promise<void> {
+    switch (this.lifecycle) {
+      case "ready":
+        return Promise.resolve();
+      case "starting":
+      case "failed":
+        return this.#started!;
+      case "new":
+        return Promise.reject(new KosyakError("ERR_NOT_STARTED", `Cannot ${operation}: call init() first`));
+      default:
+        return Promise.reject(new KosyakError("ERR_STOPPED", `Cannot ${operation}: the node is stopped`));
+    }
+  }
+
+  // Reads.
+
+  /** Gets a key not held here, sharing the work with concurrent gets of the same key. */
+  getShared(key: string): Promise<unknown> {
+    let pending = this.#gets.get(key);
+    if (pending === undefined) {
+      const started: Promise<unknown> = this.#getSlow(key).finally(() => this.#gets.get(key) === started && this.#gets.delete(key));
+      this.#gets.set(key, (pending = started));
+    }
+    // Callers share one result; with stringify, each still gets a copy of its own.
+    return this.options.stringify ? pending.then(copyJson) : pending;
+  }
+
+  /** Whether a live entry for `key` is held here or, as far as the directory knows, by a peer. */
+  has(key: string): boolean {
+    if (this.lifecycle !== "ready") return false;
+    const holding = this.directory.holderOf(key);
+    return this.store.peek(key) !== undefined || (holding !== undefined && this.cluster.peer(holding.holder) !== undefined);
+  }
+
+  /**
+   * The local entry, else the holder the directory names. A holder that has given the key up
+   * says who holds it now, if it knows, and is asked no more about that write; the next holder
+   * is asked in turn, up to MAX_HOPS times, before the key counts as missing.
+   */
+  async #getSlow(key: string): Promise<unknown> {
+    if (this.lifecycle !== "ready") await this.whenStarted("get");
+    for (let hop = 0; hop < MAX_HOPS; hop++) {
+      const local = this.store.get(key);
+      if (local !== undefined) {
+        this.counters.hits++;
+        return this.reveal(local.value);
+      }
+      const holding = this.directory.holderOf(key);
+      const peer = holding && this.cluster.peer(holding.holder);
+      if (peer === undefined) break;
+      const found = await this.#ask(peer, key);
+      // No answer: the holder may still have it, so it is not forgotten.
+      if (found === undefined) break;
+      if (found.length === 1) {
+        this.counters.remoteHits++;
+        return found[0];
+      }
+      this.directory.gone(key, holding!.holder, holding!.version);
+      if (found.length === 4 && this.cluster.peer(found[1]) !== undefined) this.directory.own(key, found[1], found[2], found[3]);
+    }
+    this.counters.misses++;
+    return this.#fetch(key);
+  }
+
+  /**
+   * Asks a holder for a key; undefined when it does not answer. Gets of one tick to one holder
+   * travel as one request (see Peer.batch).
+   */
+  async #ask(peer: Peer, key: string): Promise<Found | undefined> {
+    const { answer, index } = peer.batch("get", key);
+    try {
+      const found = (await answer).values;
+      const item = Array.isArray(found) ? found[index] : undefined;
+      // Left out to keep the answer within a frame: asked again on its own.
+      if (item === 0) return ((await peer.request({ op: "get", keys: [key] })).values as Found[])[0];
+      return Array.isArray(item) ? item as Found : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Answers a peer's get: held, moved (and to whom), or left out to keep within a frame (0). */
+  #answerGet(keys: unknown[]): Record<string, unknown> {
+    let room = this.options.maxFrameBytes / 2;
+    const values = keys.map((key): Found | 0 => {
+      if (typeof key !== "string") throw new ProtocolError(`"get" needs string keys`);
+      const entry = this.store.get(key);
+      if (entry === undefined) {
+        const holding = this.directory.holderOf(key);
+        if (holding === undefined) return [];
+        const ttl = holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.options.clock.now());
+        return [null, holding.holder, holding.version, ttl];
+      }
+      room -= entry.size;
+      return room < 0 ? 0 : [this.reveal(entry.value)];
+    });
+    return { values };
+  }
+
+  // Fetching what no node holds.
+
+  /**
+   * Gets a value from the `fetch` option. The cluster agrees, by hashing the key over the member
+   * ids, on one node to call `fetch` for each key, so that gets of one missing key on several
+   * nodes call it once; if that node is gone, has no `fetch`, or does not answer, this one calls it.
+   */
+  async #fetch(key: string): Promise<unknown> {
+    if (this.options.fetch === undefined) return null;
+    const fetcher = this.cluster.fetcherOf(key);
+    if (fetcher !== undefined) {
+      const timeout = this.options.fetchTimeout + this.options.requestTimeout;
+      try {
+        const answer = await fetcher.request({ op: "fetch", key }, timeout);
+        if ("value" in answer) return answer.value;
+      } catch (error) {
+        if (error instanceof KosyakError && error.code === "ERR_FETCH") throw error;
+      }
+    }
+    return this.#fetchHere(key);
+  }
+
+  /** A peer asks this node, the key's agreed fetcher, for a value no node holds. */
+  async #answerFetch(key: string): Promise<Record<string, unknown>> {
+    const local = this.store.get(key);
+    if (local !== undefined) return { value: this.reveal(local.value) };
+    if (this.options.fetch === undefined || this.lifecycle !== "ready") return {};
+    // A null from fetch is an answer too: the asking node must not call fetch again.
+    return { value: await this.#fetchHere(key) };
+  }
+
+  /** Calls the `fetch` option once for concurrent callers of the same key, here and from peers. */
+  #fetchHere(key: string): Promise<unknown> {
+    let fetching = this.#fetches.get(key);
+    if (fetching === undefined) {
+      const call: FetchCall = { overtaken: false, result: Promise.resolve(null) };
+      call.result = this.#callFetch(key, call).finally(() => this.#fetches.get(key) === call && this.#fetches.delete(key));
+      this.#fetches.set(key, (fetching = call));
+    }
+    return fetching.result;
+  }
+
+  async #callFetch(key: string, call: FetchCall): Promise<unknown> {
+    const { fetch, fetchTimeout, clock } = this.options;
+    this.counters.fetches++;
+    let value: unknown;
+    try {
+      const called = new Promise((resolve, reject) => fetch!(key, (err, result) => (err ? reject(err) : resolve(result))));
+      value = await withTimeout(clock, called, fetchTimeout, () => new Error(`it did not call back within ${fetchTimeout} ms`));
+    } catch (cause) {
+      this.counters.fetchErrors++;
+      throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
+    }
+    if (value === undefined || value === null) return null;
+    if (!call.overtaken) await this.write([this.prepareWrite("fetch", key, value, undefined)]);
+    return value;
+  }
+
+  /**
+   * A write of `key` (here, or announced by a peer) overtakes the gets and the fetch under way for
+   * it: gets that start from now on do not join them, and the fetched value is not stored over
+   * the newer one.
+   */
+  #overtake(key: string): void {
+    this.#gets.delete(key);
+    const fetching = this.#fetches.get(key);
+    if (fetching === undefined) return;
+    fetching.overtaken = true;
+    this.#fetches.delete(key);
+  }
+
+  // Writes.
+
+  /** Checks a write's arguments and measures it, before anything is stored. */
+  prepareWrite(operation: string, key: unknown, value: unknown, options: SetOptions | undefined): Write {
+    checkKey(key, operation, this.options.maxKeyLength);
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      throw new TypeError(`Cannot ${operation} "${key}": options must be an object: received ${quote(options)}`);
+    }
+    const ttl = options?.ttl ?? this.options.ttl;
+    if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
+      throw new RangeError(`Cannot ${operation} "${key}": ttl must be a number of milliseconds, 0 or more: received ${quote(ttl)}`);
+    }
+    const { maxValueBytes, maxBytes, maxFrameBytes } = this.options;
+    const json = toJson(value, `Cannot ${operation} "${key}"`);
+    if (json.length > maxValueBytes) {
+      throw new RangeError(`Cannot ${operation} "${key}": the value takes ${json.length} bytes as JSON, more than maxValueBytes (${maxValueBytes})`);
+    }
+    const size = key.length + json.length;
+    if (size > maxBytes) {
+      throw new RangeError(`Cannot ${operation} "${key}": the entry takes ${size} bytes, more than maxBytes (${maxBytes})`);
+    }
+    // Measured in UTF-8 only when it could matter: a string takes at most 3 bytes per unit.
+    const room = maxFrameBytes - FRAME_ROOM;
+    if (3 * size > room && utf8Encoder.encode(json).length > room) {
+      throw new RangeError(`Cannot ${operation} "${key}": the value takes more than the ${room} bytes of UTF-8 a frame can carry`);
+    }
+    return { key, stored: this.options.stringify ? json : value, size, ttl };
+  }
+
+  /**
+   * Stores writes here and tells every peer that this node now holds them (`own`); resolves once
+   * every live peer has acknowledged, so a get anywhere afterwards finds them.
+   */
+  async write(writes: Write[]): Promise<void> {
+    if (this.lifecycle !== "ready") await this.whenStarted("set");
+    const acknowledged = new Set<Promise<Message>>();
+    for (const { key, stored, size, ttl } of writes) {
+      this.counters.sets++;
+      this.#overtake(key);
+      const version = this.directory.write(key, stored, size, ttl);
+      for (const peer of this.cluster.peers()) acknowledged.add(peer.batch("own", [key, version, ttl]).answer);
+    }
+    await allSettled(acknowledged);
+  }
+
+  /**
+   * Removes a key here, and from every peer and directory (`drop`). Every peer hears of it: a
+   * directory can miss a holder for a while, and a removal must reach the holder all the same.
+   */
+  async remove(key: string): Promise<void> {
+    await this.whenStarted("remove");
+    this.#overtake(key);
+    const version = this.directory.remove(key);
+    await allSettled(Array.from(this.cluster.peers(), (peer) => peer.batch("drop", [key, version]).answer));
+  }
+
+  /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
+  async clear(): Promise<void> {
+    await this.whenStarted("clear");
+    const gone = this.store.clear();
+    const acknowledged = new Set<Promise<Message>>();
+    for (const peer of this.cluster.peers()) {
+      for (const item of gone) acknowledged.add(peer.batch("gone", item).answer);
+    }
+    await allSettled(acknowledged);
+  }
+
+  /** Tells the peers of an entry the store evicted or expired, unawaited. */
+  #tellGone(key: string, version: number): void {
+    for (const peer of this.cluster.peers()) peer.batch("gone", [key, version]).answer.catch(() => {});
+  }
+
+  // The directory's messages.
+
+  /** Tells a newly admitted peer every key this node holds, ending with `done`. */
+  #tellKeys(peer: Peer): void {
+    let batch: Array<[string, number, number]> = [];
+    for (const triple of this.store.versions()) {
+      batch.push(triple);
+      if (batch.length === KEYS_PER_MESSAGE) {
+        peer.send({ op: "keys", keys: batch });
+        batch = [];
+      }
+    }
+    peer.send({ op: "keys", keys: batch, done: true });
+  }
+
+  /**
+   * A peer holds these keys: written just now (`own`) or listed when it connected (`keys`).
+   * Either way the directory settles them against what this node holds and knows.
+   */
+  #learn(peer: Peer, message: Message): Record<string, unknown> {
+    for (const [key, version, ttl] of requireKeyList(message)) {
+      this.#overtake(key);
+      this.directory.own(key, peer.id, version, ttl);
+    }
+    if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
+    return {};
+  }
+
+  #dropOlder(peer: Peer, message: Message): Record<string, unknown> {
+    for (const [key, version] of requireKeyList(message)) {
+      this.#overtake(key);
+      this.directory.drop(key, peer.id, version);
+    }
+    return {};
+  }
+
+  #forgetGone(peer: Peer, message: Message): Record<string, unknown> {
+    for (const [key, version] of requireKeyList(message)) this.directory.gone(key, peer.id, version);
+    return {};
+  }
+
+  // Reporting.
+
+  emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void {
+    for (const listener of this.listeners[event]) callLater(listener, payload);
+  }
+
+  /** The caller's view of a stored value: a fresh copy when values are stored as JSON. */
+  reveal(stored: unknown): unknown {
+    return this.options.stringify ? JSON.parse(stored as string) : stored;
+  }
+
+  localStats(): NodeStats {
+    return {
+      id: this.id,
+      host: this.options.host,
+      port: this.cluster.port ?? this.options.port,
+      entries: this.store.size,
+      bytes: this.store.bytes,
+      peers: this.cluster.peerCount,
+      connections: this.cluster.connectionCount,
+      remoteKeys: this.directory.remoteCount,
+      ...this.counters,
+      evictions: this.store.evictions,
+      expirations: this.store.expirations,
+      served: this.cluster.served,
+      uptime: this.#startedAt === 0 ? 0 : this.options.clock.now() - this.#startedAt,
+    };
+  }
+}
+
+/** Waits for every promise to settle, whether it resolves or rejects. */
+async function allSettled(promises: Iterable<Promise<unknown>>): Promise<void> {
+  await Promise.all(Array.from(promises, (promise) => promise.catch(() => undefined)));
+}
 
 // ─── Options ─────────────────────────────────────────────────────────────────────────────────
 
@@ -1387,13 +1439,14 @@ interface ResolvedOptions {
   maxKeyLength: number;
   maxValueBytes: number;
   maxQueueBytes: number;
+  clock: Clock;
 }
 
 const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
-  "maxValueBytes", "maxQueueBytes",
+  "maxValueBytes", "maxQueueBytes", "clock",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -1478,6 +1531,10 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     }
     if (tls.ca !== undefined && typeof tls.ca !== "string") fail("tls.ca must be a PEM string", tls.ca);
   }
+  const { clock = SYSTEM_CLOCK } = options;
+  if (typeof clock !== "object" || clock === null || (["now", "setTimeout", "clearTimeout"] as const).some((name) => typeof clock[name] !== "function")) {
+    fail("clock must be an object with now, setTimeout and clearTimeout functions", clock);
+  }
   if (peerTimeout < 2 * heartbeatInterval) {
     fail(`peerTimeout must be at least twice heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
@@ -1505,6 +1562,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     maxKeyLength: whole("maxKeyLength", 1),
     maxValueBytes,
     maxQueueBytes: whole("maxQueueBytes", 1024),
+    clock,
   };
 }
 
@@ -1554,13 +1612,6 @@ function quote(value: unknown): string {
 /** A deep copy of a JSON value. */
 function copyJson(value: unknown): unknown {
   return typeof value === "object" && value !== null ? JSON.parse(JSON.stringify(value)) : value;
-}
-
-/** Rejects with `timeoutError()` if `promise` has not settled within `ms`. */
-function withTimeout<T>(promise: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timeoutError()), ms)));
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function describe(error: unknown): string {
@@ -1613,34 +1664,93 @@ function randomHex(size: number): string {
   return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
-/** Timers that `stop` can cancel, so that a stopped node never keeps its process alive. */
+/** The clock of a node that is given none: Date.now and the runtime's timers. */
+const SYSTEM_CLOCK: Clock = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};
+
+/**
+ * Timers on a node's clock that `stop` cancels all at once, so that a stopped node never keeps
+ * its process alive: one-off delays, sleeps, and repeating ticks.
+ */
 class Timers {
-  #pending = new Set<{ id: ReturnType<typeof setTimeout>; cancel: () => void }>();
+  readonly #clock: Clock;
+  readonly #pending = new Map<unknown, () => void>();
   #closed = false;
+
+  constructor(clock: Clock) {
+    this.#clock = clock;
+  }
+
+  /** Calls `callback` after `ms`, unless cancelled or closed first; returns the cancel function. */
+  after(ms: number, callback: () => void, onCancel: () => void = () => {}): () => void {
+    if (this.#closed) {
+      onCancel();
+      return () => {};
+    }
+    const handle = this.#clock.setTimeout(() => {
+      this.#pending.delete(handle);
+      callback();
+    }, ms);
+    this.#pending.set(handle, onCancel);
+    return () => {
+      if (!this.#pending.delete(handle)) return;
+      this.#clock.clearTimeout(handle);
+    };
+  }
 
   /** Resolves after `ms`, or rejects with `reason()` if cancelled first or already closed. */
   sleep(ms: number, reason: () => Error): Promise<void> {
-    if (this.#closed) return Promise.reject(reason());
-    return new Promise((resolve, reject) => {
-      const timer = {
-        id: setTimeout(() => {
-          this.#pending.delete(timer);
-          resolve();
-        }, ms),
-        cancel: () => reject(reason()),
-      };
-      this.#pending.add(timer);
-    });
+    return new Promise((resolve, reject) => this.after(ms, resolve, () => reject(reason())));
   }
 
-  /** Cancels every sleep, now and later. */
+  /** Calls `callback` every `ms` until closed. */
+  every(ms: number, callback: () => void): void {
+    const tick = () => {
+      this.after(ms, tick);
+      callback();
+    };
+    this.after(ms, tick);
+  }
+
+  /** Cancels every timer, now and later. */
   close(): void {
     this.#closed = true;
-    for (const timer of this.#pending) {
-      clearTimeout(timer.id);
-      timer.cancel();
+    for (const [handle, onCancel] of this.#pending) {
+      this.#clock.clearTimeout(handle);
+      onCancel();
     }
     this.#pending.clear();
+  }
+}
+
+/** Rejects with `timeoutError()` if `promise` has not settled within `ms` on `clock`. */
+function withTimeout<T>(clock: Clock, promise: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
+  let handle: unknown;
+  const timeout = new Promise<never>((_, reject) => (handle = clock.setTimeout(() => reject(timeoutError()), ms)));
+  return Promise.race([promise, timeout]).finally(() => clock.clearTimeout(handle));
+}
+
+/**
+ * Runs `attempt` up to `attempts` times; the n-th retry waits `delay * n` ms first (the delay
+ * grows arithmetically: 1x, 2x, 3x...). Rethrows the last error, or at once an error that
+ * `final` says will not change by trying again.
+ */
+async function retry<T>(
+  timers: Timers,
+  { attempts, delay, stopped }: { attempts: number; delay: number; stopped: () => Error },
+  attempt: () => Promise<T>,
+  final: (error: unknown) => boolean = () => false,
+): Promise<T> {
+  for (let n = 1; ; n++) {
+    try {
+      return await attempt();
+    } catch (error) {
+      if (n >= attempts || final(error)) throw error;
+    }
+    await timers.sleep(delay * n, stopped);
   }
 }
 
@@ -2095,7 +2205,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 1;
+const PROTOCOL_VERSION = 2;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -2108,8 +2218,10 @@ const FRAME_ROOM = 64 * 1024;
 const MAX_VERSION = 2 ** 50;
 /** Keys per message when a node tells a new peer what it holds, or its peers what it dropped. */
 const KEYS_PER_MESSAGE = 1000;
-/** Writes per `own` message: 10,000 triples stay far within a frame. */
-const OWNED_PER_MESSAGE = 10_000;
+/** Items per batched request (get, own, drop, gone); 1,000 keys and versions stay far within a frame. */
+const ITEMS_PER_BATCH = 1000;
+/** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
+const MAX_HOPS = 4;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */
 const SWEEP_INTERVAL = 1000;
 
@@ -2253,7 +2365,7 @@ function requireArray(message: Message, field: string): unknown[] {
   return value;
 }
 
-/** The `keys` field of own, drop, gone and keys messages: [key, version, ttl?] triples. */
+/** The `keys` field of own, drop, gone and keys messages: [key, version, ttl?] lists. */
 function requireKeyList(message: Message): Array<[string, number, number]> {
   return requireArray(message, "keys").map((item) => {
     const [key, version, ttl = 0] = Array.isArray(item) ? item : [];
@@ -2290,50 +2402,54 @@ function remoteError(message: Message): KosyakError {
   return new KosyakError(code, String(message.message));
 }
 
+/** A request whose `keys` list still takes items: see {@linkcode Peer.batch}. */
+interface OpenBatch {
+  readonly message: Message;
+  readonly items: unknown[];
+  readonly answer: Promise<Message>;
+}
+
 /**
- * One connection to another node: frames out and in, request ids and their timeouts, and
- * writes batched so that everything sent in one tick leaves in one socket write.
+ * One connection to another node: frames out and in, request ids and their timeouts, and one
+ * outbound queue that sends everything queued in one tick, in the order it was queued, in one
+ * socket write. Items of batched requests queued back to back travel as one request.
  */
 class Peer {
   /** The other node's id, known once the handshake is done. */
   id = "";
   /** Where the other node listens, as it announced in the handshake. */
   listening: Address | undefined;
-  /** Whether the other node has told which keys it holds. */
-  keysKnown = false;
   /** Whether this node dialled the connection (else the other node did). */
   readonly dialled: boolean;
-  /** When a chunk last arrived, and when a batch was last written (Date.now()). */
-  lastHeard: number = Date.now();
-  lastSent: number = Date.now();
+  /** When a chunk last arrived, and when a batch was last written (on the node's clock). */
+  lastHeard: number;
+  lastSent: number;
   /** The protocol error that closed the connection, if one did. */
   error: Error | undefined;
   /** Set when another connection to the same node replaced this one; its close is no failure. */
   superseded = false;
-  /** The keys the other node holds, with the version of each (this node's directory, in part). */
-  readonly keys: Map<string, number> = new Map();
-  /** When those of its keys that have a TTL expire (Date.now() scale). */
-  #expiries: Map<string, number> | undefined;
 
   readonly #conn: Conn;
   readonly #decoder: FrameDecoder;
   readonly #limits: PeerLimits;
-  readonly #timeout: number;
+  readonly #clock: Clock;
   readonly #pending = new Map<number, PendingRequest>();
   #nextRid = 1;
   #outgoing: Message[] = [];
-  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #open: OpenBatch | undefined;
+  #sweeper: unknown;
   #closed = false;
   #onMessage: (message: Message) => void = () => {};
   #onClose: (reason: PeerDownReason) => void = () => {};
 
-  constructor(conn: Conn, limits: PeerLimits, dialled: boolean) {
+  constructor(conn: Conn, limits: PeerLimits, clock: Clock, dialled: boolean) {
     this.#conn = conn;
     this.#limits = limits;
+    this.#clock = clock;
     // Until the handshake is done, nobody may make this node hold a large frame.
     this.#decoder = new FrameDecoder(Math.min(HANDSHAKE_FRAME_BYTES, limits.maxFrameBytes));
-    this.#timeout = limits.requestTimeout;
     this.dialled = dialled;
+    this.lastHeard = this.lastSent = clock.now();
   }
 
   get remoteHost(): string {
@@ -2344,42 +2460,13 @@ class Peer {
     return this.#closed;
   }
 
+  get info(): PeerInfo {
+    return { id: this.id, address: this.listening ?? { host: this.remoteHost, port: 0 } };
+  }
+
   /** The handshake is done: frames up to `maxFrameBytes` are welcome from now on. */
   trust(): void {
     this.#decoder.limit = this.#limits.maxFrameBytes;
-  }
-
-  /** Records that the other node holds `key` at `version`, for `ttl` more ms (0: no expiry). */
-  holdKey(key: string, version: number, ttl: number): void {
-    this.keys.set(key, version);
-    if (ttl > 0) (this.#expiries ??= new Map()).set(key, Date.now() + ttl);
-    else this.#expiries?.delete(key);
-  }
-
-  /** Whether the other node's entry for `key` has expired. */
-  expired(key: string): boolean {
-    const expires = this.#expiries?.get(key);
-    return expires !== undefined && expires <= Date.now();
-  }
-
-  dropKey(key: string): void {
-    this.keys.delete(key);
-    this.#expiries?.delete(key);
-  }
-
-  dropAllKeys(): void {
-    this.keys.clear();
-    this.#expiries = undefined;
-  }
-
-  /** Takes over what another connection to the same node knew of its keys. */
-  adoptKeys(other: Peer): void {
-    for (const [key, version] of other.keys) this.keys.set(key, version);
-    for (const [key, expires] of other.#expiries ?? []) (this.#expiries ??= new Map()).set(key, expires);
-  }
-
-  get info(): PeerInfo {
-    return { id: this.id, address: this.listening ?? { host: this.remoteHost, port: 0 } };
   }
 
   /**
@@ -2391,7 +2478,7 @@ class Peer {
     this.#onClose = onClose;
     this.#conn.start({
       data: (chunk) => {
-        this.lastHeard = Date.now();
+        this.lastHeard = this.#clock.now();
         try {
           this.#decoder.push(chunk, (message) => this.#receive(message));
         } catch (error) {
@@ -2403,7 +2490,7 @@ class Peer {
     });
   }
 
-  /** Sends a message that expects no answer. */
+  /** Queues a message that expects no answer. */
   send(message: Message): void {
     if (this.#closed) return;
     if (this.#outgoing.length === 0) queueMicrotask(() => this.#flush());
@@ -2414,15 +2501,31 @@ class Peer {
    * Sends a request and resolves with the answer; rejects on `fail`, on close, or when no answer
    * comes within `timeout` ms (by default the node's `requestTimeout`).
    */
-  request(message: Message, timeout: number = this.#timeout): Promise<Message> {
+  request(message: Message, timeout: number = this.#limits.requestTimeout): Promise<Message> {
     if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
     const rid = this.#nextRid++;
     const answer = new Promise<Message>((resolve, reject) => {
-      this.#pending.set(rid, { resolve, reject, deadline: Date.now() + timeout, timeout });
+      this.#pending.set(rid, { resolve, reject, deadline: this.#clock.now() + timeout, timeout });
     });
-    this.#sweeper ??= setInterval(() => this.#expire(), Math.max(this.#timeout / 4, 10));
+    if (this.#sweeper === undefined) this.#sweepLater();
     this.send({ ...message, rid });
     return answer;
+  }
+
+  /**
+   * Adds `item` to the `keys` of an `op` request: to the one queued last if it is an `op` with
+   * room left, else to a new one. Returns the request's answer and the item's place in it.
+   */
+  batch(op: string, item: unknown): { answer: Promise<Message>; index: number } {
+    const open = this.#open;
+    if (open !== undefined && open.message.op === op && open.items.length < ITEMS_PER_BATCH && this.#outgoing.at(-1) === open.message) {
+      open.items.push(item);
+      return { answer: open.answer, index: open.items.length - 1 };
+    }
+    const items = [item];
+    const answer = this.request({ op, keys: items });
+    this.#open = { message: this.#outgoing.at(-1)!, items, answer };
+    return { answer, index: 0 };
   }
 
   /** Answers a request of the other node; `fields` becomes the answer itself. */
@@ -2464,10 +2567,11 @@ class Peer {
   }
 
   #flush(): void {
+    this.#open = undefined;
     if (this.#outgoing.length === 0 || this.#closed) return;
     const messages = this.#outgoing;
     this.#outgoing = [];
-    this.lastSent = Date.now();
+    this.lastSent = this.#clock.now();
     // A value changed after set (say, a BigInt added) must fail one answer, not the process.
     const failInstead = (message: Message, problem: string): Message | undefined =>
       message.op === "ok" ? { op: "fail", rid: message.rid, code: "ERR_REMOTE", message: problem } : undefined;
@@ -2476,26 +2580,27 @@ class Peer {
     if (this.#conn.buffered() > this.#limits.maxQueueBytes) this.close("stalled");
   }
 
-  #expire(): void {
-    const now = Date.now();
-    for (const [rid, pending] of this.#pending) {
-      if (pending.deadline > now) continue;
-      this.#pending.delete(rid);
-      pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} did not answer within ${pending.timeout} ms`));
-    }
-    if (this.#pending.size === 0) this.#stopSweeper();
-  }
-
-  #stopSweeper(): void {
-    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
-    this.#sweeper = undefined;
+  /** Fails the requests whose time is up, checking a few times per `requestTimeout` while any wait. */
+  #sweepLater(): void {
+    this.#sweeper = this.#clock.setTimeout(() => {
+      const now = this.#clock.now();
+      for (const [rid, pending] of this.#pending) {
+        if (pending.deadline > now) continue;
+        this.#pending.delete(rid);
+        pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} did not answer within ${pending.timeout} ms`));
+      }
+      if (this.#pending.size > 0 && !this.#closed) this.#sweepLater();
+      else this.#sweeper = undefined;
+    }, Math.max(this.#limits.requestTimeout / 4, 10));
   }
 
   #teardown(reason: PeerDownReason): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#outgoing = [];
-    this.#stopSweeper();
+    this.#open = undefined;
+    if (this.#sweeper !== undefined) this.#clock.clearTimeout(this.#sweeper);
+    this.#sweeper = undefined;
     const gone = new KosyakError("ERR_PEER_GONE", `Peer ${this.id || this.remoteHost} closed the connection`);
     for (const pending of this.#pending.values()) pending.reject(gone);
     this.#pending.clear();
@@ -2503,41 +2608,45 @@ class Peer {
   }
 }
 
-// ─── Membership: peers, handshake, joining, failure detection, and who holds which key ───────
+// ─── Membership: peers, handshake, joining, failure detection ───────────────────────────────
+
+/**
+ * Handles one message of a peer whose handshake is done. A request's handler returns the fields
+ * of its answer (or a Promise of them); a one-way message's handler returns nothing.
+ */
+type Handler = (peer: Peer, message: Message) => Record<string, unknown> | Promise<Record<string, unknown>> | undefined;
 
 /** What the cluster needs from the node that owns it. */
 interface ClusterHost {
-  /** Every local key with its version and remaining milliseconds to live (0: no expiry). */
-  localKeys(): Iterable<[string, number, number]>;
-  /** Moves the local clock past a version a peer reported. */
-  observe(version: number): void;
-  /** Answers a data request (get, mget, own, drop, gone, fetch, stats) of a peer. */
-  serve(peer: Peer, message: Message): Record<string, unknown> | Promise<Record<string, unknown>>;
+  /** The handlers of the data requests (get, own, drop, gone, keys, fetch, stats). */
+  readonly handlers: Record<string, Handler>;
+  /** A peer was admitted: tell it what this node holds. */
+  admitted(peer: Peer): void;
+  /** A peer is gone for good (down or left): forget what it holds. */
+  lost(peerId: string): void;
   /** Reports a membership change or an error. */
   emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void;
 }
 
-/** A key's holder as the directory knows it: the peer, and the version of its write. */
-interface RemoteHolder {
-  peer: Peer;
-  version: number;
-}
-
 /**
- * The node's view of the cluster: a listener, one Peer per other node (full mesh), and a
- * directory of which peer holds each remote key. Every admitted peer is announced to the others
- * (`member`), so nodes that join at once through different seeds still meet. Heartbeats find
- * peers that fall silent; a connection lost without a goodbye is dialled again by the node
- * by both nodes.
+ * The node's view of the cluster: a listener and one Peer per other node (full mesh). Every
+ * admitted peer is announced to the others (`member`), so nodes that join at once through
+ * different seeds still meet. Heartbeats find peers that fall silent; a connection lost without a
+ * goodbye is dialled again by both nodes. Knows nothing of keys: the Node's handlers do.
  */
 class Cluster {
-  /** Requests from peers answered so far. */
+  /** Data requests (the host's handlers') from peers answered so far. */
   served = 0;
 
   readonly #id: string;
   readonly #options: ResolvedOptions;
   readonly #host: ClusterHost;
+  readonly #clock: Clock;
+  /** Every op a peer may send, membership's and the host's, to its handler. */
+  readonly #handlers: Record<string, Handler>;
   readonly #peers = new Map<string, Peer>();
+  /** Connections whose peer has told all the keys it holds. */
+  readonly #synced = new WeakSet<Peer>();
   /** Connections of any state, so that stop can close even those mid-handshake. */
   readonly #connections = new Set<Peer>();
   /** Ids of nodes being dialled, so that two announcements of one member make one connection. */
@@ -2550,12 +2659,11 @@ class Cluster {
   readonly #announced = new Set<string>();
   /** Resolves at the next change of membership or of a peer's keys; see #settled. */
   #changed: Deferred<void> = deferred<void>();
-  readonly #timers = new Timers();
+  readonly #timers: Timers;
   #listener: Listener | undefined;
   /** The port listened on, kept after the listener closes. */
   #port: number | undefined;
-  #heartbeat: ReturnType<typeof setInterval> | undefined;
-  #lastCheck = Date.now();
+  #lastCheck: number;
   #hmacKey: Promise<CryptoKey> | undefined;
   #stopping = false;
 
@@ -2563,6 +2671,25 @@ class Cluster {
     this.#id = id;
     this.#options = options;
     this.#host = host;
+    this.#clock = options.clock;
+    this.#timers = new Timers(options.clock);
+    this.#lastCheck = this.#clock.now();
+    this.#handlers = {
+      ping: () => undefined,
+      member: (_peer, message) => void this.#meet(message),
+      peers: (peer) => ({ peers: this.#members(peer) }),
+      bye: (peer) => {
+        this.#forgetPeer(peer, "left");
+        return {};
+      },
+      // The other node keeps another connection to this one, which #admit will put in this one's
+      // place; until then this one stays, closed, so that #settled waits for the other.
+      duplicate: (peer) => {
+        peer.superseded = true;
+        return undefined;
+      },
+      ...host.handlers,
+    };
   }
 
   get port(): number | undefined {
@@ -2577,10 +2704,27 @@ class Cluster {
     return this.#connections.size;
   }
 
-  get remoteKeyCount(): number {
-    let count = 0;
-    for (const peer of this.#peers.values()) count += peer.keys.size;
-    return count;
+  /** The connection to the member with this id, if there is one. */
+  peer(id: string): Peer | undefined {
+    return this.#peers.get(id);
+  }
+
+  /** Every member's connection. */
+  peers(): IterableIterator<Peer> {
+    return this.#peers.values();
+  }
+
+  /**
+   * `peer` has told every key it holds: it counts as settled for a join, and is reported up the
+   * first time.
+   */
+  synced(peer: Peer): void {
+    this.#synced.add(peer);
+    this.#notifyChange();
+    if (this.#peers.get(peer.id) === peer && !this.#announced.has(peer.id)) {
+      this.#announced.add(peer.id);
+      this.#host.emit("peerUp", peer.info);
+    }
   }
 
   /** Listens, then joins through the seeds if there are any; on failure leaves nothing open. */
@@ -2593,7 +2737,7 @@ class Cluster {
     } catch (cause) {
       throw new KosyakError("ERR_LISTEN", `Cannot listen on ${host}:${port}: ${describe(cause)}`, { cause });
     }
-    this.#heartbeat = setInterval(() => this.#checkPeers(), heartbeatInterval);
+    this.#timers.every(heartbeatInterval, () => this.#checkPeers());
     try {
       if (this.#stopping) throw this.stoppedError();
       if (seeds.length > 0) await this.#joinVia(await this.#dialSeeds(seeds));
@@ -2609,53 +2753,6 @@ class Cluster {
     this.#timers.close();
     await Promise.all([...this.#peers.values()].map((peer) => peer.request({ op: "bye" }).catch(() => {})));
     await this.#closeAll();
-  }
-
-  /** The peer that holds a live entry for `key`, if another node does. */
-  holderOf(key: string): Peer | undefined {
-    return this.#holder(key)?.peer;
-  }
-
-  /**
-   * Records that `peer` holds `key` at `version` for `ttl` more milliseconds (0: no expiry),
-   * unless a newer holder is already known.
-   */
-  learn(key: string, peer: Peer, version: number, ttl: number): void {
-    const known = this.#holder(key);
-    if (known !== undefined && known.peer !== peer) {
-      if (!newer(version, peer.id, known.version, known.peer.id)) return;
-      known.peer.dropKey(key);
-    }
-    peer.holdKey(key, version, ttl);
-  }
-
-  /** Forgets the holder of `key` if its write is older than a removal at `version` by `writer`. */
-  forgetOlder(key: string, version: number, writer: string): void {
-    const known = this.#holder(key);
-    if (known !== undefined && newer(version, writer, known.version, known.peer.id)) known.peer.dropKey(key);
-  }
-
-  /** Forgets that `peer` holds `key` at exactly `version`: it evicted or expired that entry. */
-  forgetExact(key: string, peer: Peer, version: number): void {
-    if (peer.keys.get(key) === version) peer.dropKey(key);
-  }
-
-  /**
-   * The directory is spread over the peers: each keeps the keys it holds with their versions, a
-   * Map<string, number> no bigger than a plain map of the same keys. Finding a key's holder asks
-   * each member in turn; a full mesh has few.
-   */
-  #holder(key: string): RemoteHolder | undefined {
-    for (const peer of this.#peers.values()) {
-      const version = peer.keys.get(key);
-      if (version === undefined) continue;
-      if (peer.expired(key)) {
-        peer.dropKey(key);
-        return undefined;
-      }
-      return { peer, version };
-    }
-    return undefined;
   }
 
   /**
@@ -2674,16 +2771,6 @@ class Cluster {
       }
     }
     return best;
-  }
-
-  /** Forgets that `peer` holds `key`: it answered that it does not. */
-  forget(key: string, peer: Peer): void {
-    peer.dropKey(key);
-  }
-
-  /** Forgets any remote holder of `key`: this node now holds it, or it was removed. */
-  forgetRemote(key: string): void {
-    this.#holder(key)?.peer.dropKey(key);
   }
 
   /** Sends a request to every ready peer and gathers the answers of those that answer. */
@@ -2711,13 +2798,13 @@ class Cluster {
    * its keys. A connection replaced by another to the same node counts as not done yet.
    */
   async #settled(): Promise<void> {
-    const deadline = Date.now() + this.#options.requestTimeout;
-    const unsettled = () => [...this.#peers.values()].some((peer) => !peer.keysKnown || peer.closed);
-    while (unsettled() && Date.now() < deadline && !this.#stopping) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - Date.now())));
+    const deadline = this.#clock.now() + this.#options.requestTimeout;
+    const unsettled = () => [...this.#peers.values()].some((peer) => !this.#synced.has(peer) || peer.closed);
+    while (unsettled() && this.#clock.now() < deadline && !this.#stopping) {
+      let cancel = () => {};
+      const timeout = new Promise<void>((resolve) => (cancel = this.#timers.after(deadline - this.#clock.now(), resolve)));
       await Promise.race([this.#changed.promise, timeout]);
-      clearTimeout(timer);
+      cancel();
     }
   }
 
@@ -2737,26 +2824,35 @@ class Cluster {
 
   /** Tries each seed in turn, in up to `connectAttempts` rounds with growing delays between rounds. */
   async #dialSeeds(seeds: Address[]): Promise<Peer> {
-    const { connectAttempts, connectDelay } = this.#options;
-    let lastError: unknown;
-    for (let attempt = 1; attempt <= connectAttempts; attempt++) {
-      if (attempt > 1) await this.#timers.sleep(connectDelay * (attempt - 1), () => this.stoppedError());
+    const { connectAttempts } = this.#options;
+    // A refusal or a wrong secret will not change by trying again.
+    const refused = (error: unknown) => error instanceof KosyakError && (error.code === "ERR_PROTOCOL" || error.code === "ERR_AUTH");
+    const eachSeed = async () => {
+      let lastError: unknown;
       for (const seed of seeds) {
         if (this.#stopping) throw this.stoppedError();
         try {
           return await this.#connect(seed);
         } catch (error) {
-          // A refusal or a wrong secret will not change by trying again.
-          if (error instanceof KosyakError && (error.code === "ERR_PROTOCOL" || error.code === "ERR_AUTH")) throw error;
+          if (refused(error)) throw error;
           lastError = error;
         }
       }
+      throw lastError;
+    };
+    try {
+      return await retry(this.#timers, this.#backoff(), eachSeed, (error) => refused(error) || this.#stopping);
+    } catch (error) {
+      if (refused(error) || this.#stopping) throw error;
+      const where = seeds.map((seed) => `${seed.host}:${seed.port}`).join(", ");
+      const tries = `${connectAttempts} attempt${connectAttempts === 1 ? "" : "s"}`;
+      throw new KosyakError("ERR_CONNECT", `Cannot connect to ${where} after ${tries}: ${describe(error)}`, { cause: error });
     }
-    const where = seeds.map((seed) => `${seed.host}:${seed.port}`).join(", ");
-    const tries = `${connectAttempts} attempt${connectAttempts === 1 ? "" : "s"}`;
-    throw new KosyakError("ERR_CONNECT", `Cannot connect to ${where} after ${tries}: ${describe(lastError)}`, {
-      cause: lastError,
-    });
+  }
+
+  /** How dialling retries: `connectAttempts` tries, the n-th retry after `n * connectDelay` ms. */
+  #backoff(): { attempts: number; delay: number; stopped: () => Error } {
+    return { attempts: this.#options.connectAttempts, delay: this.#options.connectDelay, stopped: () => this.stoppedError() };
   }
 
   /**
@@ -2764,19 +2860,15 @@ class Cluster {
    * by `connectDelay`; stops early when the member connects to this node in the meantime.
    */
   async #dial(address: Address, id: string): Promise<Peer> {
-    const { connectAttempts, connectDelay } = this.#options;
     this.#dialling.add(id);
+    const attempt = () =>
+      this.#connect(address).catch((error) => {
+        const connected = this.#peers.get(id);
+        if (connected === undefined) throw error;
+        return connected;
+      });
     try {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          return await this.#connect(address);
-        } catch (error) {
-          const connected = this.#peers.get(id);
-          if (connected !== undefined) return connected;
-          if (attempt >= connectAttempts || this.#stopping) throw error;
-        }
-        await this.#timers.sleep(connectDelay * attempt, () => this.stoppedError());
-      }
+      return await retry(this.#timers, this.#backoff(), attempt, () => this.#stopping);
     } finally {
       this.#dialling.delete(id);
     }
@@ -2790,7 +2882,7 @@ class Cluster {
       conn.close();
       throw this.stoppedError();
     }
-    return this.#greet(new Peer(conn, this.#options, true));
+    return this.#greet(new Peer(conn, this.#options, this.#clock, true));
   }
 
   /**
@@ -2838,8 +2930,8 @@ class Cluster {
     );
     peer.send({ ...this.#hello("hello"), nonce });
     const { requestTimeout } = this.#options;
-    const timer = setTimeout(() => fail(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${requestTimeout} ms`)), requestTimeout);
-    return await welcomed.promise.finally(() => clearTimeout(timer));
+    const cancel = this.#timers.after(requestTimeout, () => fail(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${requestTimeout} ms`)));
+    return await welcomed.promise.finally(cancel);
   }
 
   /** Checks the accepting node's proof of the secret, and answers with this node's own proof. */
@@ -2864,13 +2956,13 @@ class Cluster {
       const error = new KosyakError("ERR_LIMIT", `Refused a connection from ${conn.remoteHost}: maxConnections (${maxConnections}) reached`);
       return this.#host.emit("error", error);
     }
-    const peer = new Peer(conn, this.#options, false);
+    const peer = new Peer(conn, this.#options, this.#clock, false);
     this.#connections.add(peer);
-    const timer = setTimeout(() => {
+    const cancelTimeout = this.#timers.after(requestTimeout, () => {
       if (peer.id !== "") return;
       this.#host.emit("error", new KosyakError("ERR_TIMEOUT", `Closed a connection from ${peer.remoteHost}: no handshake within ${requestTimeout} ms`));
       peer.close();
-    }, requestTimeout);
+    });
     let stage: "hello" | "proof" | "checking" = "hello";
     let hello: Message = { op: "hello" };
     let transcript: string[] = [];
@@ -2890,7 +2982,7 @@ class Cluster {
             return peer.close();
           }
           hello = message;
-          if (secret === undefined) return this.#welcome(peer, hello, timer);
+          if (secret === undefined) return this.#welcome(peer, hello, cancelTimeout);
           stage = "proof";
           const nonce = randomHex(16);
           transcript = [requireNonce(message), nonce, requireString(message, "id"), this.#id];
@@ -2901,20 +2993,20 @@ class Cluster {
         stage = "checking";
         this.#verify("dial", transcript, message.proof).then((valid) => {
           if (peer.closed) return;
-          if (valid) this.#welcome(peer, hello, timer);
+          if (valid) this.#welcome(peer, hello, cancelTimeout);
           else refuseUnproven("it failed to prove it knows the secret");
         });
       },
       (reason) => {
-        clearTimeout(timer);
+        cancelTimeout();
         if (stage === "proof" && reason === "closed") refuseUnproven("it left without proving it knows the secret");
         this.#drop(peer, reason);
       },
     );
   }
 
-  #welcome(peer: Peer, hello: Message, timer: ReturnType<typeof setTimeout>): void {
-    clearTimeout(timer);
+  #welcome(peer: Peer, hello: Message, cancelTimeout: () => void): void {
+    cancelTimeout();
     peer.send(this.#hello("welcome"));
     this.#admit(peer, hello);
   }
@@ -2951,8 +3043,8 @@ class Cluster {
   }
 
   /**
-   * Registers a peer whose handshake is done, tells it which keys this node holds, and tells the
-   * other peers about it. Returns the connection that serves the peer from now on.
+   * Registers a peer whose handshake is done, has the host tell it which keys this node holds,
+   * and tells the other peers about it. Returns the connection that serves the peer from now on.
    */
   #admit(peer: Peer, greeting: Message): Peer {
     peer.id = requireString(greeting, "id");
@@ -2970,22 +3062,12 @@ class Cluster {
         return existing;
       }
       this.#peers.set(peer.id, peer);
-      peer.adoptKeys(existing);
       this.#retire(existing);
-    } else if (existing !== undefined) {
-      // The connection this one replaces knew the node's keys; they stay reachable meanwhile.
-      peer.adoptKeys(existing);
     }
+    // The directory knows holders by id, so what this node knew of the peer's keys through a
+    // connection this one replaces stays valid meanwhile.
     this.#peers.set(peer.id, peer);
-    let batch: Array<[string, number, number]> = [];
-    for (const triple of this.#host.localKeys()) {
-      batch.push(triple);
-      if (batch.length === KEYS_PER_MESSAGE) {
-        peer.send({ op: "keys", keys: batch });
-        batch = [];
-      }
-    }
-    peer.send({ op: "keys", keys: batch, done: true });
+    this.#host.admitted(peer);
     for (const other of this.#peers.values()) {
       if (other !== peer) other.send({ op: "member", id: peer.id, ...peer.listening });
     }
@@ -2999,63 +3081,25 @@ class Cluster {
    */
   #retire(peer: Peer): void {
     peer.superseded = true;
-    this.#forgetKeysOf(peer);
     peer.send({ op: "duplicate" });
     peer.close();
   }
 
-  /** Handles a message from a peer whose handshake is done. */
+  /**
+   * Handles a message from a peer whose handshake is done, through the handler its op names; a
+   * request is answered with what the handler returns, and a handler that fails (say, the user's
+   * fetch) fails only its request.
+   */
   #dispatch(peer: Peer, message: Message): void {
-    switch (message.op) {
-      case "ping":
-        return;
-      case "keys":
-        return this.#learnKeys(peer, message);
-      case "member":
-        this.#meet(message);
-        return;
-      case "peers":
-        return peer.reply(this.#rid(message), { peers: this.#members(peer) });
-      case "bye":
-        this.#forgetPeer(peer, "left");
-        return peer.reply(this.#rid(message), {});
-      case "duplicate":
-        // The other node keeps another connection to this one, which #admit will put in this
-        // one's place (taking over the keys known so far); until then this one stays, closed,
-        // so that #settled waits for the other.
-        peer.superseded = true;
-        return;
-      default:
-        return this.#answer(peer, message);
-    }
-  }
-
-  /** Answers a data request; an answer that fails (say, the user's fetch) fails only the request. */
-  #answer(peer: Peer, message: Message): void {
-    const rid = this.#rid(message);
-    this.served++;
-    const fields = this.#host.serve(peer, message);
+    const handler = Object.hasOwn(this.#handlers, message.op) ? this.#handlers[message.op] : undefined;
+    if (handler === undefined) throw new ProtocolError(`unknown request "${String(message.op)}"`);
+    const fields = handler(peer, message);
+    if (fields === undefined) return;
+    if (message.rid === undefined) throw new ProtocolError(`"${message.op}" needs a rid`);
+    const rid = message.rid;
+    if (Object.hasOwn(this.#host.handlers, message.op)) this.served++;
     if (!(fields instanceof Promise)) return peer.reply(rid, fields);
     fields.then((answer) => peer.reply(rid, answer), (error) => peer.fail(rid, error));
-  }
-
-  #rid(message: Message): number {
-    if (message.rid === undefined) throw new ProtocolError(`"${message.op}" needs a rid`);
-    return message.rid;
-  }
-
-  #learnKeys(peer: Peer, message: Message): void {
-    for (const [key, version, ttl] of requireKeyList(message)) {
-      this.#host.observe(version);
-      this.learn(key, peer, version, ttl);
-    }
-    if (message.done !== true) return;
-    peer.keysKnown = true;
-    this.#notifyChange();
-    if (this.#peers.get(peer.id) === peer && !this.#announced.has(peer.id)) {
-      this.#announced.add(peer.id);
-      this.#host.emit("peerUp", peer.info);
-    }
   }
 
   /** The other members a joining node should connect to. */
@@ -3073,7 +3117,7 @@ class Cluster {
    */
   #checkPeers(): void {
     const { heartbeatInterval, peerTimeout } = this.#options;
-    const now = Date.now();
+    const now = this.#clock.now();
     if (++this.#checks % LOST_RETRY_CHECKS === 0) this.#dialLost(now);
     // After this process was busy for a while, timers run before the data that waits in the
     // sockets is read: judge silence only at the next check, once it has been.
@@ -3106,7 +3150,7 @@ class Cluster {
     // attempts fail, the member is dialled again now and then (see #checkPeers): a partition
     // longer than connectAttempts must not split the cluster for good.
     const { id, listening } = peer;
-    this.#dial(listening, id).catch(() => this.#lost.set(id, { address: listening, since: Date.now() }));
+    this.#dial(listening, id).catch(() => this.#lost.set(id, { address: listening, since: this.#clock.now() }));
   }
 
   /** Dials each lost member not met again yet; forgets those lost for longer than LOST_RETENTION_MS. */
@@ -3121,20 +3165,15 @@ class Cluster {
   #forgetPeer(peer: Peer, reason: PeerDownReason): boolean {
     if (this.#peers.get(peer.id) !== peer) return false;
     this.#peers.delete(peer.id);
-    this.#forgetKeysOf(peer);
+    this.#host.lost(peer.id);
     // A node that is stopping has said goodbye; the connections it closes are no news.
     if (this.#announced.delete(peer.id) && !this.#stopping) this.#host.emit("peerDown", { ...peer.info, reason });
     return true;
   }
 
-  #forgetKeysOf(peer: Peer): void {
-    peer.dropAllKeys();
-  }
-
   async #closeAll(): Promise<void> {
     this.#stopping = true;
     this.#timers.close();
-    clearInterval(this.#heartbeat);
     for (const peer of this.#connections) peer.close();
     this.#connections.clear();
     const listener = this.#listener;
@@ -3142,6 +3181,7 @@ class Cluster {
     await listener?.close();
   }
 }
+
 
 /** FNV-1a over a node id and a key: a well-spread 32-bit score for rendezvous hashing. */
 function rendezvousScore(id: string, key: string): number {
@@ -3156,6 +3196,114 @@ function rendezvousScore(id: string, key: string): number {
 
 function isWildcard(host: string): boolean {
   return host === "0.0.0.0" || host === "::" || host === "[::]";
+}
+
+// ─── Directory: who holds which key, at which version ───────────────────────────────────────
+
+/** A key held by a peer, as the directory knows it. */
+interface Holding {
+  /** The id of the node that holds the key; it is also the node that wrote it. */
+  readonly holder: string;
+  readonly version: number;
+  /** When the entry expires on the clock's scale; 0 when it does not. */
+  readonly expires: number;
+}
+
+/**
+ * Who holds what, in one place: for every key, the local entry (in the Store) or the peer that
+ * holds it, with the version of its write. The only place that compares versions and moves the
+ * Lamport clock: every local write takes a version above any this node has seen, so writes that
+ * follow each other across nodes always go up, and of two concurrent writes the higher
+ * (version, writer id) wins on every node. Every change of who holds what goes through here,
+ * whether a peer announces it (`own`, `drop`, `gone`) or lists its keys when it (re)connects, so
+ * a reconnect settles conflicts with the local entries exactly as a live write does. No I/O.
+ */
+class Directory {
+  readonly #id: string;
+  readonly #store: Store;
+  readonly #clock: Clock;
+  readonly #remote = new Map<string, Holding>();
+  #lamport = 0;
+
+  constructor(id: string, store: Store, clock: Clock) {
+    this.#id = id;
+    this.#store = store;
+    this.#clock = clock;
+  }
+
+  /** Keys known to be held by peers (expired ones included until looked up). */
+  get remoteCount(): number {
+    return this.#remote.size;
+  }
+
+  /** The peer holding a live entry for `key`, if another node holds it. */
+  holderOf(key: string): Holding | undefined {
+    const holding = this.#remote.get(key);
+    if (holding === undefined || holding.expires === 0 || holding.expires > this.#clock.now()) return holding;
+    this.#remote.delete(key);
+    return undefined;
+  }
+
+  /** Stores a write made here under a new version, which it returns; any remote holder is forgotten. */
+  write(key: string, value: unknown, size: number, ttl: number): number {
+    const version = ++this.#lamport;
+    this.#remote.delete(key);
+    this.#store.set(key, value, size, ttl, version);
+    return version;
+  }
+
+  /** Removes a key here and from the directory; returns the version the removal carries. */
+  remove(key: string): number {
+    this.#remote.delete(key);
+    this.#store.delete(key);
+    return ++this.#lamport;
+  }
+
+  /**
+   * A peer holds `key` at `version` for `ttl` more ms (0: no expiry), as it announced or listed.
+   * It wins over the local entry or the known holder if its write is newer; returns whether it did.
+   */
+  own(key: string, holder: string, version: number, ttl: number): boolean {
+    this.#observe(version);
+    const local = this.#store.peek(key);
+    if (local !== undefined) {
+      if (!newer(version, holder, local.version, this.#id)) return false;
+      this.#store.delete(key);
+    } else {
+      const known = this.holderOf(key);
+      if (known !== undefined && !newer(version, holder, known.version, known.holder)) return false;
+    }
+    this.#remote.set(key, { holder, version, expires: ttl > 0 ? this.#clock.now() + ttl : 0 });
+    return true;
+  }
+
+  /** `writer` removed `key` at `version`: the local entry or known holder goes if it is older. */
+  drop(key: string, writer: string, version: number): void {
+    this.#observe(version);
+    const local = this.#store.peek(key);
+    if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#store.delete(key);
+    const known = this.#remote.get(key);
+    if (known !== undefined && newer(version, writer, known.version, known.holder)) this.#remote.delete(key);
+  }
+
+  /**
+   * `holder` no longer has its entry for `key` at `version` (evicted, expired, cleared, or it
+   * said so when asked); a holder recorded since, at another version, stays.
+   */
+  gone(key: string, holder: string, version: number): void {
+    this.#observe(version);
+    const known = this.#remote.get(key);
+    if (known !== undefined && known.holder === holder && known.version === version) this.#remote.delete(key);
+  }
+
+  /** Forgets every key `holder` holds: it is down, or left. Costs one pass over the directory. */
+  forgetHolder(holder: string): void {
+    for (const [key, holding] of this.#remote) if (holding.holder === holder) this.#remote.delete(key);
+  }
+
+  #observe(version: number): void {
+    if (version > this.#lamport) this.#lamport = version;
+  }
 }
 
 /** Whether version `a` written by node `aId` supersedes version `b` written by node `bId`. */
@@ -3174,33 +3322,31 @@ interface StoredEntry extends Entry {
 type GoneListener = (key: string, version: number) => void;
 
 /**
- * The entries this node holds, in least-recently-used order, within `maxEntries` and `maxBytes`;
- * expiry times in a heap, so that expiry costs no timer per entry; and a Lamport clock: every
- * local write takes a version above any this node has seen, so writes that follow each other
- * across nodes always go up.
+ * The entries this node holds, in least-recently-used order, within `maxEntries` and `maxBytes`,
+ * with expiry times in a heap, so that expiry costs no timer per entry. Versions come from the
+ * Directory; the store only keeps them.
  */
 class Store {
   /** Entries removed to stay within the bounds, and entries that expired. */
   evictions = 0;
   expirations = 0;
 
-  readonly #id: string;
   readonly #maxEntries: number;
   readonly #maxBytes: number;
   /** Whether reads must move entries to the back; an unbounded store never evicts. */
   readonly #bounded: boolean;
+  readonly #clock: Clock;
   readonly #onGone: GoneListener;
   /** Map order is the recency order: the first entry is the least recently used. */
   readonly #entries = new Map<string, StoredEntry>();
   readonly #expiries = new ExpiryHeap();
   #bytes = 0;
-  #clock = 0;
 
-  constructor(id: string, limits: { maxEntries: number; maxBytes: number }, onGone: GoneListener) {
-    this.#id = id;
+  constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock, onGone: GoneListener) {
     this.#maxEntries = limits.maxEntries;
     this.#maxBytes = limits.maxBytes;
     this.#bounded = Number.isFinite(limits.maxEntries) || Number.isFinite(limits.maxBytes);
+    this.#clock = clock;
     this.#onGone = onGone;
   }
 
@@ -3225,34 +3371,34 @@ class Store {
   /** A live entry, without marking it as used. */
   peek(key: string): StoredEntry | undefined {
     const entry = this.#entries.get(key);
-    if (entry === undefined || entry.expires === 0 || entry.expires > Date.now()) return entry;
+    if (entry === undefined || entry.expires === 0 || entry.expires > this.#clock.now()) return entry;
     this.#expire(entry);
     return undefined;
   }
 
   /**
-   * Stores a value of `size` bytes that lives `ttl` ms (0: until removed), evicts the least
-   * recently used entries while over a bound, and returns the write's version.
+   * Stores a value of `size` bytes at `version` that lives `ttl` ms (0: until removed), and
+   * evicts the least recently used entries while over a bound.
    */
-  set(key: string, value: unknown, size: number, ttl: number): number {
-    this.#remove(key);
-    const entry: StoredEntry = { key, value, version: ++this.#clock, expires: ttl > 0 ? Date.now() + ttl : 0, size };
+  set(key: string, value: unknown, size: number, ttl: number, version: number): void {
+    this.delete(key);
+    const entry: StoredEntry = { key, value, version, expires: ttl > 0 ? this.#clock.now() + ttl : 0, size };
     this.#entries.set(key, entry);
     this.#bytes += size;
     if (entry.expires !== 0) this.#expiries.push(entry);
     while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
       const oldest: StoredEntry = this.#entries.values().next().value!;
-      this.#remove(oldest.key);
+      this.delete(oldest.key);
       this.evictions++;
       this.#onGone(oldest.key, oldest.version);
     }
-    return entry.version;
   }
 
-  /** Deletes a key and returns the version that a removal announcement carries. */
-  delete(key: string): number {
-    this.#remove(key);
-    return ++this.#clock;
+  delete(key: string): void {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return;
+    this.#entries.delete(key);
+    this.#bytes -= entry.size;
   }
 
   /** Deletes every entry and returns the key and version of each. */
@@ -3264,28 +3410,9 @@ class Store {
     return gone;
   }
 
-  /**
-   * Another node wrote `key` at `version`: drop the local entry if that write is newer.
-   * Returns whether the other node's write wins.
-   */
-  yieldTo(key: string, version: number, writer: string): boolean {
-    this.observe(version);
-    const local = this.#entries.get(key);
-    if (local !== undefined && !newer(version, writer, local.version, this.#id)) return false;
-    this.#remove(key);
-    return true;
-  }
-
-  /** Another node removed `key` at `version`: drop the local entry if it is older. */
-  deleteOlder(key: string, version: number, writer: string): void {
-    this.observe(version);
-    const local = this.#entries.get(key);
-    if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#remove(key);
-  }
-
   /** Removes and reports every entry whose time is up; run once a second. */
   sweep(): void {
-    const now = Date.now();
+    const now = this.#clock.now();
     for (let entry = this.#expiries.peek(); entry !== undefined && entry.expires <= now; entry = this.#expiries.peek()) {
       this.#expiries.pop();
       if (this.#entries.get(entry.key) === entry) this.#expire(entry);
@@ -3298,7 +3425,7 @@ class Store {
 
   /** Live entries, least recently used first. */
   *live(): Generator<StoredEntry> {
-    const now = Date.now();
+    const now = this.#clock.now();
     for (const entry of this.#entries.values()) {
       if (entry.expires === 0 || entry.expires > now) yield entry;
     }
@@ -3306,26 +3433,14 @@ class Store {
 
   /** Every live key with its version and the milliseconds it has left (0: no expiry). */
   *versions(): Generator<[string, number, number]> {
-    const now = Date.now();
+    const now = this.#clock.now();
     for (const entry of this.live()) yield [entry.key, entry.version, entry.expires === 0 ? 0 : entry.expires - now];
   }
 
-  #remove(key: string): void {
-    const entry = this.#entries.get(key);
-    if (entry === undefined) return;
-    this.#entries.delete(key);
-    this.#bytes -= entry.size;
-  }
-
   #expire(entry: StoredEntry): void {
-    this.#remove(entry.key);
+    this.delete(entry.key);
     this.expirations++;
     this.#onGone(entry.key, entry.version);
-  }
-
-  /** Moves the clock past a version seen elsewhere. */
-  observe(version: number): void {
-    if (version > this.#clock) this.#clock = version;
   }
 }
 

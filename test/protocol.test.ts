@@ -4,7 +4,7 @@ import { afterEach, assert, describe, frame, it, rawConnect, startCluster, start
 afterEach(stopAll);
 
 const hello = (extra: Record<string, unknown> = {}) => ({
-  op: "hello", version: 1, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+  op: "hello", version: 2, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
 });
 
 describe("Protocol", () => {
@@ -15,15 +15,15 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello()));
     const welcome = await raw.next();
     assert.equal(welcome.op, "welcome");
-    assert.equal(welcome.version, 1);
+    assert.equal(welcome.version, 2);
     assert.equal(welcome.id, node.id);
     assert.equal(welcome.port, node.address.port);
     const keys = await raw.next();
     assert.equal(keys.op, "keys");
     assert.deepEqual((keys.keys as unknown[][]).map((pair) => pair[0]), ["k"]);
     assert.equal(keys.done, true);
-    raw.socket.write(frame({ op: "get", rid: 1, key: "k" }));
-    assert.deepEqual(await raw.next(), { op: "ok", rid: 1, value: 1 });
+    raw.socket.write(frame({ op: "get", rid: 1, keys: ["k"] }));
+    assert.deepEqual(await raw.next(), { op: "ok", rid: 1, values: [[1]] });
     raw.socket.destroy();
   });
 
@@ -33,7 +33,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello({ version: 99 })));
     const refusal = await raw.next();
     assert.equal(refusal.op, "refuse");
-    assert.match(String(refusal.reason), /protocol version 99 is not 1/);
+    assert.match(String(refusal.reason), /protocol version 99 is not 2/);
     await within("the node to close the connection", raw.closed);
   });
 
@@ -42,7 +42,7 @@ describe("Protocol", () => {
     const attacks: Uint8Array[] = [
       new Uint8Array([0, 0, 0, 3, 0x7b, 0x7b, 0x7b]),
       new Uint8Array([0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
-      frame({ op: "get", rid: 1, key: "k" }),
+      frame({ op: "get", rid: 1, keys: ["k"] }),
       frame([1, 2, 3]),
     ];
     for (const bytes of attacks) {
@@ -86,8 +86,8 @@ describe("Protocol", () => {
     assert.equal(request.op, "stats");
     assert.equal((await stats).length, 1, "the silent raw peer is left out");
     raw.socket.write(frame({ op: "ok", rid: request.rid, stats: {} }));
-    raw.socket.write(frame({ op: "get", rid: 1, key: "nothing" }));
-    assert.deepEqual(await raw.next(), { op: "ok", rid: 1 });
+    raw.socket.write(frame({ op: "get", rid: 1, keys: ["nothing"] }));
+    assert.deepEqual(await raw.next(), { op: "ok", rid: 1, values: [[]] });
     assert.equal(node.stats().peers, 1);
     raw.socket.destroy();
   });

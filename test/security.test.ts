@@ -34,7 +34,7 @@ describe("Shared secret", () => {
     const node = await startNode({ secret });
     await node.set("k", 1);
     const raw = await rawConnect(node.address);
-    raw.socket.write(frame({ op: "hello", version: 1, id: "hand-written", host: "127.0.0.1", port: 9, nonce: NONCE }));
+    raw.socket.write(frame({ op: "hello", version: 2, id: "hand-written", host: "127.0.0.1", port: 9, nonce: NONCE }));
     await waitFor("the challenge", () => raw.messages.length === 1);
     const challenge = raw.messages[0];
     assert.equal(challenge.op, "challenge");
@@ -52,7 +52,7 @@ describe("Shared secret", () => {
     const errors = recordErrors(node);
     await node.set("hidden", 1);
     const raw = await rawConnect(node.address);
-    raw.socket.write(frame({ op: "hello", version: 1, id: "intruder", host: "127.0.0.1", port: 9, nonce: NONCE }));
+    raw.socket.write(frame({ op: "hello", version: 2, id: "intruder", host: "127.0.0.1", port: 9, nonce: NONCE }));
     await waitFor("the challenge", () => raw.messages.length === 1);
     raw.socket.write(frame({ op: "prove", proof: "0".repeat(64) }));
     await within("the node to close the connection", raw.closed);
@@ -122,11 +122,11 @@ describe("Limits", () => {
     const down: string[] = [];
     node.on("peerDown", (peer) => down.push(peer.reason));
     const raw = await rawConnect(node.address);
-    raw.socket.write(frame({ op: "hello", version: 1, id: "sleeper", host: "127.0.0.1", port: 9, nonce: NONCE }));
+    raw.socket.write(frame({ op: "hello", version: 2, id: "sleeper", host: "127.0.0.1", port: 9, nonce: NONCE }));
     raw.socket.write(frame({ op: "keys", keys: [], done: true }));
     await waitFor("the node to admit the peer", () => node.stats().peers === 1);
     raw.socket.pause();
-    for (let rid = 1; rid <= 200; rid++) raw.socket.write(frame({ op: "get", rid, key: "big" }));
+    for (let rid = 1; rid <= 200; rid++) raw.socket.write(frame({ op: "get", rid, keys: ["big"] }));
     await waitFor("the stalled peer to be let go", () => down.includes("stalled"), 10_000);
     assert.equal(node.stats().peers, 0);
     raw.socket.destroy();
