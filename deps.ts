@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { connect, type Socket } from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { type Address, Node, type NodeOptions } from "./mod.ts";
+import { type Address, type Clock, Node, type NodeOptions } from "./mod.ts";
 
 export { assert };
 
@@ -74,6 +74,52 @@ export function within<T>(what: string, promise: Promise<T>, timeoutMs = 5_000):
     timer = setTimeout(() => reject(new Error(`${what} did not settle within ${timeoutMs} ms`)), timeoutMs);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// ─── A clock moved by hand ───────────────────────────────────────────────────────────────────
+
+/**
+ * A {@linkcode Clock} whose time moves only when `advance` is called, so that TTL, heartbeats,
+ * timeouts and retries are tested without waiting. Its timers fire in time order, each with the
+ * clock set to its own due time.
+ */
+export class ManualClock implements Clock {
+  #now = 1_000_000;
+  #next = 1;
+  readonly #timers = new Map<number, { at: number; callback: () => void; delay: number }>();
+
+  now(): number {
+    return this.#now;
+  }
+
+  setTimeout(callback: () => void, ms: number): unknown {
+    const handle = this.#next++;
+    this.#timers.set(handle, { at: this.#now + Math.max(0, ms), callback, delay: ms });
+    return handle;
+  }
+
+  clearTimeout(handle: unknown): void {
+    this.#timers.delete(handle as number);
+  }
+
+  /** The delays of the timers waiting to fire, in the order they were set. */
+  pendingDelays(): number[] {
+    return [...this.#timers.values()].map((timer) => timer.delay);
+  }
+
+  /** Moves the time forward by `ms`, firing every timer that falls due on the way (at most 100,000). */
+  advance(ms: number): void {
+    const end = this.#now + ms;
+    for (let fired = 0; fired < 100_000; fired++) {
+      let due: [number, { at: number; callback: () => void }] | undefined;
+      for (const entry of this.#timers) if (entry[1].at <= end && (due === undefined || entry[1].at < due[1].at)) due = entry;
+      if (due === undefined) break;
+      this.#timers.delete(due[0]);
+      this.#now = due[1].at;
+      due[1].callback();
+    }
+    this.#now = end;
+  }
 }
 
 // ─── Nodes in this process ───────────────────────────────────────────────────────────────────

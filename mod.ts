@@ -3200,10 +3200,11 @@ function isWildcard(host: string): boolean {
 
 // ─── Directory: who holds which key, at which version ───────────────────────────────────────
 
-/** A key held by a peer, as the directory knows it. */
-interface Holding {
+/** A key held by a peer, as a {@linkcode Directory} knows it. */
+export interface Holding {
   /** The id of the node that holds the key; it is also the node that wrote it. */
   readonly holder: string;
+  /** The version of the holder's write. */
   readonly version: number;
   /** When the entry expires on the clock's scale; 0 when it does not. */
   readonly expires: number;
@@ -3217,14 +3218,39 @@ interface Holding {
  * (version, writer id) wins on every node. Every change of who holds what goes through here,
  * whether a peer announces it (`own`, `drop`, `gone`) or lists its keys when it (re)connects, so
  * a reconnect settles conflicts with the local entries exactly as a live write does. No I/O.
+ *
+ * Every {@linkcode Node} has one; it is exported, with {@linkcode Store}, for tests and tools
+ * that check the rules without sockets. Its API may change in a minor version.
+ *
+ * @example Two nodes' concurrent writes settle the same way on both
+ * ```ts
+ * import { Directory, Store } from "./mod.ts";
+ *
+ * const clock = { now: () => Date.now(), setTimeout, clearTimeout };
+ * const limits = { maxEntries: Infinity, maxBytes: Infinity };
+ * const a = new Directory("a", new Store(limits, clock, () => {}), clock);
+ * const b = new Directory("b", new Store(limits, clock, () => {}), clock);
+ * const fromA = a.write("k", "from a", 7, 0);
+ * const fromB = b.write("k", "from b", 7, 0);
+ * // Each learns of the other's write: the same one, b's (same version, larger id), wins on both.
+ * console.log(a.own("k", "b", fromB, 0), b.own("k", "a", fromA, 0)); // true false
+ * console.log(a.holderOf("k")?.holder); // "b"
+ * ```
  */
-class Directory {
+export class Directory {
   readonly #id: string;
   readonly #store: Store;
   readonly #clock: Clock;
   readonly #remote = new Map<string, Holding>();
   #lamport = 0;
 
+  /**
+   * Makes the directory of one node.
+   *
+   * @param id The id of the node this directory belongs to.
+   * @param store The node's local entries.
+   * @param clock The node's clock, for expiry times.
+   */
   constructor(id: string, store: Store, clock: Clock) {
     this.#id = id;
     this.#store = store;
@@ -3301,6 +3327,7 @@ class Directory {
     for (const [key, holding] of this.#remote) if (holding.holder === holder) this.#remote.delete(key);
   }
 
+  /** Moves the Lamport clock past a version seen elsewhere. */
   #observe(version: number): void {
     if (version > this.#lamport) this.#lamport = version;
   }
@@ -3313,22 +3340,34 @@ function newer(a: number, aId: string, b: number, bId: string): boolean {
 
 // ─── Store: the local entries ────────────────────────────────────────────────────────────────
 
-/** A local entry as the store keeps it: the public fields plus its size in bytes. */
-interface StoredEntry extends Entry {
+/** A local entry as a {@linkcode Store} keeps it: the public fields plus its size in bytes. */
+export interface StoredEntry extends Entry {
+  /** The length of the key plus the length of the value's JSON text. */
   readonly size: number;
 }
-
-/** What the store reports when it lets an entry go on its own (evicted or expired). */
-type GoneListener = (key: string, version: number) => void;
 
 /**
  * The entries this node holds, in least-recently-used order, within `maxEntries` and `maxBytes`,
  * with expiry times in a heap, so that expiry costs no timer per entry. Versions come from the
- * Directory; the store only keeps them.
+ * {@linkcode Directory}; the store only keeps them. Exported for tests and tools; its API may
+ * change in a minor version.
+ *
+ * @example A store of at most two entries
+ * ```ts
+ * import { Store } from "./mod.ts";
+ *
+ * const clock = { now: () => Date.now(), setTimeout, clearTimeout };
+ * const store = new Store({ maxEntries: 2, maxBytes: Infinity }, clock, (key) => console.log("evicted", key));
+ * store.set("a", 1, 2, 0, 1);
+ * store.set("b", 2, 2, 0, 2);
+ * store.set("c", 3, 2, 0, 3); // evicted a
+ * console.log(store.size); // 2
+ * ```
  */
-class Store {
-  /** Entries removed to stay within the bounds, and entries that expired. */
+export class Store {
+  /** Entries removed to stay within the bounds. */
   evictions = 0;
+  /** Entries removed because their time was up. */
   expirations = 0;
 
   readonly #maxEntries: number;
@@ -3336,13 +3375,20 @@ class Store {
   /** Whether reads must move entries to the back; an unbounded store never evicts. */
   readonly #bounded: boolean;
   readonly #clock: Clock;
-  readonly #onGone: GoneListener;
+  readonly #onGone: (key: string, version: number) => void;
   /** Map order is the recency order: the first entry is the least recently used. */
   readonly #entries = new Map<string, StoredEntry>();
   readonly #expiries = new ExpiryHeap();
   #bytes = 0;
 
-  constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock, onGone: GoneListener) {
+  /**
+   * Makes an empty store.
+   *
+   * @param limits Most entries, and most bytes, to hold (`Infinity`: no bound).
+   * @param clock Where expiry times come from.
+   * @param onGone Told of each entry the store lets go on its own: evicted or expired.
+   */
+  constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock, onGone: (key: string, version: number) => void) {
     this.#maxEntries = limits.maxEntries;
     this.#maxBytes = limits.maxBytes;
     this.#bounded = Number.isFinite(limits.maxEntries) || Number.isFinite(limits.maxBytes);
@@ -3350,10 +3396,12 @@ class Store {
     this.#onGone = onGone;
   }
 
+  /** The number of entries held, expired ones included until they are swept or read. */
   get size(): number {
     return this.#entries.size;
   }
 
+  /** The size of the entries held, as `maxBytes` counts it. */
   get bytes(): number {
     return this.#bytes;
   }
@@ -3394,6 +3442,7 @@ class Store {
     }
   }
 
+  /** Deletes the entry of `key`, if there is one. */
   delete(key: string): void {
     const entry = this.#entries.get(key);
     if (entry === undefined) return;

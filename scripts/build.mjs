@@ -37,6 +37,8 @@ declare const Node: typeof kosyak.Node & {
   readonly default: typeof kosyak.Node;
   readonly KosyakError: typeof kosyak.KosyakError;
   readonly DEFAULTS: typeof kosyak.DEFAULTS;
+  readonly Directory: typeof kosyak.Directory;
+  readonly Store: typeof kosyak.Store;
 };
 type Node = kosyak.Node;
 export = Node;

@@ -1,0 +1,137 @@
+// The Directory on its own, with no sockets: who holds which key, and which write wins.
+import { assert, describe, it, ManualClock } from "../deps.ts";
+import { Directory, Store } from "../mod.ts";
+
+const UNBOUNDED = { maxEntries: Infinity, maxBytes: Infinity };
+
+/** One node's directory and store, on a shared hand-moved clock. */
+function nodeOf(id: string, clock: ManualClock, limits = UNBOUNDED) {
+  const gone: Array<[string, number]> = [];
+  const store = new Store(limits, clock, (key, version) => gone.push([key, version]));
+  return { id, store, directory: new Directory(id, store, clock), gone };
+}
+
+/** What a node tells a peer when they (re)connect: every local key, version and ttl left. */
+function keyList(node: ReturnType<typeof nodeOf>): Array<[string, number, number]> {
+  return [...node.store.versions()];
+}
+
+/** Who a node says holds `key`: itself, a peer's id, or nobody. */
+function holderSeenBy(node: ReturnType<typeof nodeOf>, key: string): string | undefined {
+  return node.store.peek(key) !== undefined ? node.id : node.directory.holderOf(key)?.holder;
+}
+
+describe("Directory", () => {
+  it("a local write takes a version above every version seen from peers", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    assert.equal(a.directory.write("x", 1, 2, 0), 1);
+    a.directory.own("y", "b", 41, 0);
+    assert.equal(a.directory.write("x", 2, 2, 0), 42);
+    a.directory.drop("z", "c", 99);
+    assert.equal(a.directory.remove("x"), 100);
+    a.directory.gone("w", "b", 120);
+    assert.equal(a.directory.write("x", 3, 2, 0), 121);
+  });
+
+  it("a newer write announced by a peer replaces the local entry; an older one is ignored", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    const version = a.directory.write("k", "mine", 6, 0);
+    assert.equal(a.directory.own("k", "b", version - 1, 0), false);
+    assert.equal(a.store.peek("k")?.value, "mine");
+    assert.equal(a.directory.holderOf("k"), undefined);
+    assert.equal(a.directory.own("k", "b", version + 1, 0), true);
+    assert.equal(a.store.peek("k"), undefined);
+    assert.deepEqual(a.directory.holderOf("k"), { holder: "b", version: version + 1, expires: 0 });
+  });
+
+  it("of two writes with the same version, the larger writer id wins", () => {
+    const clock = new ManualClock();
+    const b = nodeOf("b", clock);
+    const version = b.directory.write("k", "from b", 8, 0);
+    assert.equal(b.directory.own("k", "a", version, 0), false);
+    assert.equal(b.directory.own("k", "c", version, 0), true);
+    assert.equal(b.directory.holderOf("k")?.holder, "c");
+    assert.equal(b.directory.own("k", "a", version, 0), false, "a known holder is compared just as a local entry is");
+  });
+
+  it("two nodes that wrote the same keys apart settle every key the same way once they exchange key lists", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    const b = nodeOf("b", clock);
+    // Different histories, so that versions differ on some keys and tie on others.
+    for (let i = 0; i < 20; i++) a.directory.write(`k${i}`, `a${i}`, 4, 0);
+    for (let i = 0; i < 20; i += 2) b.directory.write(`k${i}`, `b${i}`, 4, 0);
+    for (let i = 1; i < 20; i += 3) b.directory.write(`k${i}`, `b${i}`, 4, 0);
+    const [fromA, fromB] = [keyList(a), keyList(b)];
+    for (const [key, version, ttl] of fromA) b.directory.own(key, "a", version, ttl);
+    for (const [key, version, ttl] of fromB) a.directory.own(key, "b", version, ttl);
+    for (let i = 0; i < 20; i++) {
+      const key = `k${i}`;
+      const winner = holderSeenBy(a, key);
+      assert.equal(holderSeenBy(b, key), winner, `both agree on ${key}`);
+      const loser = winner === "a" ? b : a;
+      assert.equal(loser.store.peek(key), undefined, `the losing copy of ${key} is gone`);
+    }
+  });
+
+  it("a removal drops older entries and holders and leaves newer ones", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    const version = a.directory.write("mine", 1, 5, 0);
+    a.directory.own("theirs", "b", 10, 0);
+    a.directory.drop("mine", "c", version - 1);
+    a.directory.drop("theirs", "c", 9);
+    assert.ok(a.store.peek("mine") !== undefined && a.directory.holderOf("theirs") !== undefined);
+    a.directory.drop("mine", "c", 11);
+    a.directory.drop("theirs", "c", 11);
+    assert.equal(a.store.peek("mine"), undefined);
+    assert.equal(a.directory.holderOf("theirs"), undefined);
+  });
+
+  it("gone forgets only the exact holding it names, so a newer holder learned first stays", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    a.directory.own("k", "b", 5, 0);
+    // c's newer write arrives before b's answer that it no longer holds version 5.
+    a.directory.own("k", "c", 7, 0);
+    a.directory.gone("k", "b", 5);
+    assert.equal(a.directory.holderOf("k")?.holder, "c");
+    a.directory.gone("k", "c", 6);
+    assert.equal(a.directory.holderOf("k")?.holder, "c");
+    a.directory.gone("k", "c", 7);
+    assert.equal(a.directory.holderOf("k"), undefined);
+  });
+
+  it("a peer's keys are forgotten all at once when it is lost, and no other peer's", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    for (let i = 0; i < 10; i++) a.directory.own(`k${i}`, i % 2 === 0 ? "b" : "c", i + 1, 0);
+    a.directory.forgetHolder("b");
+    assert.equal(a.directory.remoteCount, 5);
+    for (let i = 0; i < 10; i++) assert.equal(a.directory.holderOf(`k${i}`)?.holder, i % 2 === 0 ? undefined : "c");
+  });
+
+  it("a remote entry with a ttl is forgotten when its time is up on the node's clock", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    a.directory.own("short", "b", 1, 1_000);
+    a.directory.own("forever", "b", 2, 0);
+    clock.advance(999);
+    assert.equal(a.directory.holderOf("short")?.holder, "b");
+    clock.advance(1);
+    assert.equal(a.directory.holderOf("short"), undefined);
+    assert.equal(a.directory.holderOf("forever")?.holder, "b");
+  });
+
+  it("local writes past maxEntries evict the least recently used entry and report it with its version", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock, { maxEntries: 2, maxBytes: Infinity });
+    const first = a.directory.write("one", 1, 4, 0);
+    a.directory.write("two", 2, 4, 0);
+    a.directory.write("three", 3, 6, 0);
+    assert.equal(a.store.size, 2);
+    assert.deepEqual(a.gone, [["one", first]]);
+  });
+});
