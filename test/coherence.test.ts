@@ -29,7 +29,7 @@ const now = () => performance.timeOrigin + performance.now();
 
 /** Writers and readers on every key: 8 loops, 40% sets, 5% removes. */
 function workload(seed: number, durationMs: number): Workload {
-  return { keys: KEYS, durationMs, concurrency: 8, writeRatio: 0.4, removeRatio: 0.05, seed, maxOps: 40_000 };
+  return { keys: KEYS, durationMs, concurrency: 8, writeRatio: 0.4, removeRatio: 0.05, seed, maxOps: 100_000 };
 }
 
 /** One workload node per target, each joining through the one before it; resolves once all see each other. */
@@ -52,14 +52,14 @@ async function fullMesh(nodes: WorkloadNode[], timeoutMs: number): Promise<void>
 
 /**
  * Waits, bounded, for every node to read the same value for every key; resolves with the keys
- * still in dispute when time ran out (none when they agreed).
+ * still in dispute when time ran out (none when they agreed), each followed by what each node read.
  */
 async function agreement(nodes: WorkloadNode[], timeoutMs: number): Promise<string[]> {
   let divergent: string[] = [];
   try {
     await waitFor("every node to read the same value for every key", async () => {
-      const views = await Promise.all(nodes.map((node) => node.read(KEYS)));
-      divergent = divergentKeys(Object.fromEntries(nodes.map((node, i) => [node.name, views[i]])));
+      const views = Object.fromEntries(await Promise.all(nodes.map(async (node) => [node.name, await node.read(KEYS)])));
+      divergent = divergentKeys(views).map((key) => `${key} (${nodes.map((node) => `${node.name}: ${views[node.name][key]}`).join(", ")})`);
       return divergent.length === 0;
     }, timeoutMs);
   } catch (error) {
