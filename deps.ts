@@ -373,3 +373,136 @@ export async function rawConnect(address: Address): Promise<RawClient> {
     text: () => received.map((chunk) => new TextDecoder().decode(chunk)).join(""),
   };
 }
+
+// ─── Workload nodes in other processes ───────────────────────────────────────────────────────
+
+/** One op of a recorded workload, as `test/fixtures/workload-node.mjs` reports it (see test/history.ts). */
+export interface WorkloadOp {
+  node: string;
+  kind: "set" | "remove" | "get";
+  key: string;
+  value: string | null;
+  start: number;
+  end: number;
+  ok: boolean;
+}
+
+/** A seeded random workload for {@linkcode WorkloadNode.run}. */
+export interface Workload {
+  keys: string[];
+  durationMs: number;
+  concurrency: number;
+  /** Share of ops that are sets; of removes; the rest are gets. */
+  writeRatio: number;
+  removeRatio: number;
+  seed: number;
+  /** At most this many ops. @default {50000} */
+  maxOps?: number;
+  /** Report every op as it begins and ends, so that {@linkcode WorkloadNode.recorded} knows them even if the process dies. */
+  stream?: boolean;
+}
+
+/** A node in a child process running `test/fixtures/workload-node.mjs`. */
+export interface WorkloadNode {
+  readonly name: string;
+  readonly runtime: Runtime;
+  readonly address: Address;
+  readonly id: string;
+  readonly process: ChildProcess;
+  /** Sends a command (`{cmd: "run" | "read" | "set" | "get" | "remove" | "stats", ...}`) and returns its result. */
+  call(command: Record<string, unknown>, timeoutMs?: number): Promise<unknown>;
+  /** Runs a workload and returns its history. */
+  run(workload: Workload): Promise<WorkloadOp[]>;
+  /** What each key reads as on this node. */
+  read(keys: string[]): Promise<Record<string, string | null>>;
+  /**
+   * The ops of streamed runs reported so far; one that began but never ended counts as failed,
+   * ending when the process exited (or now).
+   */
+  recorded(): WorkloadOp[];
+  /** Freezes the process (SIGSTOP). */
+  pause(): void;
+  /** Lets a frozen process run again (SIGCONT). */
+  resume(): void;
+  /** Kills the process with SIGKILL and waits for it to exit. */
+  kill(): Promise<void>;
+  /** Asks the node to stop and waits for the process to exit. */
+  stop(): Promise<void>;
+}
+
+/** Starts `test/fixtures/workload-node.mjs` under `target` as node `name` and waits until it is ready. */
+export function spawnWorkloadNode(name: string, options: NodeOptions = {}, target: Runtime = runtime): Promise<WorkloadNode> {
+  const [command, args] = commandFor(target, `${root}test/fixtures/workload-node.mjs`);
+  const child = spawn(command, [...args, JSON.stringify({ name, options: { host: "127.0.0.1", port: 0, ...options } })], {
+    cwd: root,
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  let exitedAt: number | undefined;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const waiting = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  const streamed = new Map<number, WorkloadOp & { done?: boolean }>();
+  let nextSeq = 1;
+  let ready!: { resolve(info: { address: Address; id: string }): void; reject(error: Error): void };
+  const started = new Promise<{ address: Address; id: string }>((resolve, reject) => (ready = { resolve, reject }));
+  child.once("exit", (code, signal) => {
+    exitedAt = performance.timeOrigin + performance.now();
+    const gone = new Error(`The ${target} workload node ${name} exited with ${signal ?? `code ${code}`}`);
+    ready.reject(gone);
+    for (const pending of waiting.values()) pending.reject(gone);
+    waiting.clear();
+  });
+  child.stdin!.on("error", () => {}); // a killed child's pipe may fail a pending write
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    const message = JSON.parse(line);
+    if (message.ready) return ready.resolve(message.ready);
+    if (message.begun) return void streamed.set(message.begun.i, message.begun);
+    if (message.done) return void streamed.set(message.done.i, { ...message.done, done: true });
+    const pending = waiting.get(message.seq);
+    waiting.delete(message.seq);
+    if (message.error) pending?.reject(new Error(message.error));
+    else pending?.resolve(message.result);
+  });
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  const kill = async () => {
+    if (alive()) process.kill(child.pid!, "SIGKILL");
+    await within(`the ${target} workload node ${name} to die`, exited, 10_000);
+  };
+  const call = (message: Record<string, unknown>, timeoutMs = 10_000) => {
+    if (!alive()) return Promise.reject(new Error(`The ${target} workload node ${name} is not running`));
+    const seq = nextSeq++;
+    const result = new Promise((resolve, reject) => waiting.set(seq, { resolve, reject }));
+    child.stdin!.write(JSON.stringify({ ...message, seq }) + "\n");
+    return within(`${message.cmd} on the ${target} workload node ${name}`, result, timeoutMs);
+  };
+  const handle = {
+    name,
+    runtime: target,
+    process: child,
+    call,
+    // A run lasts its duration plus, at worst, the fixture's bound on its last ops.
+    run: (workload: Workload) => call({ cmd: "run", ...workload }, workload.durationMs + 30_000) as Promise<WorkloadOp[]>,
+    read: (keys: string[]) => call({ cmd: "read", keys }) as Promise<Record<string, string | null>>,
+    recorded: () =>
+      [...streamed.values()].map(({ done, ...op }) => {
+        const { i: _, ...plain } = op as WorkloadOp & { i?: number };
+        return done ? plain : { ...plain, ok: false, end: exitedAt ?? performance.timeOrigin + performance.now() };
+      }),
+    pause: () => void process.kill(child.pid!, "SIGSTOP"),
+    resume: () => void process.kill(child.pid!, "SIGCONT"),
+    async stop() {
+      if (!alive()) return;
+      process.kill(child.pid!, "SIGCONT");
+      child.stdin!.end();
+      await within(`the ${target} workload node ${name} to exit`, exited, 10_000).catch(kill);
+    },
+    kill,
+  };
+  track(handle);
+  return within(`the ${target} workload node ${name} to start`, started, 20_000).then(
+    (info) => ({ ...handle, ...info }),
+    async (error) => {
+      await kill();
+      throw error;
+    },
+  );
+}
