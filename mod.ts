@@ -2221,7 +2221,7 @@ const KEYS_PER_MESSAGE = 1000;
 /** Items per batched request (get, own, drop, gone); 1,000 keys and versions stay far within a frame. */
 const ITEMS_PER_BATCH = 1000;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
-const MAX_HOPS = 4;
+const MAX_HOPS = 16;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */
 const SWEEP_INTERVAL = 1000;
 
