@@ -1,11 +1,14 @@
 /**
  * A throwaway test network made of Linux network namespaces, for tests that cut real links
  * between nodes in separate processes. A hub namespace holds a bridge; each node namespace is
- * joined to it by a veth pair and gets 10.77.0.(10 + i)/24. Cutting node i sets its bridge-side
- * veth down: its packets go nowhere, as on a pulled cable, and its sockets stay open.
+ * joined to it by a veth pair and gets 10.77.0.(10 + i)/24. Cutting node i disables its port on
+ * the bridge: its frames go nowhere, both ways, and its sockets stay open, as when a switch
+ * port dies. The veth itself stays up: setting it down drops the carrier, and after a heal the
+ * link then stayed silent for longer than the cut (a 100 ms down and up took peers down after a
+ * 600 ms peerTimeout), so that a short cut could not be tested.
  *
  * Everything lives inside namespaces this module creates: no link, address or route is added to
- * the machine's own network. Needs root and iproute2. No test runner is imported here.
+ * the machine's own network. Needs root and iproute2 (`ip`, `bridge`). No test runner is imported here.
  *
  * @module
  */
@@ -18,9 +21,9 @@ export interface TestNetwork {
   readonly hosts: string[];
   /** The command prefix that runs a program inside node i's namespace. */
   exec(i: number): string[];
-  /** Takes node i off the bridge: its bridge-side veth goes down. */
+  /** Takes node i off the network: its port on the bridge (its veth's hub end) is disabled. */
   cut(i: number): void;
-  /** Puts node i back on the bridge. */
+  /** Puts node i back on the network at once: its bridge port forwards again. */
   heal(i: number): void;
   /** Removes every link and namespace of this network; calling it again does nothing. */
   destroy(): void;
@@ -39,6 +42,29 @@ function ip(...args: string[]): void {
 /** Runs `ip` with `args` and returns its standard output. */
 function ipOutput(...args: string[]): string {
   return execFileSync("ip", args, { stdio: ["ignore", "pipe", "pipe"] }).toString();
+}
+
+const PORT_STATES = { disabled: "0", forwarding: "3" } as const;
+
+/**
+ * Sets the state of a bridge port with iproute2's `bridge`, and reads it back: `ip link set ...
+ * type bridge_slave state` exits 0 without changing it, and a cut that cuts nothing would let a
+ * test pass for the wrong reason.
+ */
+function setPortState(ns: string, port: string, state: keyof typeof PORT_STATES): void {
+  const run = (...args: string[]) => {
+    try {
+      return execFileSync("bridge", ["-n", ns, ...args], { stdio: ["ignore", "pipe", "pipe"] }).toString();
+    } catch (error) {
+      const stderr = String((error as { stderr?: unknown }).stderr ?? "").trim();
+      throw new Error(`bridge -n ${ns} ${args.join(" ")} failed: ${stderr || (error as Error).message}`);
+    }
+  };
+  run("link", "set", "dev", port, "state", PORT_STATES[state]);
+  const shown = JSON.parse(run("-j", "link", "show", "dev", port)) as Array<{ state?: string }>;
+  if (shown[0]?.state !== state) {
+    throw new Error(`Bridge port ${port} in ${ns} is ${shown[0]?.state ?? "missing"} after setting it ${state}`);
+  }
 }
 
 /** Namespaces made by this process so far, to keep names unique within a run. */
@@ -168,11 +194,11 @@ export function createNetwork(size: number, prefix = "kosyak"): TestNetwork {
     },
     cut(i) {
       check(i);
-      ip("-n", name.hub, "link", "set", hubSide(i), "down");
+      setPortState(name.hub, hubSide(i), "disabled");
     },
     heal(i) {
       check(i);
-      ip("-n", name.hub, "link", "set", hubSide(i), "up");
+      setPortState(name.hub, hubSide(i), "forwarding");
     },
     destroy,
   };
@@ -198,9 +224,13 @@ export function netnsAvailable(): { ok: boolean; why?: string } {
   try {
     ip("-n", ns, "link", "add", "br0", "type", "bridge");
     ip("-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1");
+    ip("-n", ns, "link", "set", "v0", "master", "br0");
+    for (const link of ["br0", "v0", "v1"]) ip("-n", ns, "link", "set", link, "up");
+    setPortState(ns, "v0", "disabled");
+    setPortState(ns, "v0", "forwarding");
     probed = { ok: true };
   } catch (error) {
-    probed = { ok: false, why: `cannot create a bridge and a veth pair in a namespace: ${(error as Error).message}` };
+    probed = { ok: false, why: `cannot build a bridge with a port that can be disabled in a namespace: ${(error as Error).message}` };
   } finally {
     try {
       ip("netns", "delete", ns);
