@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect, type Socket } from "node:net";
@@ -30,7 +30,7 @@ export const runtime: Runtime = "Deno" in globalThis ? "deno" : "Bun" in globalT
 type Body = () => void | Promise<void>;
 interface Runner {
   describe(name: string, body: () => void): void;
-  it(name: string, ...rest: unknown[]): void;
+  it: { (name: string, ...rest: unknown[]): void; skip(name: string, body: Body): void };
   beforeEach(body: Body): void;
   afterEach(body: Body): void;
 }
@@ -50,6 +50,11 @@ export const afterEach: (body: Body) => void = runner.afterEach;
 export function it(name: string, body: Body, timeoutMs = 20_000): void {
   if (runtime === "deno") runner.it(name, { timeout: timeoutMs }, body);
   else runner.it(name, body, timeoutMs);
+}
+
+/** A test that is reported as skipped and not run; say why in the log before calling it. */
+export function skip(name: string, body: Body): void {
+  runner.it.skip(name, body);
 }
 
 // ─── Waiting ─────────────────────────────────────────────────────────────────────────────────
@@ -229,9 +234,29 @@ export interface ProcessNode {
   resume(): void;
 }
 
-/** Starts `test/fixtures/cluster-node.mjs` under `target` and waits until its node is ready. */
-export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime): Promise<ProcessNode> {
-  const [command, args] = commandFor(target, `${root}test/fixtures/cluster-node.mjs`);
+/** The absolute path of `command`, looked up on PATH when it has no slash in it. */
+function absolute(command: string): string {
+  if (command.includes("/")) return command;
+  for (const dir of (process.env.PATH ?? "").split(":")) {
+    if (dir === "") continue;
+    try {
+      accessSync(join(dir, command), constants.X_OK);
+      return join(dir, command);
+    } catch {
+      // Not in this folder; try the next.
+    }
+  }
+  throw new Error(`Cannot find ${command} on PATH`);
+}
+
+/**
+ * Starts `test/fixtures/cluster-node.mjs` under `target` and waits until its node is ready.
+ * With a `prefix` (such as `["ip", "netns", "exec", name]`), the prefix runs the runtime, given
+ * by its absolute path: the prefix may not search PATH the way the test process does.
+ */
+export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime, prefix: string[] = []): Promise<ProcessNode> {
+  const [runtimeCommand, runtimeArgs] = commandFor(target, `${root}test/fixtures/cluster-node.mjs`);
+  const [command, ...args] = prefix.length === 0 ? [runtimeCommand, ...runtimeArgs] : [...prefix, absolute(runtimeCommand), ...runtimeArgs];
   const child = spawn(command, [...args, JSON.stringify({ host: "127.0.0.1", port: 0, ...options })], {
     cwd: root,
     stdio: ["pipe", "pipe", "inherit"],
