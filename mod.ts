@@ -2524,7 +2524,8 @@ class Peer {
     }
     const items = [item];
     const answer = this.request({ op, keys: items });
-    this.#open = { message: this.#outgoing.at(-1)!, items, answer };
+    // A closed connection queues nothing: its request has already failed.
+    if (!this.#closed) this.#open = { message: this.#outgoing.at(-1)!, items, answer };
     return { answer, index: 0 };
   }
 

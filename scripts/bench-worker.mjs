@@ -15,6 +15,8 @@ import { nativeClient } from "./bench-native.mjs";
 const settings = JSON.parse(process.argv[2]);
 const { runtime, redisPort, memcachedPort, rounds, joinKeys, peerCommand } = settings;
 const KEYS = 1000;
+/** Cluster sizes of the scaling rows. */
+const SCALE_SIZES = [2, 4, 8, 16, 32];
 const VALUE = "a value of some 30 bytes......";
 const report = (result) => process.stdout.write(JSON.stringify({ runtime, ...result }) + "\n");
 const gc = () => (globalThis.Bun ? Bun.gc(true) : globalThis.gc?.());
@@ -176,6 +178,25 @@ for (let round = 1; round <= rounds; round++) {
     if (reader.stats().peers !== 1) throw new Error(`the reader lost its holder during "${name}"`);
     report(typeof result === "number" ? { name, round, opsPerSec: result } : { name, round, ...result });
   }
+}
+
+// ─── Scaling: writes in clusters of 2 to 32 nodes in this process ─────────────────────────────
+// Every node runs WRITERS_PER_NODE writers, as N application instances would, so that a write's
+// cost (one acknowledgement from each of the N - 1 peers) is what grows, not the batching lost to
+// fewer writers per node. All nodes share this process's CPU, so throughput falls with N.
+
+const WRITERS_PER_NODE = 16;
+for (const size of SCALE_SIZES) {
+  const nodes = [await new Node().init().ready()];
+  for (let i = 1; i < size; i++) nodes.push(await new Node({ master: nodes[i - 1].address }).init().ready());
+  if (nodes.some((node) => node.stats().peers !== size - 1)) throw new Error(`the ${size} nodes did not form a full mesh`);
+  const name = `set, ${size} nodes in one process, ${WRITERS_PER_NODE} writers each`;
+  const run = () => asyncRate((i) => nodes[i % size].set(key(i), VALUE), WRITERS_PER_NODE * size);
+  settings.windowMs = 100;
+  await run();
+  settings.windowMs = measuredWindow;
+  for (let round = 1; round <= rounds; round++) report({ name, round, nodes: size, opsPerSec: await run() });
+  await Promise.all(nodes.map((node) => node.stop()));
 }
 
 // ─── Joining a large cluster ──────────────────────────────────────────────────────────────────

@@ -120,6 +120,13 @@ const stat = (runtime, name, field) => {
 };
 const m = (runtime, name, field) => stat(runtime, name, field)?.median;
 const join = `join a cluster of ${settings.joinKeys} keys`;
+const SCALE_SIZES = [2, 4, 8, 16, 32];
+const scaleRow = (size) => `set, ${size} nodes in one process, 16 writers each`;
+/**
+ * How close writes come to a cost linear in the peers that acknowledge each one: set/s times
+ * (N - 1) at 32 nodes over the same at 2 nodes; 1 is perfectly linear.
+ */
+const linearity = (runtime) => (m(runtime, scaleRow(32), "opsPerSec") * 31) / m(runtime, scaleRow(2), "opsPerSec");
 
 const targets = (runtime) => [
   ["remote get, 64 in flight / ioredis+Redis GET", m(runtime, "remote get, kosyak, 64 in flight", "opsPerSec") / m(runtime, "remote get, ioredis+Redis, 64 in flight", "opsPerSec"), ">=", 1.2],
@@ -130,6 +137,7 @@ const targets = (runtime) => [
   ["set acked by 3 peers, 64 in flight / ioredis+Redis SET", m(runtime, "set acked by 3 peers, 64 in flight", "opsPerSec") / m(runtime, "set, ioredis+Redis, 64 in flight", "opsPerSec"), ">=", 0.5],
   [`join ${settings.joinKeys.toLocaleString("en")} keys (s)`, m(runtime, join, "joinMs") / 1000, "<", 5],
   ["directory bytes per key / Map<string, number>", m(runtime, join, "bytesPerKey") / m(runtime, join, "mapBytesPerKey"), "<=", 1.5],
+  ["set/s x peers, 32 nodes / 2 nodes (1 = linear)", linearity(runtime), ">=", 0.5],
 ].map(([what, value, op, bound]) => ({
   what,
   value,
@@ -178,6 +186,7 @@ function chart() {
       "remote get, bare limit, 64 in flight", "remote get, kosyak, 64 in flight", "remote get, ioredis+Redis, 64 in flight",
       "remote get, memjs+memcached, 64 in flight", "set acked by 3 peers, 64 in flight", "set, ioredis+Redis, 64 in flight",
     ]],
+    ["Scaling: set/s in a cluster of N nodes in one process, thousands", 1e3, SCALE_SIZES.map(scaleRow)],
   ];
   const bar = 12, gap = 10, labelWidth = 300, plotWidth = 420;
   let y = 30;

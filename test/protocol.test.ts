@@ -68,6 +68,22 @@ describe("Protocol", () => {
     assert.match(errors[0]?.message ?? "", /frame of 1048576 bytes exceeds the limit of 65536/);
   });
 
+  it("writes while a replaced connection waits, closed, for the one that replaces it complete without error", async () => {
+    const node = await startNode({ requestTimeout: 500 });
+    const raw = await rawConnect(node.address);
+    raw.socket.write(frame(hello()));
+    assert.equal((await raw.next()).op, "welcome");
+    await raw.next();
+    raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+    // The raw peer says another connection replaces this one, then closes it and sends none.
+    raw.socket.write(frame({ op: "duplicate" }));
+    raw.socket.end();
+    await within("the node to see the close", raw.closed);
+    for (let i = 0; i < 3; i++) assert.equal(await within(`set ${i}`, node.set(`k${i}`, i)), i);
+    await node.remove("k0");
+    assert.deepEqual(await node.mget(["k0", "k1", "k2"]), [null, 1, 2]);
+  });
+
   it("a connection that never says hello is closed after requestTimeout", async () => {
     const node = await startNode({ requestTimeout: 200 });
     const raw = await rawConnect(node.address);
