@@ -2609,7 +2609,7 @@ class Peer {
   }
 }
 
-// ─── Membership: peers, handshake, joining, failure detection ───────────────────────────────
+// ─── Membership: peers, joining, failure detection ──────────────────────────────────────────
 
 /**
  * Handles one message of a peer whose handshake is done. A request's handler returns the fields
@@ -2665,7 +2665,7 @@ class Cluster {
   /** The port listened on, kept after the listener closes. */
   #port: number | undefined;
   #lastCheck: number;
-  #hmacKey: Promise<CryptoKey> | undefined;
+  readonly #handshake: Handshake;
   #stopping = false;
 
   constructor(id: string, options: ResolvedOptions, host: ClusterHost) {
@@ -2675,6 +2675,16 @@ class Cluster {
     this.#clock = options.clock;
     this.#timers = new Timers(options.clock);
     this.#lastCheck = this.#clock.now();
+    const cluster = this;
+    this.#handshake = new Handshake(id, options, this.#timers, {
+      get port() {
+        return cluster.port;
+      },
+      admit: (peer, greeting) => this.#admit(peer, greeting),
+      dispatch: (peer, message) => this.#dispatch(peer, message),
+      drop: (peer, reason) => this.#drop(peer, reason),
+      emit: (event, error) => host.emit(event, error),
+    });
     this.#handlers = {
       ping: () => undefined,
       member: (_peer, message) => void this.#meet(message),
@@ -2883,74 +2893,14 @@ class Cluster {
       conn.close();
       throw this.stoppedError();
     }
-    return this.#greet(new Peer(conn, this.#options, this.#clock, true));
-  }
-
-  /**
-   * The dialling side of the handshake: hello; then, when the other node asks for the secret,
-   * its proof checked and this node's proof sent; then welcome, or a refusal.
-   */
-  async #greet(peer: Peer): Promise<Peer> {
+    const peer = new Peer(conn, this.#options, this.#clock, true);
     this.#connections.add(peer);
-    const welcomed = deferred<Peer>();
-    const fail = (error: Error) => {
-      welcomed.reject(error);
-      peer.close();
-    };
-    const nonce = randomHex(16);
-    let challenger: string | undefined;
-    peer.start(
-      (message) => {
-        if (peer.id !== "") return this.#dispatch(peer, message);
-        switch (message.op) {
-          case "challenge":
-            if (challenger !== undefined) throw new ProtocolError("a second challenge");
-            challenger = requireString(message, "id");
-            this.#answerChallenge(peer, nonce, message).catch(fail);
-            return;
-          case "welcome":
-            if (this.#options.secret !== undefined && challenger === undefined) {
-              return fail(new KosyakError("ERR_AUTH", "The node does not ask for the secret, so it cannot have proved it knows it"));
-            }
-            if (challenger !== undefined && challenger !== message.id) throw new ProtocolError("welcome from another id than the challenge");
-            // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
-            return welcomed.resolve(this.#admit(peer, message));
-          case "refuse":
-            return fail(new KosyakError(message.code === "ERR_AUTH" ? "ERR_AUTH" : "ERR_PROTOCOL", `The node refused the handshake: ${String(message.reason)}`));
-          default:
-            throw new ProtocolError(`expected welcome, got "${message.op}"`);
-        }
-      },
-      (reason) => {
-        const error = peer.error === undefined
-          ? new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake")
-          : new KosyakError("ERR_PROTOCOL", `The node's answer is not kosyak's protocol (does only one side use TLS?): ${peer.error.message}`);
-        welcomed.reject(error);
-        this.#drop(peer, reason);
-      },
-    );
-    peer.send({ ...this.#hello("hello"), nonce });
-    const { requestTimeout } = this.#options;
-    const cancel = this.#timers.after(requestTimeout, () => fail(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${requestTimeout} ms`)));
-    return await welcomed.promise.finally(cancel);
+    return this.#handshake.dial(peer);
   }
 
-  /** Checks the accepting node's proof of the secret, and answers with this node's own proof. */
-  async #answerChallenge(peer: Peer, nonce: string, challenge: Message): Promise<void> {
-    if (this.#options.secret === undefined) throw new KosyakError("ERR_AUTH", "The node asks for a secret, and this node has none");
-    const transcript = [nonce, requireNonce(challenge), this.#id, requireString(challenge, "id")];
-    if (!(await this.#verify("accept", transcript, challenge.proof))) {
-      throw new KosyakError("ERR_AUTH", "The node failed to prove it knows the secret");
-    }
-    peer.send({ op: "prove", proof: await this.#sign("dial", transcript) });
-  }
-
-  /**
-   * The accepting side of the handshake: hello; with a secret, a challenge that carries this
-   * node's proof, then the dialler's proof checked; then welcome and this node's keys.
-   */
+  /** Takes a connection another node opened, unless stopping or at `maxConnections`. */
   #accept(conn: Conn): void {
-    const { maxConnections, requestTimeout, secret } = this.#options;
+    const { maxConnections } = this.#options;
     if (this.#stopping) return conn.close();
     if (this.#connections.size >= maxConnections) {
       conn.close();
@@ -2959,88 +2909,7 @@ class Cluster {
     }
     const peer = new Peer(conn, this.#options, this.#clock, false);
     this.#connections.add(peer);
-    const cancelTimeout = this.#timers.after(requestTimeout, () => {
-      if (peer.id !== "") return;
-      this.#host.emit("error", new KosyakError("ERR_TIMEOUT", `Closed a connection from ${peer.remoteHost}: no handshake within ${requestTimeout} ms`));
-      peer.close();
-    });
-    let stage: "hello" | "proof" | "checking" = "hello";
-    let hello: Message = { op: "hello" };
-    let transcript: string[] = [];
-    const refuseUnproven = (what: string) => {
-      this.#host.emit("error", new KosyakError("ERR_AUTH", `Refused a connection from ${peer.remoteHost}: ${what}`));
-      peer.send({ op: "refuse", code: "ERR_AUTH", reason: "authentication failed" });
-      peer.close();
-    };
-    peer.start(
-      (message) => {
-        if (peer.id !== "") return this.#dispatch(peer, message);
-        if (stage === "hello") {
-          if (message.op !== "hello") throw new ProtocolError(`expected hello, got "${message.op}"`);
-          const refusal = this.#refusalOf(message);
-          if (refusal !== undefined) {
-            peer.send({ op: "refuse", reason: refusal });
-            return peer.close();
-          }
-          hello = message;
-          if (secret === undefined) return this.#welcome(peer, hello, cancelTimeout);
-          stage = "proof";
-          const nonce = randomHex(16);
-          transcript = [requireNonce(message), nonce, requireString(message, "id"), this.#id];
-          this.#sign("accept", transcript).then((proof) => peer.send({ op: "challenge", id: this.#id, nonce, proof }));
-          return;
-        }
-        if (stage !== "proof" || message.op !== "prove") throw new ProtocolError(`expected prove, got "${message.op}"`);
-        stage = "checking";
-        this.#verify("dial", transcript, message.proof).then((valid) => {
-          if (peer.closed) return;
-          if (valid) this.#welcome(peer, hello, cancelTimeout);
-          else refuseUnproven("it failed to prove it knows the secret");
-        });
-      },
-      (reason) => {
-        cancelTimeout();
-        if (stage === "proof" && reason === "closed") refuseUnproven("it left without proving it knows the secret");
-        this.#drop(peer, reason);
-      },
-    );
-  }
-
-  #welcome(peer: Peer, hello: Message, cancelTimeout: () => void): void {
-    cancelTimeout();
-    peer.send(this.#hello("welcome"));
-    this.#admit(peer, hello);
-  }
-
-  /** HMAC-SHA-256 of a handshake transcript with the secret, as hex. */
-  async #sign(role: "accept" | "dial", transcript: string[]): Promise<string> {
-    const signature = await crypto.subtle.sign("HMAC", await this.#secretKey(), utf8Encoder.encode([role, ...transcript].join("\n")));
-    return Array.from(new Uint8Array(signature), (byte) => byte.toString(16).padStart(2, "0")).join("");
-  }
-
-  /** Whether `proof` is the HMAC of the transcript; compared in constant time by Web Crypto. */
-  async #verify(role: "accept" | "dial", transcript: string[], proof: unknown): Promise<boolean> {
-    if (typeof proof !== "string" || !/^[0-9a-f]{64}$/.test(proof)) return false;
-    const bytes = new Uint8Array(32);
-    for (let i = 0; i < 32; i++) bytes[i] = parseInt(proof.slice(2 * i, 2 * i + 2), 16);
-    return crypto.subtle.verify("HMAC", await this.#secretKey(), bytes, utf8Encoder.encode([role, ...transcript].join("\n")));
-  }
-
-  #secretKey(): Promise<CryptoKey> {
-    const secret = utf8Encoder.encode(this.#options.secret);
-    this.#hmacKey ??= crypto.subtle.importKey("raw", secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
-    return this.#hmacKey;
-  }
-
-  /** Why a hello must be refused, if it must. */
-  #refusalOf(hello: Message): string | undefined {
-    if (hello.version !== PROTOCOL_VERSION) return `protocol version ${String(hello.version)} is not ${PROTOCOL_VERSION}`;
-    if (requireString(hello, "id") === this.#id) return "a node cannot connect to itself";
-    return undefined;
-  }
-
-  #hello(op: "hello" | "welcome"): Message {
-    return { op, version: PROTOCOL_VERSION, id: this.#id, host: this.#options.host, port: this.#port };
+    this.#handshake.accept(peer);
   }
 
   /**
@@ -3197,6 +3066,193 @@ function rendezvousScore(id: string, key: string): number {
 
 function isWildcard(host: string): boolean {
   return host === "0.0.0.0" || host === "::" || host === "[::]";
+}
+
+// ─── Handshake: hello, the secret's challenge and response, then welcome or refuse ─────────
+
+/** What a handshake needs from the cluster it admits peers to. */
+interface HandshakeHost {
+  /** Where this node listens, for its greeting. */
+  readonly port: number | undefined;
+  /** Registers a peer whose handshake is done; returns the connection that serves it. */
+  admit(peer: Peer, greeting: Message): Peer;
+  /** Handles a message of a peer whose handshake is done. */
+  dispatch(peer: Peer, message: Message): void;
+  /** A connection closed. */
+  drop(peer: Peer, reason: PeerDownReason): void;
+  /** Reports a refused or timed-out connection. */
+  emit(event: "error", error: Error): void;
+}
+
+/**
+ * Both sides of the handshake of every connection. The dialler says hello with a nonce; with a
+ * `secret`, the accepting node answers with a challenge that carries its HMAC proof over both
+ * nonces and ids, checks the dialler's proof, and only then welcomes it. A refusal names why.
+ */
+class Handshake {
+  readonly #id: string;
+  readonly #options: ResolvedOptions;
+  readonly #timers: Timers;
+  readonly #cluster: HandshakeHost;
+  #hmacKey: Promise<CryptoKey> | undefined;
+
+  constructor(id: string, options: ResolvedOptions, timers: Timers, cluster: HandshakeHost) {
+    this.#id = id;
+    this.#options = options;
+    this.#timers = timers;
+    this.#cluster = cluster;
+  }
+
+  /**
+   * The dialling side of the handshake: hello; then, when the other node asks for the secret,
+   * its proof checked and this node's proof sent; then welcome, or a refusal.
+   */
+  async dial(peer: Peer): Promise<Peer> {
+    const welcomed = deferred<Peer>();
+    const fail = (error: Error) => {
+      welcomed.reject(error);
+      peer.close();
+    };
+    const nonce = randomHex(16);
+    let challenger: string | undefined;
+    peer.start(
+      (message) => {
+        if (peer.id !== "") return this.#cluster.dispatch(peer, message);
+        switch (message.op) {
+          case "challenge":
+            if (challenger !== undefined) throw new ProtocolError("a second challenge");
+            challenger = requireString(message, "id");
+            this.#answerChallenge(peer, nonce, message).catch(fail);
+            return;
+          case "welcome":
+            if (this.#options.secret !== undefined && challenger === undefined) {
+              return fail(new KosyakError("ERR_AUTH", "The node does not ask for the secret, so it cannot have proved it knows it"));
+            }
+            if (challenger !== undefined && challenger !== message.id) throw new ProtocolError("welcome from another id than the challenge");
+            // Admitted at once: the peer's key list follows the welcome, maybe in the same chunk.
+            return welcomed.resolve(this.#cluster.admit(peer, message));
+          case "refuse":
+            return fail(new KosyakError(message.code === "ERR_AUTH" ? "ERR_AUTH" : "ERR_PROTOCOL", `The node refused the handshake: ${String(message.reason)}`));
+          default:
+            throw new ProtocolError(`expected welcome, got "${message.op}"`);
+        }
+      },
+      (reason) => {
+        const error = peer.error === undefined
+          ? new KosyakError("ERR_PEER_GONE", "The node closed the connection during the handshake")
+          : new KosyakError("ERR_PROTOCOL", `The node's answer is not kosyak's protocol (does only one side use TLS?): ${peer.error.message}`);
+        welcomed.reject(error);
+        this.#cluster.drop(peer, reason);
+      },
+    );
+    peer.send({ ...this.#hello("hello"), nonce });
+    const { requestTimeout } = this.#options;
+    const cancel = this.#timers.after(requestTimeout, () => fail(new KosyakError("ERR_TIMEOUT", `No handshake answer within ${requestTimeout} ms`)));
+    return await welcomed.promise.finally(cancel);
+  }
+
+  /** Checks the accepting node's proof of the secret, and answers with this node's own proof. */
+  async #answerChallenge(peer: Peer, nonce: string, challenge: Message): Promise<void> {
+    if (this.#options.secret === undefined) throw new KosyakError("ERR_AUTH", "The node asks for a secret, and this node has none");
+    const transcript = [nonce, requireNonce(challenge), this.#id, requireString(challenge, "id")];
+    if (!(await this.#verify("accept", transcript, challenge.proof))) {
+      throw new KosyakError("ERR_AUTH", "The node failed to prove it knows the secret");
+    }
+    peer.send({ op: "prove", proof: await this.#sign("dial", transcript) });
+  }
+
+  /**
+   * The accepting side of the handshake: hello; with a secret, a challenge that carries this
+   * node's proof, then the dialler's proof checked; then welcome and this node's keys.
+   */
+  accept(peer: Peer): void {
+    const { requestTimeout, secret } = this.#options;
+    const cancelTimeout = this.#timers.after(requestTimeout, () => {
+      if (peer.id !== "") return;
+      this.#cluster.emit("error", new KosyakError("ERR_TIMEOUT", `Closed a connection from ${peer.remoteHost}: no handshake within ${requestTimeout} ms`));
+      peer.close();
+    });
+    let stage: "hello" | "proof" | "checking" = "hello";
+    let hello: Message = { op: "hello" };
+    let transcript: string[] = [];
+    const refuseUnproven = (what: string) => {
+      this.#cluster.emit("error", new KosyakError("ERR_AUTH", `Refused a connection from ${peer.remoteHost}: ${what}`));
+      peer.send({ op: "refuse", code: "ERR_AUTH", reason: "authentication failed" });
+      peer.close();
+    };
+    peer.start(
+      (message) => {
+        if (peer.id !== "") return this.#cluster.dispatch(peer, message);
+        if (stage === "hello") {
+          if (message.op !== "hello") throw new ProtocolError(`expected hello, got "${message.op}"`);
+          const refusal = this.#refusalOf(message);
+          if (refusal !== undefined) {
+            peer.send({ op: "refuse", reason: refusal });
+            return peer.close();
+          }
+          hello = message;
+          if (secret === undefined) return this.#welcome(peer, hello, cancelTimeout);
+          stage = "proof";
+          const nonce = randomHex(16);
+          transcript = [requireNonce(message), nonce, requireString(message, "id"), this.#id];
+          this.#sign("accept", transcript).then((proof) => peer.send({ op: "challenge", id: this.#id, nonce, proof }));
+          return;
+        }
+        if (stage !== "proof" || message.op !== "prove") throw new ProtocolError(`expected prove, got "${message.op}"`);
+        stage = "checking";
+        this.#verify("dial", transcript, message.proof).then((valid) => {
+          if (peer.closed) return;
+          if (valid) this.#welcome(peer, hello, cancelTimeout);
+          else refuseUnproven("it failed to prove it knows the secret");
+        });
+      },
+      (reason) => {
+        cancelTimeout();
+        if (stage === "proof" && reason === "closed") refuseUnproven("it left without proving it knows the secret");
+        this.#cluster.drop(peer, reason);
+      },
+    );
+  }
+
+  /** Admits the dialler, telling it so first. */
+  #welcome(peer: Peer, hello: Message, cancelTimeout: () => void): void {
+    cancelTimeout();
+    peer.send(this.#hello("welcome"));
+    this.#cluster.admit(peer, hello);
+  }
+
+  /** HMAC-SHA-256 of a handshake transcript with the secret, as hex. */
+  async #sign(role: "accept" | "dial", transcript: string[]): Promise<string> {
+    const signature = await crypto.subtle.sign("HMAC", await this.#secretKey(), utf8Encoder.encode([role, ...transcript].join("\n")));
+    return Array.from(new Uint8Array(signature), (byte) => byte.toString(16).padStart(2, "0")).join("");
+  }
+
+  /** Whether `proof` is the HMAC of the transcript; compared in constant time by Web Crypto. */
+  async #verify(role: "accept" | "dial", transcript: string[], proof: unknown): Promise<boolean> {
+    if (typeof proof !== "string" || !/^[0-9a-f]{64}$/.test(proof)) return false;
+    const bytes = new Uint8Array(32);
+    for (let i = 0; i < 32; i++) bytes[i] = parseInt(proof.slice(2 * i, 2 * i + 2), 16);
+    return crypto.subtle.verify("HMAC", await this.#secretKey(), bytes, utf8Encoder.encode([role, ...transcript].join("\n")));
+  }
+
+  /** The secret as an HMAC key, imported once. */
+  #secretKey(): Promise<CryptoKey> {
+    const secret = utf8Encoder.encode(this.#options.secret);
+    this.#hmacKey ??= crypto.subtle.importKey("raw", secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
+    return this.#hmacKey;
+  }
+
+  /** Why a hello must be refused, if it must. */
+  #refusalOf(hello: Message): string | undefined {
+    if (hello.version !== PROTOCOL_VERSION) return `protocol version ${String(hello.version)} is not ${PROTOCOL_VERSION}`;
+    if (requireString(hello, "id") === this.#id) return "a node cannot connect to itself";
+    return undefined;
+  }
+
+  /** This node's greeting: the protocol version, its id, and where it listens. */
+  #hello(op: "hello" | "welcome"): Message {
+    return { op, version: PROTOCOL_VERSION, id: this.#id, host: this.#options.host, port: this.#cluster.port };
+  }
 }
 
 // ─── Directory: who holds which key, at which version ───────────────────────────────────────
