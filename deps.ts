@@ -16,6 +16,7 @@ import { connect, type Socket } from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { type Address, type Clock, Node, type NodeOptions } from "./mod.ts";
+import type { Op } from "./test/history.ts";
 
 export { assert };
 
@@ -401,16 +402,8 @@ export async function rawConnect(address: Address): Promise<RawClient> {
 
 // ─── Workload nodes in other processes ───────────────────────────────────────────────────────
 
-/** One op of a recorded workload, as `test/fixtures/workload-node.mjs` reports it (see test/history.ts). */
-export interface WorkloadOp {
-  node: string;
-  kind: "set" | "remove" | "get";
-  key: string;
-  value: string | null;
-  start: number;
-  end: number;
-  ok: boolean;
-}
+/** One op of a recorded workload, as `test/fixtures/workload-node.mjs` reports it. */
+export type WorkloadOp = Op;
 
 /** A seeded random workload for {@linkcode WorkloadNode.run}. */
 export interface Workload {

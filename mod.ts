@@ -2149,13 +2149,14 @@ function bunTransport(bun: BunApi): Transport {
   const bunTls = (secure: TlsOptions | undefined): BunTls | undefined =>
     secure && { ...secure, requestCert: secure.ca !== undefined, rejectUnauthorized: secure.ca !== undefined };
 
+  /** Where to listen or connect, with the caller's native options and TLS. */
+  const bunAddress = (address: Address, native: Record<string, unknown>, secure: TlsOptions | undefined) =>
+    ({ ...native, hostname: address.host, port: address.port, tls: bunTls(secure) });
+
   return {
     async listen(address, { native, tls: secure }, accept) {
       const server = bun.listen({
-        ...native,
-        hostname: address.host,
-        port: address.port,
-        tls: bunTls(secure),
+        ...bunAddress(address, native, secure),
         socket: {
           ...handlers,
           open(socket) {
@@ -2176,10 +2177,7 @@ function bunTransport(bun: BunApi): Transport {
       let settle: { resolve(): void; reject(error: Error): void } | undefined;
       if (secure !== undefined) handshake = new Promise((resolve, reject) => (settle = { resolve, reject }));
       const socket = await bun.connect({
-        ...native,
-        hostname: address.host,
-        port: address.port,
-        tls: bunTls(secure),
+        ...bunAddress(address, native, secure),
         socket: {
           ...handlers,
           connectError: () => {},

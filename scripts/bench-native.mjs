@@ -9,13 +9,11 @@ const decoder = new TextDecoder();
 function frames(messages) {
   const bodies = messages.map((message) => encoder.encode(JSON.stringify(message)));
   const out = new Uint8Array(bodies.reduce((n, body) => n + 4 + body.length, 0));
-  const view = new DataView(out.buffer);
-  let offset = 0;
-  for (const body of bodies) {
-    view.setUint32(offset, body.length);
+  bodies.reduce((offset, body) => {
+    new DataView(out.buffer, offset, 4).setUint32(0, body.length);
     out.set(body, offset + 4);
-    offset += 4 + body.length;
-  }
+    return offset + 4 + body.length;
+  }, 0);
   return out;
 }
 
