@@ -8,6 +8,22 @@
  * The same file runs on Node.js (>= 20, through the npm build), Deno and Bun, each on its own
  * native sockets.
  *
+ * The file, top-down: public types; `Node`, the public API; `Core`, its engine (lifecycle, the
+ * request paths, the handlers of peers' requests); options; utilities (clock, timers, retries);
+ * the runtime adapter (the only code that touches `node:net`, `Deno` or `Bun`); the protocol
+ * codec; `Peer`, one connection; `Cluster`, membership; `Handshake`; `Directory`, who holds what
+ * (the only place that compares versions); `Store`, the local entries.
+ *
+ * A remote get: `Node.get` misses the `Store`, `Core.getShared` joins or starts the key's one get,
+ * `Directory.holderOf` names the holder, `Peer.batch` queues the key into this tick's `get` to it;
+ * the holder's `Core` answers with the value, or with the newer holder it knows of (asked next).
+ * A set: `Core.prepareWrite` checks it, `Directory.write` stores it under a new Lamport version,
+ * `Peer.batch` queues an `own` to every peer; each peer's `Directory.own` drops an older copy and
+ * points at the writer before it acknowledges; the set completes with the last acknowledgement.
+ * A peer's death: its connection closes (or its heartbeats stop for `peerTimeout`), `Cluster`
+ * forgets it, `Directory.forgetHolder` forgets its keys, and both sides dial each other again;
+ * when they meet, each sends its key list, which `Directory.own` settles like live writes.
+ *
  * @example Two nodes, a set on one and a get on the other
  * ```ts
  * import { Node } from "./mod.ts";
