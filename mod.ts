@@ -3312,7 +3312,17 @@ export class Directory {
   readonly #id: string;
   readonly #store: Store;
   readonly #clock: Clock;
-  readonly #remote = new Map<string, Holding>();
+  /**
+   * Keys held by peers. Each holder gets a slot number, and a key's holder and version share one
+   * number, `version * HOLDER_SLOTS + slot`, so that the directory costs what a
+   * `Map<string, number>` costs; a version too large for that, or a holder beyond the last slot,
+   * is kept as a Holding instead.
+   */
+  readonly #remote = new Map<string, number | { holder: string; version: number }>();
+  /** When the remote keys that have a TTL expire, on the clock's scale. */
+  readonly #expiries = new Map<string, number>();
+  readonly #slotOf = new Map<string, number>();
+  readonly #holderIn: Array<string | undefined> = [];
   #lamport = 0;
 
   /**
@@ -3335,23 +3345,23 @@ export class Directory {
 
   /** The peer holding a live entry for `key`, if another node holds it. */
   holderOf(key: string): Holding | undefined {
-    const holding = this.#remote.get(key);
+    const holding = this.#holding(key);
     if (holding === undefined || holding.expires === 0 || holding.expires > this.#clock.now()) return holding;
-    this.#remote.delete(key);
+    this.#forget(key);
     return undefined;
   }
 
   /** Stores a write made here under a new version, which it returns; any remote holder is forgotten. */
   write(key: string, value: unknown, size: number, ttl: number): number {
     const version = ++this.#lamport;
-    this.#remote.delete(key);
+    this.#forget(key);
     this.#store.set(key, value, size, ttl, version);
     return version;
   }
 
   /** Removes a key here and from the directory; returns the version the removal carries. */
   remove(key: string): number {
-    this.#remote.delete(key);
+    this.#forget(key);
     this.#store.delete(key);
     return ++this.#lamport;
   }
@@ -3370,7 +3380,10 @@ export class Directory {
       const known = this.holderOf(key);
       if (known !== undefined && !newer(version, holder, known.version, known.holder)) return false;
     }
-    this.#remote.set(key, { holder, version, expires: ttl > 0 ? this.#clock.now() + ttl : 0 });
+    const slot = this.#slotFor(holder);
+    this.#remote.set(key, slot !== undefined && version < PACKABLE_VERSIONS ? version * HOLDER_SLOTS + slot : { holder, version });
+    if (ttl > 0) this.#expiries.set(key, this.#clock.now() + ttl);
+    else this.#expiries.delete(key);
     return true;
   }
 
@@ -3379,8 +3392,8 @@ export class Directory {
     this.#observe(version);
     const local = this.#store.peek(key);
     if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#store.delete(key);
-    const known = this.#remote.get(key);
-    if (known !== undefined && newer(version, writer, known.version, known.holder)) this.#remote.delete(key);
+    const known = this.#holding(key);
+    if (known !== undefined && newer(version, writer, known.version, known.holder)) this.#forget(key);
   }
 
   /**
@@ -3389,13 +3402,46 @@ export class Directory {
    */
   gone(key: string, holder: string, version: number): void {
     this.#observe(version);
-    const known = this.#remote.get(key);
-    if (known !== undefined && known.holder === holder && known.version === version) this.#remote.delete(key);
+    const known = this.#holding(key);
+    if (known !== undefined && known.holder === holder && known.version === version) this.#forget(key);
   }
 
   /** Forgets every key `holder` holds: it is down, or left. Costs one pass over the directory. */
   forgetHolder(holder: string): void {
-    for (const [key, holding] of this.#remote) if (holding.holder === holder) this.#remote.delete(key);
+    const slot = this.#slotOf.get(holder);
+    for (const [key, packed] of this.#remote) {
+      if (typeof packed === "number" ? packed % HOLDER_SLOTS === slot : packed.holder === holder) this.#forget(key);
+    }
+    if (slot === undefined) return;
+    this.#slotOf.delete(holder);
+    this.#holderIn[slot] = undefined;
+  }
+
+  /** What the directory has for `key`, expired or not. */
+  #holding(key: string): Holding | undefined {
+    const packed = this.#remote.get(key);
+    if (packed === undefined) return undefined;
+    const expires = this.#expiries.size === 0 ? 0 : this.#expiries.get(key) ?? 0;
+    if (typeof packed !== "number") return { holder: packed.holder, version: packed.version, expires };
+    const holder = this.#holderIn[packed % HOLDER_SLOTS]!;
+    return { holder, version: Math.floor(packed / HOLDER_SLOTS), expires };
+  }
+
+  #forget(key: string): void {
+    this.#remote.delete(key);
+    this.#expiries.delete(key);
+  }
+
+  /** The holder's slot, given it now if it has none; undefined when every slot is taken. */
+  #slotFor(holder: string): number | undefined {
+    let slot = this.#slotOf.get(holder);
+    if (slot !== undefined) return slot;
+    slot = this.#holderIn.indexOf(undefined);
+    if (slot === -1) slot = this.#holderIn.length;
+    if (slot >= HOLDER_SLOTS) return undefined;
+    this.#slotOf.set(holder, slot);
+    this.#holderIn[slot] = holder;
+    return slot;
   }
 
   /** Moves the Lamport clock past a version seen elsewhere. */
@@ -3403,6 +3449,11 @@ export class Directory {
     if (version > this.#lamport) this.#lamport = version;
   }
 }
+
+/** Holders a directory numbers, so that a holder and a version pack into one safe integer. */
+const HOLDER_SLOTS = 1024;
+/** Versions below this pack with a holder's slot into one safe integer. */
+const PACKABLE_VERSIONS = Math.floor(Number.MAX_SAFE_INTEGER / HOLDER_SLOTS);
 
 /** Whether version `a` written by node `aId` supersedes version `b` written by node `bId`. */
 function newer(a: number, aId: string, b: number, bId: string): boolean {

@@ -113,6 +113,25 @@ describe("Directory", () => {
     for (let i = 0; i < 10; i++) assert.equal(a.directory.holderOf(`k${i}`)?.holder, i % 2 === 0 ? undefined : "c");
   });
 
+  it("holders past the 1,024 numbered slots and versions past 2^43 are kept as exactly as the rest", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    // Small and large versions alike, by holders with a slot and by holders past the last one.
+    const versionOf = (i: number) => (i % 2 === 0 ? 2 ** 50 - i : i + 1);
+    for (let i = 0; i < 1100; i++) a.directory.own(`k${i}`, `holder${i}`, versionOf(i), 0);
+    a.directory.own("small", "holder5", 3, 0);
+    for (let i = 0; i < 1100; i++) assert.deepEqual(a.directory.holderOf(`k${i}`), { holder: `holder${i}`, version: versionOf(i), expires: 0 });
+    assert.deepEqual(a.directory.holderOf("small"), { holder: "holder5", version: 3, expires: 0 });
+    a.directory.forgetHolder("holder5");
+    assert.equal(a.directory.holderOf("small"), undefined);
+    assert.equal(a.directory.holderOf("k5"), undefined);
+    // The slot holder5 had is given to the next new holder; nobody else's keys move.
+    a.directory.own("newcomer", "holder-new", 7, 0);
+    assert.equal(a.directory.holderOf("newcomer")?.holder, "holder-new");
+    assert.equal(a.directory.holderOf("k6")?.holder, "holder6");
+    assert.equal(a.directory.remoteCount, 1100);
+  });
+
   it("a remote entry with a ttl is forgotten when its time is up on the node's clock", () => {
     const clock = new ManualClock();
     const a = nodeOf("a", clock);
