@@ -251,13 +251,20 @@ function absolute(command: string): string {
 }
 
 /**
+ * A command run through `prefix` (such as `["ip", "netns", "exec", name]`), which gets the
+ * runtime by its absolute path: the prefix may not search PATH the way the test process does.
+ */
+function prefixed(prefix: string[], [command, args]: [string, string[]]): [string, string[]] {
+  return prefix.length === 0 ? [command, args] : [prefix[0], [...prefix.slice(1), absolute(command), ...args]];
+}
+
+/**
  * Starts `test/fixtures/cluster-node.mjs` under `target` and waits until its node is ready.
  * With a `prefix` (such as `["ip", "netns", "exec", name]`), the prefix runs the runtime, given
  * by its absolute path: the prefix may not search PATH the way the test process does.
  */
 export function spawnNode(options: NodeOptions = {}, target: Runtime = runtime, prefix: string[] = []): Promise<ProcessNode> {
-  const [runtimeCommand, runtimeArgs] = commandFor(target, `${root}test/fixtures/cluster-node.mjs`);
-  const [command, ...args] = prefix.length === 0 ? [runtimeCommand, ...runtimeArgs] : [...prefix, absolute(runtimeCommand), ...runtimeArgs];
+  const [command, args] = prefixed(prefix, commandFor(target, `${root}test/fixtures/cluster-node.mjs`));
   const child = spawn(command, [...args, JSON.stringify({ host: "127.0.0.1", port: 0, ...options })], {
     cwd: root,
     stdio: ["pipe", "pipe", "inherit"],
@@ -449,8 +456,8 @@ export interface WorkloadNode {
 }
 
 /** Starts `test/fixtures/workload-node.mjs` under `target` as node `name` and waits until it is ready. */
-export function spawnWorkloadNode(name: string, options: NodeOptions = {}, target: Runtime = runtime): Promise<WorkloadNode> {
-  const [command, args] = commandFor(target, `${root}test/fixtures/workload-node.mjs`);
+export function spawnWorkloadNode(name: string, options: NodeOptions = {}, target: Runtime = runtime, prefix: string[] = []): Promise<WorkloadNode> {
+  const [command, args] = prefixed(prefix, commandFor(target, `${root}test/fixtures/workload-node.mjs`));
   const child = spawn(command, [...args, JSON.stringify({ name, options: { host: "127.0.0.1", port: 0, ...options } })], {
     cwd: root,
     stdio: ["pipe", "pipe", "inherit"],

@@ -282,7 +282,7 @@ export interface Entry {
   readonly value: unknown;
   /** The write's version; a higher version wins when two nodes set the same key. */
   readonly version: number;
-  /** When the entry expires, in milliseconds since the epoch; 0 when it does not. */
+  /** When the entry expires, on the node's clock (milliseconds since the epoch by default); 0 when it does not. */
   readonly expires: number;
 }
 
@@ -469,9 +469,9 @@ export class Node {
   }
 
   /**
-   * Listens to an event: `peerUp` and `peerDown` (with a `reason`: `left`, `closed`, `timeout`
-   * or `protocol-error`) as members come and go, and `error` for failures no caller waits for.
-   * An `error` nobody listens to is dropped, never thrown.
+   * Listens to an event: `peerUp` and `peerDown` (with a `reason`: `left`, `closed`, `timeout`,
+   * `protocol-error` or `stalled`) as members come and go, and `error` for failures no caller
+   * waits for. An `error` nobody listens to is dropped, never thrown.
    *
    * @param event The event's name.
    * @param listener Called with the event's payload; what it throws is reported as uncaught.
@@ -1011,8 +1011,15 @@ export default Node;
 
 type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped";
 
-/** A holder's answer for one key: `[value]`, `[]` for not held, `[null, holder, version, ttl]` for moved. */
-type Found = [unknown] | [] | [null, string, number, number];
+/** Where a key went: the node that holds it now, its version, and the ms it has left (0: no expiry). */
+interface Moved {
+  holder: string;
+  version: number;
+  ttl: number;
+}
+
+/** A holder's answer for one key: its value, or where it went, or neither (not held, no holder known). */
+type Found = { value: unknown } | { moved: Moved } | Record<string, never>;
 
 /** A call of the `fetch` option, and whether a write of its key has made its value stale. */
 interface FetchCall {
@@ -1148,10 +1155,13 @@ class Core {
   /**
    * The local entry, else the holder the directory names. A holder that has given the key up
    * says who holds it now, if it knows, and is asked no more about that write; the next holder
-   * is asked in turn, up to MAX_HOPS times, before the key counts as missing.
+   * is asked in turn, up to MAX_HOPS times. With no holder, or one that does not answer, the key
+   * goes to `fetch`, whose agreed node may also name a holder that has appeared meanwhile.
    */
   async #getSlow(key: string): Promise<unknown> {
     if (this.lifecycle !== "ready") await this.whenStarted("get");
+    let silent: Holding | undefined;
+    let missed = false;
     for (let hop = 0; hop < MAX_HOPS; hop++) {
       const local = this.store.get(key);
       if (local !== undefined) {
@@ -1160,82 +1170,119 @@ class Core {
       }
       const holding = this.directory.holderOf(key);
       const peer = holding && this.cluster.peer(holding.holder);
-      if (peer === undefined) break;
-      const found = await this.#ask(peer, key);
-      // No answer: the holder may still have it, so it is not forgotten.
-      if (found === undefined) break;
-      if (found.length === 1) {
+      const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
+      if (found === undefined) {
+        // No holder, or a silent one (not forgotten: it may still have the key).
+        if (peer !== undefined) silent = holding;
+        if (!missed) this.counters.misses++;
+        missed = true;
+        const fetched = await this.#fetch(key);
+        if ("value" in fetched) return fetched.value;
+        if (!this.#learnMoved(key, fetched.moved)) break;
+      } else if ("value" in found) {
         this.counters.remoteHits++;
-        return found[0];
+        return found.value;
+      } else {
+        this.directory.gone(key, holding!.holder, holding!.version);
+        if ("moved" in found) this.#learnMoved(key, found.moved);
       }
-      this.directory.gone(key, holding!.holder, holding!.version);
-      if (found.length === 4 && this.cluster.peer(found[1]) !== undefined) this.directory.own(key, found[1], found[2], found[3]);
     }
-    this.counters.misses++;
-    return this.#fetch(key);
+    if (!missed) this.counters.misses++;
+    return null;
+  }
+
+  /** Records where a key went, if that node is a member; returns whether it is. */
+  #learnMoved(key: string, moved: Moved): boolean {
+    if (this.cluster.peer(moved.holder) === undefined) return false;
+    this.directory.own(key, moved.holder, moved.version, moved.ttl);
+    return true;
   }
 
   /**
    * Asks a holder for a key; undefined when it does not answer. Gets of one tick to one holder
-   * travel as one request (see Peer.batch).
+   * travel as one request (see Peer.batch); a key left out to keep the answer within a frame
+   * (0) is asked again on its own, where it always fits.
    */
   async #ask(peer: Peer, key: string): Promise<Found | undefined> {
-    const { answer, index } = peer.batch("get", key);
+    const { answer, index } = peer.batch("get", key, key.length);
     try {
-      const found = (await answer).values;
-      const item = Array.isArray(found) ? found[index] : undefined;
-      // Left out to keep the answer within a frame: asked again on its own.
-      if (item === 0) return ((await peer.request({ op: "get", keys: [key] })).values as Found[])[0];
-      return Array.isArray(item) ? item as Found : undefined;
+      const values = (await answer).values;
+      const item = Array.isArray(values) ? values[index] : undefined;
+      if (item !== 0) return parseFound(item);
+      const alone = (await peer.request({ op: "get", keys: [key] })).values;
+      return Array.isArray(alone) ? parseFound(alone[0]) : undefined;
     } catch {
       return undefined;
     }
   }
 
-  /** Answers a peer's get: held, moved (and to whom), or left out to keep within a frame (0). */
+  /**
+   * Answers a peer's get: `[value]` where held; `[null, holder, version, ttl]` where another
+   * node holds the key; `[]` where nobody is known to; `0` where the value is left out to keep
+   * the answer within a frame (the first value is never left out: a single value always fits).
+   */
   #answerGet(keys: unknown[]): Record<string, unknown> {
-    let room = this.options.maxFrameBytes / 2;
-    const values = keys.map((key): Found | 0 => {
+    if (keys.length > ITEMS_PER_BATCH) throw new ProtocolError(`"get" asks for more than ${ITEMS_PER_BATCH} keys`);
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit, which is what sizes count.
+    let room = this.options.maxFrameBytes - FRAME_ROOM;
+    let sent = 0;
+    const values = keys.map((key) => {
       if (typeof key !== "string") throw new ProtocolError(`"get" needs string keys`);
       const entry = this.store.get(key);
       if (entry === undefined) {
-        const holding = this.directory.holderOf(key);
-        if (holding === undefined) return [];
-        const ttl = holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.options.clock.now());
-        return [null, holding.holder, holding.version, ttl];
+        const moved = this.#movedOf(key);
+        return moved === undefined ? [] : [null, moved.holder, moved.version, moved.ttl];
       }
-      room -= entry.size;
-      return room < 0 ? 0 : [this.reveal(entry.value)];
+      if (sent > 0 && 3 * entry.size > room) return 0;
+      room -= 3 * entry.size;
+      sent++;
+      return [this.reveal(entry.value)];
     });
     return { values };
+  }
+
+  /** Where the directory says a key not held here is held, if anywhere. */
+  #movedOf(key: string): Moved | undefined {
+    const holding = this.directory.holderOf(key);
+    if (holding === undefined) return undefined;
+    const ttl = holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.options.clock.now());
+    return { holder: holding.holder, version: holding.version, ttl };
   }
 
   // Fetching what no node holds.
 
   /**
-   * Gets a value from the `fetch` option. The cluster agrees, by hashing the key over the member
-   * ids, on one node to call `fetch` for each key, so that gets of one missing key on several
-   * nodes call it once; if that node is gone, has no `fetch`, or does not answer, this one calls it.
+   * Gets a value from the `fetch` option, or learns that a node now holds the key. The cluster
+   * agrees, by hashing the key over the member ids, on one node to call `fetch` for each key, so
+   * that gets of one missing key on several nodes call it once; if that node is gone, has no
+   * `fetch`, or does not answer, this one calls it.
    */
-  async #fetch(key: string): Promise<unknown> {
-    if (this.options.fetch === undefined) return null;
+  async #fetch(key: string): Promise<{ value: unknown } | { moved: Moved }> {
+    if (this.options.fetch === undefined) return { value: null };
     const fetcher = this.cluster.fetcherOf(key);
     if (fetcher !== undefined) {
       const timeout = this.options.fetchTimeout + this.options.requestTimeout;
       try {
         const answer = await fetcher.request({ op: "fetch", key }, timeout);
-        if ("value" in answer) return answer.value;
+        if ("value" in answer) return { value: answer.value };
+        const moved = parseMoved(answer.moved);
+        if (moved !== undefined) return { moved };
       } catch (error) {
         if (error instanceof KosyakError && error.code === "ERR_FETCH") throw error;
       }
     }
-    return this.#fetchHere(key);
+    return { value: await this.#fetchHere(key) };
   }
 
-  /** A peer asks this node, the key's agreed fetcher, for a value no node holds. */
+  /**
+   * A peer asks this node, the key's agreed fetcher, for a value it found nowhere: the value if
+   * this node holds it, where it is if another node holds it, else what `fetch` gives.
+   */
   async #answerFetch(key: string): Promise<Record<string, unknown>> {
     const local = this.store.get(key);
     if (local !== undefined) return { value: this.reveal(local.value) };
+    const moved = this.#movedOf(key);
+    if (moved !== undefined) return { moved: [moved.holder, moved.version, moved.ttl] };
     if (this.options.fetch === undefined || this.lifecycle !== "ready") return {};
     // A null from fetch is an answer too: the asking node must not call fetch again.
     return { value: await this.#fetchHere(key) };
@@ -1253,18 +1300,26 @@ class Core {
   }
 
   async #callFetch(key: string, call: FetchCall): Promise<unknown> {
-    const { fetch, fetchTimeout, clock } = this.options;
+    const { fetch, fetchTimeout } = this.options;
     this.counters.fetches++;
     let value: unknown;
     try {
-      const called = new Promise((resolve, reject) => fetch!(key, (err, result) => (err ? reject(err) : resolve(result))));
-      value = await withTimeout(clock, called, fetchTimeout, () => new Error(`it did not call back within ${fetchTimeout} ms`));
+      value = await new Promise((resolve, reject) => {
+        const cancel = this.#timers.after(fetchTimeout, () => reject(new Error(`it did not call back within ${fetchTimeout} ms`)), () => reject(new Error("the node stopped")));
+        fetch!(key, (err, result) => {
+          cancel();
+          if (err) reject(err);
+          else resolve(result);
+        });
+      });
     } catch (cause) {
       this.counters.fetchErrors++;
       throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
     }
     if (value === undefined || value === null) return null;
-    if (!call.overtaken) await this.write([this.prepareWrite("fetch", key, value, undefined)]);
+    // A write of the key since the get began wins: the fetched value is not stored over it.
+    const held = this.store.peek(key) !== undefined || this.directory.holderOf(key) !== undefined;
+    if (!call.overtaken && !held) await this.write([this.prepareWrite("fetch", key, value, undefined)]);
     return value;
   }
 
@@ -1321,7 +1376,7 @@ class Core {
       this.counters.sets++;
       this.#overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
-      for (const peer of this.cluster.peers()) acknowledged.add(peer.batch("own", [key, version, ttl]).answer);
+      for (const peer of this.cluster.peers()) acknowledged.add(peer.batch("own", [key, version, ttl], key.length).answer);
     }
     await allSettled(acknowledged);
   }
@@ -1334,7 +1389,7 @@ class Core {
     await this.whenStarted("remove");
     this.#overtake(key);
     const version = this.directory.remove(key);
-    await allSettled(Array.from(this.cluster.peers(), (peer) => peer.batch("drop", [key, version]).answer));
+    await allSettled(Array.from(this.cluster.peers(), (peer) => peer.batch("drop", [key, version], key.length).answer));
   }
 
   /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
@@ -1343,14 +1398,14 @@ class Core {
     const gone = this.store.clear();
     const acknowledged = new Set<Promise<Message>>();
     for (const peer of this.cluster.peers()) {
-      for (const item of gone) acknowledged.add(peer.batch("gone", item).answer);
+      for (const item of gone) acknowledged.add(peer.batch("gone", item, item[0].length).answer);
     }
     await allSettled(acknowledged);
   }
 
   /** Tells the peers of an entry the store evicted or expired, unawaited. */
   #tellGone(key: string, version: number): void {
-    for (const peer of this.cluster.peers()) peer.batch("gone", [key, version]).answer.catch(() => {});
+    for (const peer of this.cluster.peers()) peer.batch("gone", [key, version], key.length).answer.catch(() => {});
   }
 
   // The directory's messages.
@@ -1358,12 +1413,15 @@ class Core {
   /** Tells a newly admitted peer every key this node holds, ending with `done`. */
   #tellKeys(peer: Peer): void {
     let batch: Array<[string, number, number]> = [];
+    let units = 0;
     for (const triple of this.store.versions()) {
-      batch.push(triple);
-      if (batch.length === KEYS_PER_MESSAGE) {
+      if (batch.length === ITEMS_PER_BATCH || !fitsInFrame(units + triple[0].length, this.options.maxFrameBytes)) {
         peer.send({ op: "keys", keys: batch });
         batch = [];
+        units = 0;
       }
+      batch.push(triple);
+      units += triple[0].length;
     }
     peer.send({ op: "keys", keys: batch, done: true });
   }
@@ -1534,6 +1592,10 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     return value;
   };
   const maxFrameBytes = whole("maxFrameBytes", 128 * 1024);
+  const maxKeyLength = whole("maxKeyLength", 1);
+  if (!fitsInFrame(maxKeyLength, maxFrameBytes)) {
+    fail(`maxKeyLength must leave a key, at 3 bytes per character, within maxFrameBytes (${maxFrameBytes}) less 64 KiB`, maxKeyLength, RangeError);
+  }
   const maxValueBytes = whole("maxValueBytes", 1);
   if (maxValueBytes > maxFrameBytes - FRAME_ROOM) {
     fail(`maxValueBytes must leave 64 KiB of maxFrameBytes (${maxFrameBytes}) free`, maxValueBytes, RangeError);
@@ -1575,7 +1637,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     tls: tls && { cert: tls.cert, key: tls.key, ca: tls.ca },
     maxFrameBytes,
     maxConnections: whole("maxConnections", 1),
-    maxKeyLength: whole("maxKeyLength", 1),
+    maxKeyLength,
     maxValueBytes,
     maxQueueBytes: whole("maxQueueBytes", 1024),
     clock,
@@ -1740,13 +1802,6 @@ class Timers {
     }
     this.#pending.clear();
   }
-}
-
-/** Rejects with `timeoutError()` if `promise` has not settled within `ms` on `clock`. */
-function withTimeout<T>(clock: Clock, promise: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
-  let handle: unknown;
-  const timeout = new Promise<never>((_, reject) => (handle = clock.setTimeout(() => reject(timeoutError()), ms)));
-  return Promise.race([promise, timeout]).finally(() => clock.clearTimeout(handle));
 }
 
 /**
@@ -2230,9 +2285,10 @@ const HANDSHAKE_FRAME_BYTES = 64 * 1024;
 const FRAME_ROOM = 64 * 1024;
 /** Largest version a peer may send (2^50). */
 const MAX_VERSION = 2 ** 50;
-/** Keys per message when a node tells a new peer what it holds, or its peers what it dropped. */
-const KEYS_PER_MESSAGE = 1000;
-/** Items per batched request (get, own, drop, gone); 1,000 keys and versions stay far within a frame. */
+/**
+ * Items per batched request (get, own, drop, gone) and per key list; their keys are kept within
+ * a frame too (see fitsInFrame).
+ */
 const ITEMS_PER_BATCH = 1000;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
 const MAX_HOPS = 16;
@@ -2398,6 +2454,36 @@ function isVersion(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= MAX_VERSION;
 }
 
+/**
+ * Whether keys of `units` UTF-16 code units fit a frame of `maxFrameBytes`, whatever their
+ * characters (at most 3 bytes of UTF-8 each), with FRAME_ROOM left for the rest of the message.
+ */
+function fitsInFrame(units: number, maxFrameBytes: number): boolean {
+  return 3 * units <= maxFrameBytes - FRAME_ROOM;
+}
+
+/** One key of a `get` answer, or undefined when it is none of the forms a holder sends. */
+function parseFound(item: unknown): Found | undefined {
+  if (!Array.isArray(item)) return undefined;
+  if (item.length === 1) return { value: item[0] };
+  if (item.length === 0) return {};
+  const moved = item.length === 4 && item[0] === null ? parseMoved(item.slice(1)) : undefined;
+  return moved && { moved };
+}
+
+/** `[holder, version, ttl]`, as get and fetch answers name where a key went; undefined if not one. */
+function parseMoved(list: unknown): Moved | undefined {
+  if (!Array.isArray(list) || list.length !== 3) return undefined;
+  const [holder, version, ttl] = list;
+  if (typeof holder !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0)) return undefined;
+  return { holder, version, ttl };
+}
+
+/** Whether two holdings name the same write by the same holder. */
+function isSame(a: Holding | undefined, b: Holding | undefined): boolean {
+  return a !== undefined && b !== undefined && a.holder === b.holder && a.version === b.version;
+}
+
 // ─── Peer: one connection ────────────────────────────────────────────────────────────────────
 
 /** The options a connection obeys. */
@@ -2421,6 +2507,8 @@ interface OpenBatch {
   readonly message: Message;
   readonly items: unknown[];
   readonly answer: Promise<Message>;
+  /** The length of the keys in the items so far, in UTF-16 code units. */
+  units: number;
 }
 
 /**
@@ -2492,6 +2580,7 @@ class Peer {
     this.#onClose = onClose;
     this.#conn.start({
       data: (chunk) => {
+        if (this.#closed) return;
         this.lastHeard = this.#clock.now();
         try {
           this.#decoder.push(chunk, (message) => this.#receive(message));
@@ -2527,19 +2616,24 @@ class Peer {
   }
 
   /**
-   * Adds `item` to the `keys` of an `op` request: to the one queued last if it is an `op` with
-   * room left, else to a new one. Returns the request's answer and the item's place in it.
+   * Adds `item`, whose key is `units` UTF-16 code units long, to the `keys` of an `op` request:
+   * to the one queued last if it is an `op` with room left, else to a new one. Returns the
+   * request's answer and the item's place in it.
    */
-  batch(op: string, item: unknown): { answer: Promise<Message>; index: number } {
+  batch(op: string, item: unknown, units: number): { answer: Promise<Message>; index: number } {
     const open = this.#open;
-    if (open !== undefined && open.message.op === op && open.items.length < ITEMS_PER_BATCH && this.#outgoing.at(-1) === open.message) {
+    if (
+      open !== undefined && open.message.op === op && this.#outgoing.at(-1) === open.message &&
+      open.items.length < ITEMS_PER_BATCH && fitsInFrame(open.units + units, this.#limits.maxFrameBytes)
+    ) {
       open.items.push(item);
+      open.units += units;
       return { answer: open.answer, index: open.items.length - 1 };
     }
     const items = [item];
     const answer = this.request({ op, keys: items });
     // A closed connection queues nothing: its request has already failed.
-    if (!this.#closed) this.#open = { message: this.#outgoing.at(-1)!, items, answer };
+    if (!this.#closed) this.#open = { message: this.#outgoing.at(-1)!, items, answer, units };
     return { answer, index: 0 };
   }
 
@@ -2939,9 +3033,10 @@ class Cluster {
     peer.listening = { host: isWildcard(host) ? peer.remoteHost : host, port };
     const existing = this.#peers.get(peer.id);
     if (existing !== undefined && !existing.closed) {
-      // Two nodes dialled each other at once: keep the connection dialled by the smaller id.
+      // Two nodes dialled each other at once: keep the connection dialled by the smaller id. A
+      // node that dialled again has given up its older connection: keep the newer.
       const dialler = (p: Peer) => (p.dialled ? this.#id : p.id);
-      if (dialler(peer) >= dialler(existing)) {
+      if (dialler(peer) > dialler(existing)) {
         this.#retire(peer);
         return existing;
       }
@@ -3218,6 +3313,10 @@ class Handshake {
           if (peer.closed) return;
           if (valid) this.#welcome(peer, hello, cancelTimeout);
           else refuseUnproven("it failed to prove it knows the secret");
+        }).catch((error) => {
+          // Outside the socket's handler, so a breach found here is closed by hand.
+          peer.error = error instanceof Error ? error : new Error(String(error));
+          peer.close("protocol-error");
         });
       },
       (reason) => {
@@ -3260,6 +3359,8 @@ class Handshake {
   #refusalOf(hello: Message): string | undefined {
     if (hello.version !== PROTOCOL_VERSION) return `protocol version ${String(hello.version)} is not ${PROTOCOL_VERSION}`;
     if (requireString(hello, "id") === this.#id) return "a node cannot connect to itself";
+    if (typeof hello.host !== "string" || hello.host === "") return "hello needs the host the node listens on";
+    if (!isPort(hello.port, 1)) return "hello needs the port the node listens on, from 1 to 65535";
     return undefined;
   }
 

@@ -1,8 +1,18 @@
 // The node as a cache: TTL, bounded memory, single-flight fetch, the batch and iteration API, stats.
-import { afterEach, assert, describe, it, startCluster, startNode, stopAll, waitFor, within } from "../deps.ts";
+import { afterEach, assert, describe, frame, it, rawConnect, type RawClient, startCluster, startNode, stopAll, waitFor, within } from "../deps.ts";
 import { type FetchDone, KosyakError, Node } from "../mod.ts";
 
 afterEach(stopAll);
+
+/** A raw connection that has done the handshake with `node` and told it it holds nothing. */
+async function handshaken(node: Node): Promise<RawClient> {
+  const raw = await rawConnect(node.address);
+  raw.socket.write(frame({ op: "hello", version: 2, id: "raw-peer", host: "127.0.0.1", port: 9 }));
+  assert.equal((await raw.next()).op, "welcome");
+  assert.equal((await raw.next()).op, "keys");
+  raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+  return raw;
+}
 
 /** A fetch option whose calls the test answers by hand, and a count of its calls. */
 function heldFetch() {
@@ -154,6 +164,21 @@ describe("Single-flight fetch", () => {
     assert.equal(c.stats().entries, 0, "the stale value was not stored");
   });
 
+  it("the agreed fetcher asked for a key another node holds names that node instead of calling fetch", async () => {
+    const held = heldFetch();
+    const [fetcher, writer] = await startCluster(2, { fetch: held.fetch });
+    await writer.set("k", "written");
+    // A get whose fetch request reaches the fetcher after the write was acknowledged.
+    const raw = await handshaken(fetcher);
+    raw.socket.write(frame({ op: "fetch", rid: 1, key: "k" }));
+    const answer = await raw.next();
+    assert.deepEqual([answer.op, (answer.moved as unknown[])[0]], ["ok", writer.id]);
+    assert.equal(held.calls.length, 0);
+    assert.equal(await fetcher.get("k"), "written");
+    assert.equal(fetcher.stats().entries, 0);
+    raw.socket.destroy();
+  });
+
   it("a fetch that finds nothing is asked once in the whole cluster too", async () => {
     const held = heldFetch();
     const nodes = await startCluster(3, { fetch: held.fetch });
@@ -226,6 +251,23 @@ describe("Batch and iteration API", () => {
     assert.deepEqual([b.stats().served, c.stats().served], servedBefore.map((n) => n + 1));
     assert.deepEqual(await a.mget(["b1", "new"]), [1, "fetched new"]);
     assert.throws(() => a.mget("b1" as never), { name: "TypeError", message: /keys must be an array of strings/ });
+  });
+
+  it("a value as large as maxValueBytes is read from another node", async () => {
+    const options = { maxFrameBytes: 256 * 1024, maxValueBytes: 192 * 1024 };
+    const [a, b] = await startCluster(2, options);
+    const largest = "x".repeat(options.maxValueBytes - 2);
+    await a.set("large", largest);
+    assert.equal(await b.get("large"), largest);
+  });
+
+  it("mget of values that fit a frame only one at a time as UTF-8 returns every one of them", async () => {
+    const [a, b] = await startCluster(2, { maxFrameBytes: 256 * 1024, maxValueBytes: 192 * 1024 });
+    // 60,000 characters of 3 bytes each: 180 KB of UTF-8 per value, one per 256 KiB frame.
+    const values = ["漢", "字", "語"].map((character) => character.repeat(60_000));
+    await a.mset(values.map((value, i): [string, string] => [`wide:${i}`, value]));
+    assert.deepEqual(await b.mget(["wide:0", "wide:1", "wide:2"]), values);
+    assert.equal(b.has("wide:1"), true);
   });
 
   it("mset costs one request per peer, and every node then reads every entry", async () => {

@@ -1,5 +1,5 @@
 // The wire protocol seen from a raw socket: handshake, refusals and bad frames.
-import { afterEach, assert, describe, frame, it, rawConnect, startCluster, startNode, stopAll, within } from "../deps.ts";
+import { afterEach, assert, describe, frame, it, rawConnect, startCluster, startNode, stopAll, waitFor, within } from "../deps.ts";
 
 afterEach(stopAll);
 
@@ -82,6 +82,30 @@ describe("Protocol", () => {
     for (let i = 0; i < 3; i++) assert.equal(await within(`set ${i}`, node.set(`k${i}`, i)), i);
     await node.remove("k0");
     assert.deepEqual(await node.mget(["k0", "k1", "k2"]), [null, 1, 2]);
+  });
+
+  it("a holder's malformed answers to gets make those gets miss, never throw, and never push versions past 2^50", async () => {
+    const node = await startNode({ requestTimeout: 1_000 });
+    const raw = await rawConnect(node.address);
+    raw.socket.write(frame(hello()));
+    assert.equal((await raw.next()).op, "welcome");
+    await raw.next();
+    raw.socket.write(frame({ op: "keys", keys: [["k", 5, 0]], done: true }));
+    await waitFor("the node to know that the raw peer holds k", () => node.has("k"));
+    const answers = [[[null, "raw-peer", 1e300, 0]], [null], [[1, 2]], "not a list", [[null, node.id, -1, 0]]];
+    for (const values of answers) {
+      const got = node.get("k");
+      const request = await raw.next();
+      assert.deepEqual([request.op, request.keys], ["get", ["k"]]);
+      raw.socket.write(frame({ op: "ok", rid: request.rid, values }));
+      assert.equal(await within(`the get answered with ${JSON.stringify(values)}`, got), null);
+    }
+    await node.set("mine", 1);
+    const versions: number[] = [];
+    node.eachEntry((_value, _key, entry) => versions.push(entry.version));
+    assert.ok(versions.every((version) => version <= 2 ** 50), `versions: ${versions}`);
+    assert.equal(node.stats().peers, 1);
+    raw.socket.destroy();
   });
 
   it("a connection that never says hello is closed after requestTimeout", async () => {

@@ -47,6 +47,21 @@ describe("Shared secret", () => {
     raw.socket.destroy();
   });
 
+  it("a member that proves the secret but says hello without a port it listens on is refused, and the node keeps serving", async () => {
+    const secret = "shared";
+    const node = await startNode({ secret });
+    await node.set("k", 1);
+    for (const [i, port] of [0, "9", 70_000].entries()) {
+      const raw = await rawConnect(node.address);
+      raw.socket.write(frame({ op: "hello", version: 2, id: `portless-${i}`, host: "127.0.0.1", port, nonce: NONCE }));
+      await within("the node to close the connection", raw.closed);
+      assert.deepEqual(raw.messages.map((m) => m.op), ["refuse"]);
+      assert.match(String(raw.messages[0].reason), /port/);
+    }
+    const peer = await startNode({ secret, master: node.address });
+    assert.equal(await peer.get("k"), 1);
+  });
+
   it("a client without the secret is refused before it learns any key, and the node reports it", async () => {
     const node = await startNode({ secret: "right" });
     const errors = recordErrors(node);
