@@ -280,10 +280,24 @@ export interface Entry {
   readonly key: string;
   /** The stored value: a JSON string when the node has `stringify: true`. */
   readonly value: unknown;
-  /** The write's version; a higher version wins when two nodes set the same key. */
+  /**
+   * The write's version; a higher version wins when two nodes set the same key, and of equal
+   * versions the one whose writer's id is greater.
+   */
   readonly version: number;
+  /** The id of the node that wrote the value: this node's, or a stopping node's that handed it over. */
+  readonly writer: string;
   /** When the entry expires, on the node's clock (milliseconds since the epoch by default); 0 when it does not. */
   readonly expires: number;
+}
+
+/** Options of {@linkcode Node.stop}. */
+export interface StopOptions {
+  /**
+   * Hand the node's entries to the other members before leaving.
+   * @default {true}
+   */
+  handover?: boolean;
 }
 
 /** Options of {@linkcode Node.set} and {@linkcode Node.mset}. */
@@ -322,6 +336,10 @@ export interface NodeStats {
   fetches: number;
   /** `fetch` calls that ended in an error or timed out. */
   fetchErrors: number;
+  /** Entries this node handed to the others when it stopped. */
+  handedOver: number;
+  /** Entries this node took over from members that stopped. */
+  adopted: number;
   /** Entries evicted to stay within `maxEntries` and `maxBytes`. */
   evictions: number;
   /** Entries removed because their time was up. */
@@ -972,28 +990,44 @@ export class Node {
   }
 
   /**
-   * Stops the node: tells every peer it is leaving (they forget its keys at once), then closes
-   * every connection and the listener. Calling it again returns the same completion.
+   * Stops the node. First it hands every entry it holds to the other members (each key to the
+   * member that rendezvous hashing picks for it, with its version and remaining TTL), and waits
+   * until they have stored them and every directory points to them, so that a rolling restart
+   * loses nothing; then it tells every peer it is leaving, and closes every connection and the
+   * listener. Calling it again returns the same completion. Gets and writes on this node fail
+   * with `ERR_STOPPED` from the moment `stop` is called; the others go on serving its keys.
    *
+   * @param options `handover: false` skips the hand-over: the node's entries are then gone.
    * @param callback `callback()`, once everything is closed.
    * @returns Without a callback, a Promise that resolves when everything is closed.
+   * @throws {TypeError} `options` is not an object, or `callback` not a function.
    *
-   * @example
+   * @example A graceful stop, and one that hands nothing over
    * ```ts
    * import { Node } from "./mod.ts";
    *
    * const node = await new Node().init().ready();
-   * node.stop(() => console.log("stopped"));
+   * const other = await new Node({ master: node.address }).init().ready();
+   * await node.set("kept", 1);
+   * await node.stop(); // "kept" now lives on `other`
+   * other.stop({ handover: false }, () => console.log("stopped"));
    * ```
    */
-  stop(): Promise<void>;
+  stop(options?: StopOptions): Promise<void>;
   /** {@linkcode Node.stop} with a callback. */
   stop(callback: () => void): void;
-  stop(callback?: () => void): Promise<void> | void {
-    if (callback !== undefined) assertFunction(callback, "stop", "callback");
-    const stopped = this.#core.stop();
-    if (callback === undefined) return stopped;
-    stopped.then(() => callLater(callback));
+  /** {@linkcode Node.stop} with options and a callback. */
+  stop(options: StopOptions, callback: () => void): void;
+  stop(optionsOrCallback?: StopOptions | (() => void), callback?: () => void): Promise<void> | void {
+    const [options, done] = typeof optionsOrCallback === "function" ? [{}, optionsOrCallback] : [optionsOrCallback ?? {}, callback];
+    if (typeof options !== "object" || options === null) throw new TypeError(`Cannot stop: options must be an object: received ${quote(options)}`);
+    if (options.handover !== undefined && typeof options.handover !== "boolean") {
+      throw new TypeError(`Cannot stop: handover must be a boolean: received ${quote(options.handover)}`);
+    }
+    if (done !== undefined) assertFunction(done, "stop", "callback");
+    const stopped = this.#core.stop(options.handover ?? true);
+    if (done === undefined) return stopped;
+    stopped.then(() => callLater(done));
   }
 }
 
@@ -1047,7 +1081,7 @@ class Core {
   readonly directory: Directory;
   readonly cluster: Cluster;
   lifecycle: Lifecycle = "new";
-  readonly counters = { sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0 };
+  readonly counters = { sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0 };
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
     peerDown: new Set(),
@@ -1072,6 +1106,8 @@ class Core {
       handlers: {
         get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
         own: (peer, message) => this.#learn(peer, message),
+        moved: (peer, message) => this.#learnMoved(peer, message),
+        handover: (peer, message) => this.#adopt(peer, message),
         keys: (peer, message) => void this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
@@ -1105,9 +1141,12 @@ class Core {
     return this.#started;
   }
 
-  stop(): Promise<void> {
+  /** Stops once, handing the entries over first if asked to and the node was serving. */
+  stop(handover: boolean): Promise<void> {
     this.#stopped ??= (async () => {
+      const serving = this.lifecycle === "ready";
       this.lifecycle = "stopping";
+      if (handover && serving) await this.#handOver();
       this.#timers.close();
       // Stopping the cluster first cuts short an init that is still connecting or retrying.
       await this.cluster.stop();
@@ -1169,7 +1208,8 @@ class Core {
         return this.reveal(local.value);
       }
       const holding = this.directory.holderOf(key);
-      const peer = holding && this.cluster.peer(holding.holder);
+      let peer = holding && this.cluster.peer(holding.holder);
+      if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
       const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found === undefined) {
         // No holder, or a silent one (not forgotten: it may still have the key).
@@ -1178,13 +1218,13 @@ class Core {
         missed = true;
         const fetched = await this.#fetch(key);
         if ("value" in fetched) return fetched.value;
-        if (!this.#learnMoved(key, fetched.moved)) break;
+        if (!this.#followMoved(key, fetched.moved)) break;
       } else if ("value" in found) {
         this.counters.remoteHits++;
         return found.value;
       } else {
         this.directory.gone(key, holding!.holder, holding!.version);
-        if ("moved" in found) this.#learnMoved(key, found.moved);
+        if ("moved" in found) this.#followMoved(key, found.moved);
       }
     }
     if (!missed) this.counters.misses++;
@@ -1192,7 +1232,7 @@ class Core {
   }
 
   /** Records where a key went, if that node is a member; returns whether it is. */
-  #learnMoved(key: string, moved: Moved): boolean {
+  #followMoved(key: string, moved: Moved): boolean {
     if (this.cluster.peer(moved.holder) === undefined) return false;
     this.directory.own(key, moved.holder, moved.version, moved.ttl);
     return true;
@@ -1371,12 +1411,12 @@ class Core {
    */
   async write(writes: Write[]): Promise<void> {
     if (this.lifecycle !== "ready") await this.whenStarted("set");
-    const acknowledged = new Set<Promise<Message>>();
+    const acknowledged = new Set<Promise<unknown>>();
     for (const { key, stored, size, ttl } of writes) {
       this.counters.sets++;
       this.#overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
-      for (const peer of this.cluster.peers()) acknowledged.add(peer.batch("own", [key, version, ttl], key.length).answer);
+      this.#tellEveryone("own", [key, version, ttl], key.length, acknowledged);
     }
     await allSettled(acknowledged);
   }
@@ -1389,39 +1429,56 @@ class Core {
     await this.whenStarted("remove");
     this.#overtake(key);
     const version = this.directory.remove(key);
-    await allSettled(Array.from(this.cluster.peers(), (peer) => peer.batch("drop", [key, version], key.length).answer));
+    const acknowledged = new Set<Promise<unknown>>();
+    this.#tellEveryone("drop", [key, version], key.length, acknowledged);
+    await allSettled(acknowledged);
   }
 
   /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
   async clear(): Promise<void> {
     await this.whenStarted("clear");
-    const gone = this.store.clear();
-    const acknowledged = new Set<Promise<Message>>();
-    for (const peer of this.cluster.peers()) {
-      for (const item of gone) acknowledged.add(peer.batch("gone", item, item[0].length).answer);
-    }
+    const acknowledged = new Set<Promise<unknown>>();
+    for (const item of this.store.clear()) this.#tellEveryone("gone", item, item[0].length, acknowledged);
     await allSettled(acknowledged);
+  }
+
+  /**
+   * Queues an item of a batched request to every member, adding the answers to wait for to
+   * `answers`. A member whose connection waits, closed, for the one that replaces it (two nodes
+   * dialled each other) gets it on the replacement, so that no write completes before it knows.
+   */
+  #tellEveryone(op: string, item: unknown, units: number, answers: Set<Promise<unknown>>): void {
+    for (const peer of this.cluster.peers()) {
+      if (!peer.closed) answers.add(peer.batch(op, item, units).answer);
+      else answers.add(this.cluster.connectionTo(peer.id).then((live) => live?.batch(op, item, units).answer));
+    }
   }
 
   /** Tells the peers of an entry the store evicted or expired, unawaited. */
   #tellGone(key: string, version: number): void {
-    for (const peer of this.cluster.peers()) peer.batch("gone", [key, version], key.length).answer.catch(() => {});
+    const answers = new Set<Promise<unknown>>();
+    this.#tellEveryone("gone", [key, version], key.length, answers);
+    void allSettled(answers);
   }
 
   // The directory's messages.
 
-  /** Tells a newly admitted peer every key this node holds, ending with `done`. */
+  /**
+   * Tells a newly admitted peer every key this node holds, ending with `done`; the writer only
+   * of entries another node wrote.
+   */
   #tellKeys(peer: Peer): void {
-    let batch: Array<[string, number, number]> = [];
+    let batch: unknown[] = [];
     let units = 0;
-    for (const triple of this.store.versions()) {
-      if (batch.length === ITEMS_PER_BATCH || !fitsInFrame(units + triple[0].length, this.options.maxFrameBytes)) {
+    for (const entry of this.store.live()) {
+      if (batch.length === ITEMS_PER_BATCH || !fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) {
         peer.send({ op: "keys", keys: batch });
         batch = [];
         units = 0;
       }
-      batch.push(triple);
-      units += triple[0].length;
+      const item = [entry.key, entry.version, this.store.ttlOf(entry)];
+      batch.push(entry.writer === this.id ? item : [...item, entry.writer]);
+      units += entry.key.length;
     }
     peer.send({ op: "keys", keys: batch, done: true });
   }
@@ -1431,11 +1488,66 @@ class Core {
    * Either way the directory settles them against what this node holds and knows.
    */
   #learn(peer: Peer, message: Message): Record<string, unknown> {
-    for (const [key, version, ttl] of requireKeyList(message)) {
+    for (const [key, version, ttl, writer] of requireKeyList(message)) {
       this.#overtake(key);
-      this.directory.own(key, peer.id, version, ttl);
+      this.directory.own(key, peer.id, version, ttl, writer);
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
+    return {};
+  }
+
+  /** A peer took over entries of a stopping node (`moved`): point the directory at it. */
+  #learnMoved(peer: Peer, message: Message): Record<string, unknown> {
+    for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
+      if (writer === undefined || from === undefined) throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
+      this.#overtake(key);
+      this.directory.moved(key, peer.id, from, version, ttl, writer);
+    }
+    return {};
+  }
+
+  // Hand-over: a stopping node's entries go to the others.
+
+  /**
+   * Hands every live entry to the member that rendezvous hashing picks for its key, with its
+   * version, writer and remaining TTL, and waits until each has stored them and every
+   * directory points to it (see #adopt). A write of a key under way wins by its version.
+   */
+  async #handOver(): Promise<void> {
+    const acknowledged = new Set<Promise<Message>>();
+    for (const entry of this.store.live()) {
+      const heir = this.cluster.heirOf(entry.key);
+      if (heir === undefined) return;
+      const item = [entry.key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
+      acknowledged.add(heir.batch("handover", item, entry.size).answer);
+      this.counters.handedOver++;
+    }
+    await allSettled(acknowledged);
+  }
+
+  /**
+   * Takes over entries a stopping peer hands over: stores those no newer write has replaced,
+   * within this node's bounds, and answers once every peer (the stopping one too) has been told
+   * (`moved`), so that no directory still points to the stopping node when it leaves.
+   */
+  async #adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
+    const items = requireArray(message, "keys");
+    const acknowledged = new Set<Promise<unknown>>();
+    for (const item of items) {
+      const [key, value, version, ttl, writer] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || typeof writer !== "string") {
+        throw new ProtocolError(`"handover" holds something other than [key, value, version, ttl, writer] lists`);
+      }
+      const json = JSON.stringify(value);
+      if (json === undefined) throw new ProtocolError(`"handover" needs a JSON value for "${key}"`);
+      const size = key.length + json.length;
+      const stored = this.options.stringify ? json : value;
+      this.#overtake(key);
+      if (size > this.options.maxBytes || !this.directory.adopt(key, stored, size, ttl, version, writer)) continue;
+      this.counters.adopted++;
+      this.#tellEveryone("moved", [key, version, ttl, writer, peer.id], key.length, acknowledged);
+    }
+    await allSettled(acknowledged);
     return {};
   }
 
@@ -2435,16 +2547,24 @@ function requireArray(message: Message, field: string): unknown[] {
   return value;
 }
 
-/** The `keys` field of own, drop, gone and keys messages: [key, version, ttl?] lists. */
-function requireKeyList(message: Message): Array<[string, number, number]> {
+/**
+ * The `keys` field of own, moved, drop, gone and keys messages: lists of a key, a version, the
+ * ms left (0 or left out: no expiry), and for an entry held by another node than its writer the
+ * writer's id, then for `moved` the id of the node it moved from.
+ */
+function requireKeyList(message: Message): KeyItem[] {
   return requireArray(message, "keys").map((item) => {
-    const [key, version, ttl = 0] = Array.isArray(item) ? item : [];
-    if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0)) {
-      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl] lists`);
+    const [key, version, ttl = 0, writer, from] = Array.isArray(item) ? item : [];
+    const ids = [writer, from].every((id) => id === undefined || typeof id === "string");
+    if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !ids) {
+      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from] lists`);
     }
-    return [key, version, ttl];
+    return [key, version, ttl, writer, from];
   });
 }
+
+/** One item of a key list: key, version, ttl, and the writer and origin where they are given. */
+type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, from: string | undefined];
 
 /**
  * Whether a value can be a version. The bound keeps a hostile peer from pushing
@@ -2875,6 +2995,23 @@ class Cluster {
   }
 
   /**
+   * The member that takes over `key` from this node when it stops: of the other members, the
+   * one whose id hashed with the key scores highest; undefined when there is none.
+   */
+  heirOf(key: string): Peer | undefined {
+    let best: Peer | undefined;
+    let bestScore = -1;
+    for (const peer of this.#peers.values()) {
+      const score = rendezvousScore(peer.id, key);
+      if (!peer.closed && (score > bestScore || (score === bestScore && peer.id > best!.id))) {
+        best = peer;
+        bestScore = score;
+      }
+    }
+    return best;
+  }
+
+  /**
    * The peer that should call `fetch` for `key`, or undefined when this node should: of all the
    * members, the one whose id hashed with the key scores highest (rendezvous hashing), so that
    * every node with the same view of the members picks the same one.
@@ -2919,15 +3056,33 @@ class Cluster {
   async #settled(): Promise<void> {
     const deadline = this.#clock.now() + this.#options.requestTimeout;
     const unsettled = () => [...this.#peers.values()].some((peer) => !this.#synced.has(peer) || peer.closed);
-    while (unsettled() && this.#clock.now() < deadline && !this.#stopping) {
-      let cancel = () => {};
-      const timeout = new Promise<void>((resolve) => (cancel = this.#timers.after(deadline - this.#clock.now(), resolve)));
-      await Promise.race([this.#changed.promise, timeout]);
-      cancel();
-    }
+    while (unsettled() && this.#clock.now() < deadline && !this.#stopping) await this.#changeBefore(deadline);
   }
 
-  /** Wakes whoever waits in #settled. */
+  /**
+   * The open connection to member `id`: the current one, or, while a connection that another
+   * one replaces waits closed for it, the replacement once admitted (within `requestTimeout`).
+   * Undefined when the member is gone.
+   */
+  async connectionTo(id: string): Promise<Peer | undefined> {
+    const deadline = this.#clock.now() + this.#options.requestTimeout;
+    for (let peer = this.#peers.get(id); peer !== undefined; peer = this.#peers.get(id)) {
+      if (!peer.closed) return peer;
+      if (this.#clock.now() >= deadline || this.#stopping) return undefined;
+      await this.#changeBefore(deadline);
+    }
+    return undefined;
+  }
+
+  /** Resolves at the next change of membership or of a peer's keys, or at `deadline`. */
+  async #changeBefore(deadline: number): Promise<void> {
+    let cancel = () => {};
+    const timeout = new Promise<void>((resolve) => (cancel = this.#timers.after(deadline - this.#clock.now(), resolve, resolve)));
+    await Promise.race([this.#changed.promise, timeout]);
+    cancel();
+  }
+
+  /** Wakes whoever waits for a change (#changeBefore). */
   #notifyChange(): void {
     this.#changed.resolve();
     this.#changed = deferred<void>();
@@ -3374,10 +3529,12 @@ class Handshake {
 
 /** A key held by a peer, as a {@linkcode Directory} knows it. */
 export interface Holding {
-  /** The id of the node that holds the key; it is also the node that wrote it. */
+  /** The id of the node that holds the key. */
   readonly holder: string;
-  /** The version of the holder's write. */
+  /** The version of the write it holds. */
   readonly version: number;
+  /** The id of the node that made the write: the holder, unless a stopping node handed it over. */
+  readonly writer: string;
   /** When the entry expires on the clock's scale; 0 when it does not. */
   readonly expires: number;
 }
@@ -3416,10 +3573,10 @@ export class Directory {
   /**
    * Keys held by peers. Each holder gets a slot number, and a key's holder and version share one
    * number, `version * HOLDER_SLOTS + slot`, so that the directory costs what a
-   * `Map<string, number>` costs; a version too large for that, or a holder beyond the last slot,
-   * is kept as a Holding instead.
+   * `Map<string, number>` costs; a version too large for that, a holder beyond the last slot, or
+   * a write held by another node than its writer, is kept as an object instead.
    */
-  readonly #remote = new Map<string, number | { holder: string; version: number }>();
+  readonly #remote = new Map<string, number | { holder: string; version: number; writer: string }>();
   /** When the remote keys that have a TTL expire, on the clock's scale. */
   readonly #expiries = new Map<string, number>();
   readonly #slotOf = new Map<string, number>();
@@ -3456,8 +3613,22 @@ export class Directory {
   write(key: string, value: unknown, size: number, ttl: number): number {
     const version = ++this.#lamport;
     this.#forget(key);
-    this.#store.set(key, value, size, ttl, version);
+    this.#store.set(key, value, size, ttl, version, this.#id);
     return version;
+  }
+
+  /**
+   * Takes over an entry a stopping node hands over: stores it here with its version and writer,
+   * unless this node holds or knows a newer write of the key; returns whether it stored it.
+   */
+  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): boolean {
+    this.#observe(version);
+    const local = this.#store.peek(key);
+    const known = local ?? this.holderOf(key);
+    if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
+    this.#forget(key);
+    this.#store.set(key, value, size, ttl, version, writer);
+    return true;
   }
 
   /** Removes a key here and from the directory; returns the version the removal carries. */
@@ -3468,33 +3639,41 @@ export class Directory {
   }
 
   /**
-   * A peer holds `key` at `version` for `ttl` more ms (0: no expiry), as it announced or listed.
-   * It wins over the local entry or the known holder if its write is newer; returns whether it did.
+   * A peer holds `key` at `version` for `ttl` more ms (0: no expiry), as it announced or listed;
+   * `writer` made that write (the holder itself, unless it took the entry over). It wins over
+   * the local entry or the known holder if its write is newer; returns whether it did.
    */
-  own(key: string, holder: string, version: number, ttl: number): boolean {
+  own(key: string, holder: string, version: number, ttl: number, writer: string = holder): boolean {
+    this.#observe(version);
+    const known = this.#store.peek(key) ?? this.holderOf(key);
+    if (known !== undefined && !newer(version, writer, known.version, known.writer)) return false;
+    this.#record(key, holder, version, ttl, writer);
+    return true;
+  }
+
+  /**
+   * `holder` took over the write (`version`, `writer`) of `key` from `from`, a stopping node:
+   * every directory that knew that write at `from` (and `from` itself) points to `holder` now.
+   * A newer write of the key is kept, as with `own`.
+   */
+  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string): void {
     this.#observe(version);
     const local = this.#store.peek(key);
-    if (local !== undefined) {
-      if (!newer(version, holder, local.version, this.#id)) return false;
-      this.#store.delete(key);
-    } else {
-      const known = this.holderOf(key);
-      if (known !== undefined && !newer(version, holder, known.version, known.holder)) return false;
-    }
-    const slot = this.#slotFor(holder);
-    this.#remote.set(key, slot !== undefined && version < PACKABLE_VERSIONS ? version * HOLDER_SLOTS + slot : { holder, version });
-    if (ttl > 0) this.#expiries.set(key, this.#clock.now() + ttl);
-    else this.#expiries.delete(key);
-    return true;
+    const remote = local === undefined ? this.holderOf(key) : undefined;
+    const known = local ?? remote;
+    const heldAt = local !== undefined ? this.#id : remote?.holder;
+    const handedOver = heldAt === from && known!.version === version && known!.writer === writer;
+    if (known !== undefined && !handedOver && !newer(version, writer, known.version, known.writer)) return;
+    this.#record(key, holder, version, ttl, writer);
   }
 
   /** `writer` removed `key` at `version`: the local entry or known holder goes if it is older. */
   drop(key: string, writer: string, version: number): void {
     this.#observe(version);
     const local = this.#store.peek(key);
-    if (local !== undefined && newer(version, writer, local.version, this.#id)) this.#store.delete(key);
+    if (local !== undefined && newer(version, writer, local.version, local.writer)) this.#store.delete(key);
     const known = this.#holding(key);
-    if (known !== undefined && newer(version, writer, known.version, known.holder)) this.#forget(key);
+    if (known !== undefined && newer(version, writer, known.version, known.writer)) this.#forget(key);
   }
 
   /**
@@ -3523,9 +3702,18 @@ export class Directory {
     const packed = this.#remote.get(key);
     if (packed === undefined) return undefined;
     const expires = this.#expiries.size === 0 ? 0 : this.#expiries.get(key) ?? 0;
-    if (typeof packed !== "number") return { holder: packed.holder, version: packed.version, expires };
+    if (typeof packed !== "number") return { ...packed, expires };
     const holder = this.#holderIn[packed % HOLDER_SLOTS]!;
-    return { holder, version: Math.floor(packed / HOLDER_SLOTS), expires };
+    return { holder, version: Math.floor(packed / HOLDER_SLOTS), writer: holder, expires };
+  }
+
+  /** Records that `holder` holds the write (`version`, `writer`) of `key`, dropping a local copy. */
+  #record(key: string, holder: string, version: number, ttl: number, writer: string): void {
+    this.#store.delete(key);
+    const slot = writer === holder && version < PACKABLE_VERSIONS ? this.#slotFor(holder) : undefined;
+    this.#remote.set(key, slot !== undefined ? version * HOLDER_SLOTS + slot : { holder, version, writer });
+    if (ttl > 0) this.#expiries.set(key, this.#clock.now() + ttl);
+    else this.#expiries.delete(key);
   }
 
   #forget(key: string): void {
@@ -3648,12 +3836,12 @@ export class Store {
   }
 
   /**
-   * Stores a value of `size` bytes at `version` that lives `ttl` ms (0: until removed), and
-   * evicts the least recently used entries while over a bound.
+   * Stores a value of `size` bytes, written by `writer` at `version`, that lives `ttl` ms (0:
+   * until removed), and evicts the least recently used entries while over a bound.
    */
-  set(key: string, value: unknown, size: number, ttl: number, version: number): void {
+  set(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): void {
     this.delete(key);
-    const entry: StoredEntry = { key, value, version, expires: ttl > 0 ? this.#clock.now() + ttl : 0, size };
+    const entry: StoredEntry = { key, value, version, writer, expires: ttl > 0 ? this.#clock.now() + ttl : 0, size };
     this.#entries.set(key, entry);
     this.#bytes += size;
     if (entry.expires !== 0) this.#expiries.push(entry);
@@ -3703,10 +3891,9 @@ export class Store {
     }
   }
 
-  /** Every live key with its version and the milliseconds it has left (0: no expiry). */
-  *versions(): Generator<[string, number, number]> {
-    const now = this.#clock.now();
-    for (const entry of this.live()) yield [entry.key, entry.version, entry.expires === 0 ? 0 : entry.expires - now];
+  /** The milliseconds an entry has left (0: no expiry). */
+  ttlOf(entry: StoredEntry): number {
+    return entry.expires === 0 ? 0 : Math.max(1, entry.expires - this.#clock.now());
   }
 
   #expire(entry: StoredEntry): void {

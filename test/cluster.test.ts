@@ -77,11 +77,11 @@ describe("Cluster coherence", () => {
     for (const node of [a, b, c]) assert.equal(node.stats().remoteKeys, 0);
   });
 
-  it("a stopped node's keys leave every other node's directory by the time stop completes", async () => {
+  it("a node stopped without hand-over takes its keys along: they leave every directory by the time stop completes", async () => {
     const [a, b, c] = await startCluster(3);
     await a.set("k", 1);
     assert.equal(b.stats().remoteKeys, 1);
-    await a.stop();
+    await a.stop({ handover: false });
     for (const node of [b, c]) {
       assert.equal(node.stats().remoteKeys, 0);
       assert.equal(node.stats().peers, 1);
@@ -89,7 +89,7 @@ describe("Cluster coherence", () => {
     assert.deepEqual(await getEverywhere([b, c], "k"), [null, null]);
   });
 
-  it("get falls back to fetch when the holder has stopped", async () => {
+  it("get falls back to fetch when the holder has stopped without hand-over", async () => {
     const fetched: string[] = [];
     const fetch = (key: string, done: (err: Error | null, value?: unknown) => void) => {
       fetched.push(key);
@@ -99,7 +99,7 @@ describe("Cluster coherence", () => {
     const b = await startNode({ master: a.address, fetch });
     await a.set("k", "from a");
     assert.equal(await b.get("k"), "from a");
-    await a.stop();
+    await a.stop({ handover: false });
     assert.equal(await b.get("k"), "from fetch");
     assert.deepEqual(fetched, ["k"]);
   });

@@ -13,7 +13,7 @@ function nodeOf(id: string, clock: ManualClock, limits = UNBOUNDED) {
 
 /** What a node tells a peer when they (re)connect: every local key, version and ttl left. */
 function keyList(node: ReturnType<typeof nodeOf>): Array<[string, number, number]> {
-  return [...node.store.versions()];
+  return [...node.store.live()].map((entry) => [entry.key, entry.version, node.store.ttlOf(entry)]);
 }
 
 /** Who a node says holds `key`: itself, a peer's id, or nobody. */
@@ -43,7 +43,7 @@ describe("Directory", () => {
     assert.equal(a.directory.holderOf("k"), undefined);
     assert.equal(a.directory.own("k", "b", version + 1, 0), true);
     assert.equal(a.store.peek("k"), undefined);
-    assert.deepEqual(a.directory.holderOf("k"), { holder: "b", version: version + 1, expires: 0 });
+    assert.deepEqual(a.directory.holderOf("k"), { holder: "b", version: version + 1, writer: "b", expires: 0 });
   });
 
   it("of two writes with the same version, the larger writer id wins", () => {
@@ -120,8 +120,8 @@ describe("Directory", () => {
     const versionOf = (i: number) => (i % 2 === 0 ? 2 ** 50 - i : i + 1);
     for (let i = 0; i < 1100; i++) a.directory.own(`k${i}`, `holder${i}`, versionOf(i), 0);
     a.directory.own("small", "holder5", 3, 0);
-    for (let i = 0; i < 1100; i++) assert.deepEqual(a.directory.holderOf(`k${i}`), { holder: `holder${i}`, version: versionOf(i), expires: 0 });
-    assert.deepEqual(a.directory.holderOf("small"), { holder: "holder5", version: 3, expires: 0 });
+    for (let i = 0; i < 1100; i++) assert.deepEqual(a.directory.holderOf(`k${i}`), { holder: `holder${i}`, version: versionOf(i), writer: `holder${i}`, expires: 0 });
+    assert.deepEqual(a.directory.holderOf("small"), { holder: "holder5", version: 3, writer: "holder5", expires: 0 });
     a.directory.forgetHolder("holder5");
     assert.equal(a.directory.holderOf("small"), undefined);
     assert.equal(a.directory.holderOf("k5"), undefined);

@@ -24,8 +24,10 @@ describe("Mixed-runtime cluster", () => {
     assert.equal(await bunProcess.call("get", `from ${nodeProcess.id}`), null);
     assert.equal(await local.get(`from ${nodeProcess.id}`), null);
 
+    // A Bun node stopping hands its entries to the Node.js and Deno processes and this one.
     await bunProcess.stop();
-    assert.equal(await nodeProcess.call("get", `from ${bunProcess.id}`), null);
+    assert.deepEqual(await nodeProcess.call("get", `from ${bunProcess.id}`), { by: bunProcess.id });
+    assert.deepEqual(await local.get(`from ${bunProcess.id}`), { by: bunProcess.id });
     await waitFor("the others to see the Bun node leave", () => local.stats().peers === 2);
   }, 60_000);
 });

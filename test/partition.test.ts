@@ -198,6 +198,10 @@ function describePartitions(): void {
       divergent,
       [window],
     );
+    if (violations.length > 0) {
+      const events = await Promise.all(nodes.map(async (node) => [node.name, node.id, await node.call({ cmd: "events" })]));
+      console.log(`window ${window.from} to ${window.to}; membership events:\n${JSON.stringify(events)}`);
+    }
     assert.deepEqual(afterHeal, [], `every node reads the same value for every key within ${AGREEMENT_MS} ms of the heal`);
     assertCoherent(violations, divergent);
   }, 45_000);

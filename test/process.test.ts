@@ -27,7 +27,7 @@ describe("Nodes in separate processes", () => {
 
     await local.set("mine", 1);
     await local.stop();
-    assert.equal(await first.call("get", "mine"), null);
+    assert.equal(await first.call("get", "mine"), 1, "a stopping node hands its entries over");
     await waitFor("the processes to see the local node leave", async () => {
       const counts = await Promise.all([first, second, third].map((n) => n.call("stats")));
       return counts.every((s) => (s as { peers: number }).peers === 2);

@@ -1,0 +1,139 @@
+// Hand-over: a node that stops gracefully gives its entries to the others first, so that a
+// rolling restart of every node loses nothing.
+import {
+  afterEach,
+  assert,
+  describe,
+  it,
+  ManualClock,
+  type Runtime,
+  runtime,
+  spawnWorkloadNode,
+  startCluster,
+  startNode,
+  stopAll,
+  type WorkloadNode,
+} from "../deps.ts";
+import { fullMesh } from "./workloads.ts";
+
+afterEach(stopAll);
+
+/** Heartbeats that never fire unless the test moves the clock that far. */
+const QUIET = { heartbeatInterval: 1e9, peerTimeout: 2e9 };
+
+const keysOf = (count: number, prefix = "k") => Array.from({ length: count }, (_, i) => `${prefix}${i}`);
+
+describe("Hand-over on stop", () => {
+  it("a stopping node hands every entry to the others, and every directory points to them, before stop completes", async () => {
+    const [a, b, c] = await startCluster(3);
+    const keys = keysOf(1000);
+    await a.mset(keys.map((key): [string, string] => [key, `value of ${key}`]));
+    await a.stop();
+    assert.equal(a.stats().handedOver, 1000);
+    assert.equal(b.stats().adopted + c.stats().adopted, 1000);
+    assert.ok(b.stats().adopted > 300 && c.stats().adopted > 300, "rendezvous hashing spreads the keys over both");
+    for (const node of [b, c]) {
+      // Each node holds its share and knows the other's, without asking anyone.
+      assert.equal(node.stats().entries + node.stats().remoteKeys, 1000);
+      assert.ok(keys.every((key) => node.has(key)));
+      assert.deepEqual(await node.mget(keys), keys.map((key) => `value of ${key}`));
+      assert.equal(node.stats().misses, 0);
+    }
+  });
+
+  it("handed-over entries keep their remaining TTL, on the node that takes them and in every directory", async () => {
+    const clock = new ManualClock();
+    const [a, b, c] = await startCluster(3, { clock, ...QUIET });
+    await a.mset(keysOf(100).map((key): [string, number] => [key, 1]), { ttl: 60_000 });
+    await a.set("forever", 1);
+    clock.advance(20_000);
+    await a.stop();
+    clock.advance(39_999);
+    for (const node of [b, c]) assert.equal(node.has("k7"), true);
+    clock.advance(1);
+    for (const node of [b, c]) {
+      assert.deepEqual(await node.mget(keysOf(100)), keysOf(100).map(() => null));
+      assert.equal(await node.get("forever"), 1);
+    }
+  });
+
+  it("stop({ handover: false }) hands nothing over, and stop checks its options", async () => {
+    const [a, b] = await startCluster(2);
+    await a.set("k", 1);
+    assert.throws(() => a.stop({ handover: "yes" as unknown as boolean }), { name: "TypeError", message: /handover must be a boolean/ });
+    await a.stop({ handover: false });
+    assert.equal(a.stats().handedOver, 0);
+    assert.equal(await b.get("k"), null);
+  });
+
+  it("a member with maxEntries takes what fits by its own eviction rules and never holds more", async () => {
+    const a = await startNode();
+    const small = await startNode({ master: a.address, maxEntries: 50 });
+    const large = await startNode({ master: a.address });
+    const keys = keysOf(1000);
+    await a.mset(keys.map((key): [string, number] => [key, 1]));
+    await a.stop();
+    assert.equal(small.stats().entries, 50);
+    assert.ok(small.stats().evictions >= small.stats().adopted - 50);
+    assert.ok(large.stats().entries > 300);
+    const held = (await large.mget(keys)).filter((value) => value === 1).length;
+    assert.equal(held, large.stats().entries + 50, "the large member reads its own entries and the small one's");
+  });
+
+  it("writes racing with a hand-over win over the entries handed over", async () => {
+    const [a, b, c] = await startCluster(3);
+    const keys = keysOf(2000);
+    await a.mset(keys.map((key): [string, string] => [key, "old"]));
+    // The stop and the writes of every key start in the same tick.
+    const [stopped, written] = [a.stop(), b.mset(keys.map((key): [string, string] => [key, `new ${key}`]))];
+    await Promise.all([stopped, written]);
+    for (const node of [b, c]) assert.deepEqual(await node.mget(keys), keys.map((key) => `new ${key}`));
+  });
+});
+
+/** `targets.length` workload nodes in their own processes, each joining through the one before it. */
+async function processCluster(prefix: string, targets: Runtime[]): Promise<WorkloadNode[]> {
+  const nodes: WorkloadNode[] = [];
+  for (const [i, target] of targets.entries()) {
+    nodes.push(await spawnWorkloadNode(`${prefix}${i}`, i > 0 ? { master: nodes[i - 1].address } : {}, target));
+  }
+  await fullMesh(nodes, 10_000);
+  return nodes;
+}
+
+/**
+ * Writes `count` keys spread over the nodes, stops and restarts every node in turn (a graceful
+ * stop: the process ends when its input does), and returns what every node reads back.
+ */
+async function rollingRestart(prefix: string, targets: Runtime[], count: number): Promise<Array<{ missing: number; wrong: number }>> {
+  const nodes = await processCluster(`${prefix}-`, targets);
+  const share = count / nodes.length;
+  await Promise.all(nodes.map((node, i) => node.call({ cmd: "fill", prefix: `${prefix}:${i}:`, count: share, tag: "v1" }, 60_000)));
+  for (let i = 0; i < nodes.length; i++) {
+    await nodes[i].stop();
+    const master = nodes[(i + 1) % nodes.length].address;
+    nodes[i] = await spawnWorkloadNode(`${prefix}-${i}-restarted`, { master }, targets[i]);
+    await fullMesh(nodes, 10_000);
+  }
+  const results = [];
+  for (const node of nodes) {
+    for (let i = 0; i < targets.length; i++) {
+      results.push(await node.call({ cmd: "verify", prefix: `${prefix}:${i}:`, count: share, tag: "v1" }, 60_000) as { missing: number; wrong: number });
+    }
+  }
+  return results;
+}
+
+describe("Rolling restarts", () => {
+  it(`four ${runtime} processes holding 100,000 keys, each stopped and restarted in turn: every node reads every key`, async () => {
+    const results = await rollingRestart("roll", [runtime, runtime, runtime, runtime], 100_000);
+    const lost = results.reduce((sum, r) => sum + r.missing + r.wrong, 0);
+    console.log(`rolling restart, four ${runtime} processes, 100,000 keys: ${lost} keys missing or wrong in ${results.length} reads of every share`);
+    assert.deepEqual(results.filter((r) => r.missing + r.wrong > 0), []);
+  }, 120_000);
+
+  it("a cluster of Node.js, Deno and Bun processes restarted one by one loses no key", async () => {
+    const results = await rollingRestart("mixed", ["node", "deno", "bun", runtime], 20_000);
+    assert.deepEqual(results.filter((r) => r.missing + r.wrong > 0), []);
+  }, 120_000);
+});
