@@ -3,7 +3,8 @@
  *
  * Every node keeps its own entries in memory and knows which peer holds every other key.
  * Nodes talk JSON over TCP and form a full mesh; a new node joins through any member.
- * Data is not replicated: when a node dies, the entries it held are gone.
+ * A node that stops gracefully hands its entries to the others first; data is not replicated,
+ * so when a node dies, the entries it held are gone.
  *
  * The same file runs on Node.js (>= 20, through the npm build), Deno and Bun, each on its own
  * native sockets.

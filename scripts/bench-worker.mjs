@@ -199,6 +199,37 @@ for (const size of SCALE_SIZES) {
   await Promise.all(nodes.map((node) => node.stop()));
 }
 
+// ─── Hand-over: a node that stops gives its entries to the others ────────────────────────────
+
+const HANDOVER_ENTRIES = 100_000;
+/** About 100 bytes per entry: an 11-character key and a value of 87 characters of JSON. */
+const HANDOVER_VALUE = "x".repeat(85);
+for (let round = 1; round <= rounds; round++) {
+  const leaving = await new Node().init().ready();
+  for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: leaving.address.port } });
+  await waitForPeers(leaving, 3);
+  for (let i = 0; i < HANDOVER_ENTRIES; i += 10_000) {
+    const batch = [];
+    for (let k = i; k < i + 10_000; k++) batch.push([`hand:${String(k).padStart(6, "0")}`, HANDOVER_VALUE]);
+    await leaving.mset(batch);
+  }
+  const started = performance.now();
+  await leaving.stop();
+  const handoverMs = performance.now() - started;
+  if (leaving.stats().handedOver !== HANDOVER_ENTRIES) throw new Error(`handed over ${leaving.stats().handedOver} entries`);
+  report({ name: `hand over ${HANDOVER_ENTRIES} entries of 100 bytes on stop`, round, handoverMs });
+  // The peers stop (handing over among themselves) before the next round starts.
+  const peers = children.splice(-3);
+  for (const child of peers) child.stdin.end();
+  await Promise.all(peers.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
+}
+
+/** Resolves once `node` has `count` peers, checking for at most 10 s. */
+async function waitForPeers(node, count) {
+  for (let attempt = 0; attempt < 1000 && node.stats().peers < count; attempt++) await new Promise((resolve) => setTimeout(resolve, 10));
+  if (node.stats().peers < count) throw new Error(`only ${node.stats().peers} of ${count} peers joined`);
+}
+
 // ─── Joining a large cluster ──────────────────────────────────────────────────────────────────
 
 const bigPort = await startPeer("node", { keys: joinKeys });
