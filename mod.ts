@@ -3770,9 +3770,9 @@ export interface StoredEntry extends Entry {
  *
  * const clock = { now: () => Date.now(), setTimeout, clearTimeout };
  * const store = new Store({ maxEntries: 2, maxBytes: Infinity }, clock, (key) => console.log("evicted", key));
- * store.set("a", 1, 2, 0, 1);
- * store.set("b", 2, 2, 0, 2);
- * store.set("c", 3, 2, 0, 3); // evicted a
+ * store.set("a", 1, 2, 0, 1, "this node");
+ * store.set("b", 2, 2, 0, 2, "this node");
+ * store.set("c", 3, 2, 0, 3, "this node"); // evicted a
  * console.log(store.size); // 2
  * ```
  */
