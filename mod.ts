@@ -202,6 +202,16 @@ export interface NodeOptions {
    */
   maxQueueBytes?: number;
   /**
+   * How many other members keep a copy of every entry this node holds, chosen by rendezvous
+   * hashing of the key over the members. When a node dies without a goodbye, every member
+   * points its directory at the first of those copies, so its entries survive; copies are
+   * restored in the background after a member dies or joins. Copies count against the bounds
+   * of the node that keeps them, are evicted by its LRU rule like its own entries, and expire
+   * with the entry. Every member should use the same value.
+   * @default {0}
+   */
+  replicas?: number;
+  /**
    * Where the node reads the time and sets its timers: TTL, heartbeats, peer timeouts, request
    * timeouts, connection retries and `fetchTimeout` all follow it. Tests give a clock they move
    * by hand, to check time-driven behaviour without waiting; sockets are never affected.
@@ -341,6 +351,14 @@ export interface NodeStats {
   handedOver: number;
   /** Entries this node took over from members that stopped. */
   adopted: number;
+  /** Entries held here as copies for other members (`replicas`). */
+  copies: number;
+  /** Copies this node made its own entries when the member they were kept for died. */
+  promoted: number;
+  /** Copies sent to the members that keep them, when written and when restored in the background. */
+  copiesSent: number;
+  /** Entries the background restoration of copies has yet to go through (0: copies are whole). */
+  copiesPending: number;
   /** Entries evicted to stay within `maxEntries` and `maxBytes`. */
   evictions: number;
   /** Entries removed because their time was up. */
@@ -372,6 +390,7 @@ export const DEFAULTS: {
   readonly maxKeyLength: number;
   readonly maxValueBytes: number;
   readonly maxQueueBytes: number;
+  readonly replicas: number;
 } = Object.freeze({
   host: "127.0.0.1",
   port: 0,
@@ -389,6 +408,7 @@ export const DEFAULTS: {
   maxKeyLength: 1024,
   maxValueBytes: 8 * 1024 * 1024,
   maxQueueBytes: 32 * 1024 * 1024,
+  replicas: 0,
 });
 
 /**
@@ -1082,7 +1102,13 @@ class Core {
   readonly directory: Directory;
   readonly cluster: Cluster;
   lifecycle: Lifecycle = "new";
-  readonly counters = { sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0 };
+  readonly counters = {
+    sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0,
+    promoted: 0, copiesSent: 0, copiesPending: 0,
+  };
+  /** Whether a pass of #restoreCopies runs, and whether another must follow it. */
+  #restoring = false;
+  #restoreAgain = false;
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
     peerDown: new Set(),
@@ -1109,6 +1135,7 @@ class Core {
         own: (peer, message) => this.#learn(peer, message),
         moved: (peer, message) => this.#learnMoved(peer, message),
         handover: (peer, message) => this.#adopt(peer, message),
+        copy: (peer, message) => this.#keepCopies(peer, message),
         keys: (peer, message) => void this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
@@ -1116,7 +1143,8 @@ class Core {
         stats: () => ({ stats: this.localStats() }),
       },
       admitted: (peer) => this.#tellKeys(peer),
-      lost: (peerId) => this.directory.forgetHolder(peerId),
+      lost: (peerId) => this.#lost(peerId),
+      joined: () => this.#restoreCopies(),
       emit: (event, payload) => this.emit(event, payload),
     });
   }
@@ -1213,6 +1241,9 @@ class Core {
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
       const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found === undefined) {
+        // The holder's connection closed while it was asked: the directory has moved on since
+        // (to the member that keeps a copy, or nowhere).
+        if (peer?.closed) continue;
         // No holder, or a silent one (not forgotten: it may still have the key).
         if (peer !== undefined) silent = holding;
         if (!missed) this.counters.misses++;
@@ -1417,7 +1448,10 @@ class Core {
       this.counters.sets++;
       this.#overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
-      this.#tellEveryone("own", [key, version, ttl], key.length, acknowledged);
+      const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
+      for (const peer of copies) acknowledged.add(peer.batch("copy", [key, this.reveal(stored), version, ttl], size).answer);
+      this.counters.copiesSent += copies.length;
+      this.#tellEveryone("own", [key, version, ttl], key.length, acknowledged, copies);
     }
     await allSettled(acknowledged);
   }
@@ -1445,11 +1479,13 @@ class Core {
 
   /**
    * Queues an item of a batched request to every member, adding the answers to wait for to
-   * `answers`. A member whose connection waits, closed, for the one that replaces it (two nodes
-   * dialled each other) gets it on the replacement, so that no write completes before it knows.
+   * `answers`, but for the peers in `except`. A member whose connection waits, closed, for the
+   * one that replaces it (two nodes dialled each other) gets it on the replacement, so that no
+   * write completes before it knows.
    */
-  #tellEveryone(op: string, item: unknown, units: number, answers: Set<Promise<unknown>>): void {
+  #tellEveryone(op: string, item: unknown, units: number, answers: Set<Promise<unknown>>, except: Peer[] = []): void {
     for (const peer of this.cluster.peers()) {
+      if (except.includes(peer)) continue;
       if (!peer.closed) answers.add(peer.batch(op, item, units).answer);
       else answers.add(this.cluster.connectionTo(peer.id).then((live) => live?.batch(op, item, units).answer));
     }
@@ -1466,12 +1502,14 @@ class Core {
 
   /**
    * Tells a newly admitted peer every key this node holds, ending with `done`; the writer only
-   * of entries another node wrote.
+   * of entries another node wrote, and no copy kept for another member.
    */
   #tellKeys(peer: Peer): void {
     let batch: unknown[] = [];
     let units = 0;
     for (const entry of this.store.live()) {
+      // Copies kept for other members are not announced: the directories point to their holders.
+      if (entry.copyOf !== undefined) continue;
       if (batch.length === ITEMS_PER_BATCH || !fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) {
         peer.send({ op: "keys", keys: batch });
         batch = [];
@@ -1517,6 +1555,7 @@ class Core {
   async #handOver(): Promise<void> {
     const acknowledged = new Set<Promise<Message>>();
     for (const entry of this.store.live()) {
+      if (entry.copyOf !== undefined) continue;
       const heir = this.cluster.heirOf(entry.key);
       if (heir === undefined) return;
       const item = [entry.key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
@@ -1532,24 +1571,93 @@ class Core {
    * (`moved`), so that no directory still points to the stopping node when it leaves.
    */
   async #adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
-    const items = requireArray(message, "keys");
     const acknowledged = new Set<Promise<unknown>>();
-    for (const item of items) {
-      const [key, value, version, ttl, writer] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || typeof writer !== "string") {
-        throw new ProtocolError(`"handover" holds something other than [key, value, version, ttl, writer] lists`);
-      }
-      const json = JSON.stringify(value);
-      if (json === undefined) throw new ProtocolError(`"handover" needs a JSON value for "${key}"`);
-      const size = key.length + json.length;
-      const stored = this.options.stringify ? json : value;
-      this.#overtake(key);
-      if (size > this.options.maxBytes || !this.directory.adopt(key, stored, size, ttl, version, writer)) continue;
+    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
+      if (!this.directory.adopt(key, stored, size, ttl, version, writer)) continue;
       this.counters.adopted++;
       this.#tellEveryone("moved", [key, version, ttl, writer, peer.id], key.length, acknowledged);
     }
     await allSettled(acknowledged);
     return {};
+  }
+
+  // Replicas: copies of every entry on other members, and who holds what when a member dies.
+
+  /**
+   * A member is gone. Without replicas, its keys leave the directory. With them, each of its
+   * keys goes to the first member that keeps a copy (the same one on every node that sees the
+   * same members); when that is this node, its copy becomes its own entry. Then the copies are
+   * made whole again in the background.
+   */
+  #lost(peerId: string): void {
+    if (this.options.replicas === 0) return this.directory.forgetHolder(peerId);
+    const mine = (key: string) => this.cluster.successorOf(key) === undefined;
+    this.counters.promoted += this.store.promoteCopiesOf(peerId, mine);
+    this.directory.forgetHolder(peerId, (key) => this.cluster.successorOf(key));
+    this.#restoreCopies();
+  }
+
+  /**
+   * Sends a copy of every entry this node holds to the members that should keep one, in the
+   * background after a member died or joined: 1,000 entries at a time, each batch acknowledged
+   * before the next, with a turn of the event loop between, so that serving requests comes
+   * first. A change during a pass starts another once it ends.
+   */
+  #restoreCopies(): void {
+    if (this.options.replicas === 0) return;
+    this.#restoreAgain = true;
+    if (this.#restoring) return;
+    this.#restoring = true;
+    const pass = async () => {
+      while (this.#restoreAgain && this.lifecycle === "ready") {
+        this.#restoreAgain = false;
+        const keys = Array.from(this.store.live(), (entry) => entry.key);
+        this.counters.copiesPending = keys.length;
+        for (let from = 0; from < keys.length && this.lifecycle === "ready"; from += ITEMS_PER_BATCH) {
+          const acknowledged = new Set<Promise<unknown>>();
+          for (const key of keys.slice(from, from + ITEMS_PER_BATCH)) {
+            this.counters.copiesPending--;
+            const entry = this.store.peek(key);
+            if (entry === undefined || entry.copyOf !== undefined) continue;
+            const item = [key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
+            for (const peer of this.cluster.replicasOf(key, this.options.replicas)) acknowledged.add(peer.batch("copy", item, entry.size).answer);
+          }
+          this.counters.copiesSent += acknowledged.size;
+          await allSettled(acknowledged);
+          await this.#timers.sleep(0, () => this.cluster.stoppedError()).catch(() => {});
+        }
+        this.counters.copiesPending = 0;
+      }
+      this.#restoring = false;
+    };
+    void pass();
+  }
+
+  /** Keeps copies of entries a peer holds (`copy`, see NodeOptions.replicas). */
+  #keepCopies(peer: Peer, message: Message): Record<string, unknown> {
+    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
+      this.directory.adopt(key, stored, size, ttl, version, writer, peer.id);
+    }
+    return {};
+  }
+
+  /**
+   * The entries of a `handover` or `copy` request, `[key, value, version, ttl, writer]` lists
+   * (the writer left out: the sender), measured and ready to store; those larger than `maxBytes`
+   * left out. Each overtakes the gets and the fetch under way for its key.
+   */
+  *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
+    for (const item of requireArray(message, "keys")) {
+      const [key, value, version, ttl, writer = peer.id] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || typeof writer !== "string") {
+        throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer] lists`);
+      }
+      const json = JSON.stringify(value);
+      if (json === undefined) throw new ProtocolError(`"${message.op}" needs a JSON value for "${key}"`);
+      const size = key.length + json.length;
+      this.#overtake(key);
+      if (size <= this.options.maxBytes) yield { key, stored: this.options.stringify ? json : value, size, ttl, version, writer };
+    }
   }
 
   #dropOlder(peer: Peer, message: Message): Record<string, unknown> {
@@ -1587,6 +1695,7 @@ class Core {
       connections: this.cluster.connectionCount,
       remoteKeys: this.directory.remoteCount,
       ...this.counters,
+      copies: this.store.copies,
       evictions: this.store.evictions,
       expirations: this.store.expirations,
       served: this.cluster.served,
@@ -1626,6 +1735,7 @@ interface ResolvedOptions {
   maxKeyLength: number;
   maxValueBytes: number;
   maxQueueBytes: number;
+  replicas: number;
   clock: Clock;
 }
 
@@ -1633,7 +1743,7 @@ const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
-  "maxValueBytes", "maxQueueBytes", "clock",
+  "maxValueBytes", "maxQueueBytes", "replicas", "clock",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -1699,7 +1809,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   }
   const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
   if (typeof maxBytes !== "number" || !(maxBytes >= 1)) fail("maxBytes must be a number of 1 or more, or Infinity", maxBytes, RangeError);
-  const whole = (name: "maxFrameBytes" | "maxConnections" | "maxKeyLength" | "maxValueBytes" | "maxQueueBytes", min: number): number => {
+  const whole = (name: "maxFrameBytes" | "maxConnections" | "maxKeyLength" | "maxValueBytes" | "maxQueueBytes" | "replicas", min: number): number => {
     const value = options[name] ?? DEFAULTS[name];
     if (!Number.isSafeInteger(value) || value < min) fail(`${name} must be an integer of ${min} or more`, value, RangeError);
     return value;
@@ -1753,6 +1863,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     maxKeyLength,
     maxValueBytes,
     maxQueueBytes: whole("maxQueueBytes", 1024),
+    replicas: whole("replicas", 0),
     clock,
   };
 }
@@ -2854,6 +2965,8 @@ interface ClusterHost {
   admitted(peer: Peer): void;
   /** A peer is gone for good (down or left): forget what it holds. */
   lost(peerId: string): void;
+  /** A peer joined and told what it holds. */
+  joined(): void;
   /** Reports a membership change or an error. */
   emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void;
 }
@@ -2964,6 +3077,7 @@ class Cluster {
     if (this.#peers.get(peer.id) === peer && !this.#announced.has(peer.id)) {
       this.#announced.add(peer.id);
       this.#host.emit("peerUp", peer.info);
+      this.#host.joined();
     }
   }
 
@@ -3000,16 +3114,21 @@ class Cluster {
    * one whose id hashed with the key scores highest; undefined when there is none.
    */
   heirOf(key: string): Peer | undefined {
-    let best: Peer | undefined;
-    let bestScore = -1;
-    for (const peer of this.#peers.values()) {
-      const score = rendezvousScore(peer.id, key);
-      if (!peer.closed && (score > bestScore || (score === bestScore && peer.id > best!.id))) {
-        best = peer;
-        bestScore = score;
-      }
-    }
-    return best;
+    return this.#ranked(key, 1, false)[0];
+  }
+
+  /** The `count` other members that keep copies of `key` when this node holds it (`replicas`). */
+  replicasOf(key: string, count: number): Peer[] {
+    return this.#ranked(key, count, false) as Peer[];
+  }
+
+  /**
+   * The member that holds `key` after its holder died: the first of the members that kept copies
+   * of it, as the holder chose them; undefined when that is this node. Every node with the same
+   * view of the members picks the same one.
+   */
+  successorOf(key: string): string | undefined {
+    return this.#ranked(key, 1, true)[0]?.id;
   }
 
   /**
@@ -3018,16 +3137,26 @@ class Cluster {
    * every node with the same view of the members picks the same one.
    */
   fetcherOf(key: string): Peer | undefined {
-    let best: Peer | undefined;
-    let bestScore = rendezvousScore(this.#id, key);
-    for (const peer of this.#peers.values()) {
-      const score = rendezvousScore(peer.id, key);
-      if (!peer.closed && (score > bestScore || (score === bestScore && peer.id > (best?.id ?? this.#id)))) {
-        best = peer;
-        bestScore = score;
-      }
-    }
-    return best;
+    return this.#ranked(key, 1, true)[0];
+  }
+
+  /**
+   * The `count` members whose ids hashed with `key` score highest, best first (rendezvous
+   * hashing; ties go to the greater id): open peers, and this node too when `withSelf`, which
+   * stands in the list as undefined.
+   */
+  #ranked(key: string, count: number, withSelf: boolean): Array<Peer | undefined> {
+    const best: Array<{ id: string; score: number; peer: Peer | undefined }> = [];
+    const consider = (id: string, peer: Peer | undefined) => {
+      const score = rendezvousScore(id, key);
+      let at = best.length;
+      while (at > 0 && (score > best[at - 1].score || (score === best[at - 1].score && id > best[at - 1].id))) at--;
+      if (at < count) best.splice(at, 0, { id, score, peer });
+      if (best.length > count) best.pop();
+    };
+    if (withSelf) consider(this.#id, undefined);
+    for (const peer of this.#peers.values()) if (!peer.closed) consider(peer.id, peer);
+    return best.map((ranked) => ranked.peer);
   }
 
   /** Sends a request to every ready peer and gathers the answers of those that answer. */
@@ -3619,16 +3748,17 @@ export class Directory {
   }
 
   /**
-   * Takes over an entry a stopping node hands over: stores it here with its version and writer,
-   * unless this node holds or knows a newer write of the key; returns whether it stored it.
+   * Takes an entry another node sends: one a stopping node hands over, or a copy kept for
+   * member `copyOf`. Stores it here with its version and writer, unless this node holds or
+   * knows a newer write of the key; returns whether it stored it.
    */
-  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): boolean {
+  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, copyOf?: string): boolean {
     this.#observe(version);
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
     this.#forget(key);
-    this.#store.set(key, value, size, ttl, version, writer);
+    this.#store.set(key, value, size, ttl, version, writer, copyOf);
     return true;
   }
 
@@ -3687,11 +3817,19 @@ export class Directory {
     if (known !== undefined && known.holder === holder && known.version === version) this.#forget(key);
   }
 
-  /** Forgets every key `holder` holds: it is down, or left. Costs one pass over the directory. */
-  forgetHolder(holder: string): void {
+  /**
+   * Forgets every key `holder` holds: it is down, or left. With `successor`, a key goes to the
+   * member that function names (one that keeps a copy) instead, when it names one. Costs one
+   * pass over the directory.
+   */
+  forgetHolder(holder: string, successor?: (key: string) => string | undefined): void {
     const slot = this.#slotOf.get(holder);
     for (const [key, packed] of this.#remote) {
-      if (typeof packed === "number" ? packed % HOLDER_SLOTS === slot : packed.holder === holder) this.#forget(key);
+      if (typeof packed === "number" ? packed % HOLDER_SLOTS !== slot : packed.holder !== holder) continue;
+      const next = successor?.(key);
+      const holding = next === undefined ? undefined : this.#holding(key)!;
+      this.#forget(key);
+      if (holding !== undefined) this.#record(key, next!, holding.version, holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.#clock.now()), holding.writer);
     }
     if (slot === undefined) return;
     this.#slotOf.delete(holder);
@@ -3756,6 +3894,8 @@ function newer(a: number, aId: string, b: number, bId: string): boolean {
 export interface StoredEntry extends Entry {
   /** The length of the key plus the length of the value's JSON text. */
   readonly size: number;
+  /** For a copy kept for another member (`replicas`), that member's id; undefined for this node's own. */
+  copyOf: string | undefined;
 }
 
 /**
@@ -3781,6 +3921,8 @@ export class Store {
   evictions = 0;
   /** Entries removed because their time was up. */
   expirations = 0;
+  /** Entries kept as copies for other members. */
+  copies = 0;
 
   readonly #maxEntries: number;
   readonly #maxBytes: number;
@@ -3838,12 +3980,14 @@ export class Store {
 
   /**
    * Stores a value of `size` bytes, written by `writer` at `version`, that lives `ttl` ms (0:
-   * until removed), and evicts the least recently used entries while over a bound.
+   * until removed), as a copy kept for member `copyOf` if given, and evicts the least recently
+   * used entries while over a bound.
    */
-  set(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): void {
+  set(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, copyOf?: string): void {
     this.delete(key);
-    const entry: StoredEntry = { key, value, version, writer, expires: ttl > 0 ? this.#clock.now() + ttl : 0, size };
+    const entry: StoredEntry = { key, value, version, writer, expires: ttl > 0 ? this.#clock.now() + ttl : 0, size, copyOf };
     this.#entries.set(key, entry);
+    if (copyOf !== undefined) this.copies++;
     this.#bytes += size;
     if (entry.expires !== 0) this.#expiries.push(entry);
     while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
@@ -3860,6 +4004,7 @@ export class Store {
     if (entry === undefined) return;
     this.#entries.delete(key);
     this.#bytes -= entry.size;
+    if (entry.copyOf !== undefined) this.copies--;
   }
 
   /** Deletes every entry and returns the key and version of each. */
@@ -3868,6 +4013,7 @@ export class Store {
     this.#entries.clear();
     this.#expiries.clear();
     this.#bytes = 0;
+    this.copies = 0;
     return gone;
   }
 
@@ -3890,6 +4036,21 @@ export class Store {
     for (const entry of this.#entries.values()) {
       if (entry.expires === 0 || entry.expires > now) yield entry;
     }
+  }
+
+  /**
+   * Makes the copies kept for member `holder` this node's own entries, those of the keys that
+   * `mine` accepts; returns how many.
+   */
+  promoteCopiesOf(holder: string, mine: (key: string) => boolean): number {
+    let promoted = 0;
+    for (const entry of this.#entries.values()) {
+      if (entry.copyOf !== holder || !mine(entry.key)) continue;
+      entry.copyOf = undefined;
+      this.copies--;
+      promoted++;
+    }
+    return promoted;
   }
 
   /** The milliseconds an entry has left (0: no expiry). */

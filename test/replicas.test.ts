@@ -1,0 +1,133 @@
+// Replicas: every entry also kept on `replicas` other members, so that a node that dies without a
+// goodbye takes nothing with it.
+import { afterEach, assert, describe, it, runtime, type Runtime, spawnWorkloadNode, startCluster, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
+import { Node } from "../mod.ts";
+import { assertCoherent, check, fullMesh, now, workload } from "./workloads.ts";
+
+afterEach(stopAll);
+
+const keysOf = (count: number, prefix = "k") => Array.from({ length: count }, (_, i) => `${prefix}${i}`);
+
+/** Fast failure detection, so that a killed node's loss is handled well within a test. */
+const FAST = { heartbeatInterval: 100, peerTimeout: 600, requestTimeout: 1_000, connectDelay: 100, connectAttempts: 5 };
+
+describe("Replicas", () => {
+  it("with replicas: 1 every entry is also kept on exactly one other member, and a set waits for that copy", async () => {
+    const nodes = await startCluster(4, { replicas: 1 });
+    const keys = keysOf(1000);
+    await nodes[0].mset(keys.map((key): [string, number] => [key, 1]));
+    assert.equal(nodes[0].stats().copiesSent, 1000);
+    assert.equal(nodes[0].stats().entries, 1000);
+    assert.equal(nodes.slice(1).reduce((sum, node) => sum + node.stats().copies, 0), 1000);
+    // Copies are spread over the other members, and each member reads every key.
+    for (const node of nodes.slice(1)) {
+      assert.ok(node.stats().copies > 200, `copies on one member: ${node.stats().copies}`);
+      assert.deepEqual(await node.mget(keys), keys.map(() => 1));
+    }
+  });
+
+  it("a newer write, a removal or a clear replaces or drops the copies too", async () => {
+    const nodes = await startCluster(3, { replicas: 2 });
+    await nodes[0].set("k", "old");
+    await nodes[1].set("k", "new");
+    for (const node of nodes) assert.equal(await node.get("k"), "new");
+    assert.equal(nodes[0].stats().entries, 1, "node 0 keeps a copy of node 1's write, not its own old one");
+    await nodes[2].remove("k");
+    for (const node of nodes) {
+      assert.equal(await node.get("k"), null);
+      assert.equal(node.stats().entries, 0);
+    }
+  });
+
+  it("replicas must be a whole number", () => {
+    assert.throws(() => new Node({ replicas: 1.5 }), { name: "RangeError", message: /replicas must be an integer of 0 or more/ });
+  });
+});
+
+/** Workload nodes in their own processes, each joining through the one before it. */
+async function processCluster(prefix: string, targets: Runtime[], options: Record<string, unknown>): Promise<WorkloadNode[]> {
+  const nodes: WorkloadNode[] = [];
+  for (const [i, target] of targets.entries()) {
+    nodes.push(await spawnWorkloadNode(`${prefix}${i}`, { ...options, ...(i > 0 && { master: nodes[i - 1].address }) }, target));
+  }
+  await fullMesh(nodes, 10_000);
+  return nodes;
+}
+
+/** Waits until every node of `nodes` has `count` peers. */
+async function peersAre(nodes: WorkloadNode[], count: number): Promise<void> {
+  await waitFor(`every node to have ${count} peers`, async () => {
+    const stats = (await Promise.all(nodes.map((node) => node.call({ cmd: "stats" })))) as Array<{ peers: number }>;
+    return stats.every((s) => s.peers === count);
+  }, 10_000);
+}
+
+/** Fills `perNode` keys through each node; returns the prefixes written. */
+async function fill(nodes: WorkloadNode[], prefix: string, perNode: number): Promise<string[]> {
+  const prefixes = nodes.map((_, i) => `${prefix}:${i}:`);
+  await Promise.all(nodes.map((node, i) => node.call({ cmd: "fill", prefix: prefixes[i], count: perNode, tag: "v1" }, 60_000)));
+  return prefixes;
+}
+
+/** What each of `readers` reads back of every prefix: keys missing and keys with another value. */
+async function readBack(readers: WorkloadNode[], prefixes: string[], perNode: number): Promise<{ missing: number; wrong: number }[]> {
+  const results = [];
+  for (const reader of readers) {
+    for (const prefix of prefixes) {
+      results.push((await reader.call({ cmd: "verify", prefix, count: perNode, tag: "v1" }, 60_000)) as { missing: number; wrong: number });
+    }
+  }
+  return results;
+}
+
+describe("Replicas across processes", () => {
+  it(`four ${runtime} processes with replicas: 1 holding 100,000 keys: one killed with SIGKILL, and no key is lost`, async () => {
+    const nodes = await processCluster("r", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
+    const prefixes = await fill(nodes, "crash", 25_000);
+    await nodes[2].kill();
+    const survivors = nodes.filter((_, i) => i !== 2);
+    await peersAre(survivors, 2);
+    const results = await readBack(survivors, prefixes, 25_000);
+    const lost = results.reduce((sum, r) => sum + r.missing + r.wrong, 0);
+    console.log(`replicas: 1, ${runtime}, one of four killed: ${lost} of 100,000 keys missing or wrong on some survivor`);
+    assert.deepEqual(results.filter((r) => r.missing + r.wrong > 0), []);
+    // The copies are made whole again in the background.
+    await waitFor("the copies to be restored", async () => {
+      const stats = (await Promise.all(survivors.map((node) => node.call({ cmd: "stats" })))) as Array<{ entries: number; copies: number; copiesPending: number }>;
+      const own = stats.reduce((sum, s) => sum + s.entries - s.copies, 0);
+      const copies = stats.reduce((sum, s) => sum + s.copies, 0);
+      return stats.every((s) => s.copiesPending === 0) && own === 100_000 && copies >= 100_000;
+    }, 30_000);
+  }, 120_000);
+
+  it("with replicas: 1, two of four killed at once lose only the keys whose holder and copy both died, and nothing is wrong", async () => {
+    const nodes = await processCluster("t", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
+    const prefixes = await fill(nodes, "double", 5_000);
+    await Promise.all([nodes[1].kill(), nodes[3].kill()]);
+    const survivors = [nodes[0], nodes[2]];
+    await peersAre(survivors, 1);
+    const results = await readBack(survivors, prefixes, 5_000);
+    const missing = results.reduce((sum, r) => sum + r.missing, 0) / survivors.length;
+    console.log(`replicas: 1, ${runtime}, two of four killed: ${missing} of 20,000 keys lost (holder and copy both killed)`);
+    assert.equal(results.reduce((sum, r) => sum + r.wrong, 0), 0);
+    // A key is lost when its holder and its one copy were the two killed nodes: about 1 in 6.
+    assert.ok(missing > 20_000 / 12 && missing < 20_000 / 3, `lost ${missing}`);
+  }, 120_000);
+
+  it("writes and reads on every key while a holder is killed: no read on a survivor returns an older value than an acknowledged write", async () => {
+    const nodes = await processCluster("w", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
+    const victim = nodes[3];
+    const survivors = nodes.slice(0, 3);
+    const running = survivors.map((node, i) => node.run(workload(600 + i, 4_000)));
+    const doomed = victim.run({ ...workload(603, 4_000), stream: true }).catch(() => []);
+    await waitFor("the victim to complete 100 ops", () => victim.recorded().filter((op) => op.ok).length >= 100, 5_000);
+    const killedAt = now();
+    await victim.kill();
+    await doomed;
+    const histories = await Promise.all(running);
+    // The victim's own operations ended with it; what the survivors did is judged throughout.
+    const victimOps = victim.recorded().map((op) => (op.end >= killedAt ? { ...op, ok: false } : op));
+    const violations = check(`replicas: 1, ${runtime}, a holder killed mid-workload`, [...histories.flat(), ...victimOps], []);
+    assertCoherent(violations, []);
+  }, 60_000);
+});
