@@ -1443,17 +1443,17 @@ class Core {
    */
   async write(writes: Write[]): Promise<void> {
     if (this.lifecycle !== "ready") await this.whenStarted("set");
-    const acknowledged = new Set<Promise<unknown>>();
+    const acknowledgements = new Acknowledgements(this.cluster);
     for (const { key, stored, size, ttl } of writes) {
       this.counters.sets++;
       this.#overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
-      for (const peer of copies) acknowledged.add(peer.batch("copy", [key, this.reveal(stored), version, ttl], size).answer);
+      for (const peer of copies) acknowledgements.send(peer, "copy", [key, this.reveal(stored), version, ttl], size);
       this.counters.copiesSent += copies.length;
-      this.#tellEveryone("own", [key, version, ttl], key.length, acknowledged, copies);
+      acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
-    await allSettled(acknowledged);
+    await acknowledgements.settled();
   }
 
   /**
@@ -1464,38 +1464,24 @@ class Core {
     await this.whenStarted("remove");
     this.#overtake(key);
     const version = this.directory.remove(key);
-    const acknowledged = new Set<Promise<unknown>>();
-    this.#tellEveryone("drop", [key, version], key.length, acknowledged);
-    await allSettled(acknowledged);
+    const acknowledgements = new Acknowledgements(this.cluster);
+    acknowledgements.sendToAll("drop", [key, version], key.length);
+    await acknowledgements.settled();
   }
 
   /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
   async clear(): Promise<void> {
     await this.whenStarted("clear");
-    const acknowledged = new Set<Promise<unknown>>();
-    for (const item of this.store.clear()) this.#tellEveryone("gone", item, item[0].length, acknowledged);
-    await allSettled(acknowledged);
-  }
-
-  /**
-   * Queues an item of a batched request to every member, adding the answers to wait for to
-   * `answers`, but for the peers in `except`. A member whose connection waits, closed, for the
-   * one that replaces it (two nodes dialled each other) gets it on the replacement, so that no
-   * write completes before it knows.
-   */
-  #tellEveryone(op: string, item: unknown, units: number, answers: Set<Promise<unknown>>, except: Peer[] = []): void {
-    for (const peer of this.cluster.peers()) {
-      if (except.includes(peer)) continue;
-      if (!peer.closed) answers.add(peer.batch(op, item, units).answer);
-      else answers.add(this.cluster.connectionTo(peer.id).then((live) => live?.batch(op, item, units).answer));
-    }
+    const acknowledgements = new Acknowledgements(this.cluster);
+    for (const item of this.store.clear()) acknowledgements.sendToAll("gone", item, item[0].length);
+    await acknowledgements.settled();
   }
 
   /** Tells the peers of an entry the store evicted or expired, unawaited. */
   #tellGone(key: string, version: number): void {
-    const answers = new Set<Promise<unknown>>();
-    this.#tellEveryone("gone", [key, version], key.length, answers);
-    void allSettled(answers);
+    const acknowledgements = new Acknowledgements(this.cluster);
+    acknowledgements.sendToAll("gone", [key, version], key.length);
+    void acknowledgements.settled();
   }
 
   // The directory's messages.
@@ -1553,16 +1539,16 @@ class Core {
    * directory points to it (see #adopt). A write of a key under way wins by its version.
    */
   async #handOver(): Promise<void> {
-    const acknowledged = new Set<Promise<Message>>();
+    const acknowledgements = new Acknowledgements(this.cluster);
     for (const entry of this.store.live()) {
       if (entry.copyOf !== undefined) continue;
       const heir = this.cluster.heirOf(entry.key);
       if (heir === undefined) return;
       const item = [entry.key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
-      acknowledged.add(heir.batch("handover", item, entry.size).answer);
+      acknowledgements.send(heir, "handover", item, entry.size);
       this.counters.handedOver++;
     }
-    await allSettled(acknowledged);
+    await acknowledgements.settled();
   }
 
   /**
@@ -1571,13 +1557,13 @@ class Core {
    * (`moved`), so that no directory still points to the stopping node when it leaves.
    */
   async #adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
-    const acknowledged = new Set<Promise<unknown>>();
+    const acknowledgements = new Acknowledgements(this.cluster);
     for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
       if (!this.directory.adopt(key, stored, size, ttl, version, writer)) continue;
       this.counters.adopted++;
-      this.#tellEveryone("moved", [key, version, ttl, writer, peer.id], key.length, acknowledged);
+      acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
     }
-    await allSettled(acknowledged);
+    await acknowledgements.settled();
     return {};
   }
 
@@ -1614,16 +1600,18 @@ class Core {
         const keys = Array.from(this.store.live(), (entry) => entry.key);
         this.counters.copiesPending = keys.length;
         for (let from = 0; from < keys.length && this.lifecycle === "ready"; from += ITEMS_PER_BATCH) {
-          const acknowledged = new Set<Promise<unknown>>();
+          const acknowledgements = new Acknowledgements(this.cluster);
           for (const key of keys.slice(from, from + ITEMS_PER_BATCH)) {
             this.counters.copiesPending--;
             const entry = this.store.peek(key);
             if (entry === undefined || entry.copyOf !== undefined) continue;
             const item = [key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
-            for (const peer of this.cluster.replicasOf(key, this.options.replicas)) acknowledged.add(peer.batch("copy", item, entry.size).answer);
+            for (const peer of this.cluster.replicasOf(key, this.options.replicas)) {
+              acknowledgements.send(peer, "copy", item, entry.size);
+              this.counters.copiesSent++;
+            }
           }
-          this.counters.copiesSent += acknowledged.size;
-          await allSettled(acknowledged);
+          await acknowledgements.settled();
           await this.#timers.sleep(0, () => this.cluster.stoppedError()).catch(() => {});
         }
         this.counters.copiesPending = 0;
@@ -1704,9 +1692,62 @@ class Core {
   }
 }
 
-/** Waits for every promise to settle, whether it resolves or rejects. */
-async function allSettled(promises: Iterable<Promise<unknown>>): Promise<void> {
-  await Promise.all(Array.from(promises, (promise) => promise.catch(() => undefined)));
+/**
+ * The answers a change waits for: items of batched requests (see Peer.batch) sent to members,
+ * grouped by the request that carries them. A member whose connection closes before it answers,
+ * because another connection to it replaced that one (two nodes dialled each other), gets the
+ * items again on the replacement, so that no write completes before every member knows of it;
+ * a member that is gone counts as done.
+ */
+class Acknowledgements {
+  readonly #cluster: Cluster;
+  /** The items of each request sent, by the request's answer. */
+  readonly #sent = new Map<Promise<Message>, { peer: Peer; op: string; items: Array<[unknown, number]> }>();
+  /** The items for members whose connection is closed, by member and op, until it is replaced. */
+  readonly #waiting = new Map<Peer, Map<string, Array<[unknown, number]>>>();
+
+  constructor(cluster: Cluster) {
+    this.#cluster = cluster;
+  }
+
+  /** Sends `item`, whose key is `units` code units long, in an `op` request to `peer`. */
+  send(peer: Peer, op: string, item: unknown, units: number): void {
+    if (peer.closed) {
+      const byOp = this.#waiting.get(peer) ?? new Map<string, Array<[unknown, number]>>();
+      this.#waiting.set(peer, byOp);
+      let items = byOp.get(op);
+      if (items === undefined) byOp.set(op, (items = []));
+      items.push([item, units]);
+      return;
+    }
+    const { answer } = peer.batch(op, item, units);
+    let sent = this.#sent.get(answer);
+    if (sent === undefined) this.#sent.set(answer, (sent = { peer, op, items: [] }));
+    sent.items.push([item, units]);
+  }
+
+  /** Sends `item` to every member but those in `except`. */
+  sendToAll(op: string, item: unknown, units: number, except: Peer[] = []): void {
+    for (const peer of this.#cluster.peers()) if (!except.includes(peer)) this.send(peer, op, item, units);
+  }
+
+  /**
+   * Resolves once every member has answered, timed out, or is gone; items whose connection
+   * closed go again on its replacement, up to `retries` times.
+   */
+  async settled(retries = 2): Promise<void> {
+    const again = async (peer: Peer, op: string, items: Array<[unknown, number]>) => {
+      const live = retries > 0 ? await this.#cluster.connectionTo(peer.id) : undefined;
+      if (live === undefined || live === peer) return;
+      const next = new Acknowledgements(this.#cluster);
+      for (const [item, units] of items) next.send(live, op, item, units);
+      await next.settled(retries - 1);
+    };
+    await Promise.all([
+      ...Array.from(this.#sent, ([answer, { peer, op, items }]) => answer.then(() => {}, () => (peer.closed ? again(peer, op, items) : undefined))),
+      ...Array.from(this.#waiting, ([peer, byOp]) => Promise.all(Array.from(byOp, ([op, items]) => again(peer, op, items)))),
+    ]);
+  }
 }
 
 // ─── Options ─────────────────────────────────────────────────────────────────────────────────
