@@ -1,5 +1,5 @@
 // A process the benchmark talks to, in the runtime that runs it. With "node" it runs a kosyak
-// node (optionally joining a master and holding N keys); with "bare" it runs the bare limit: a
+// node (optionally joining a master and holding N keys, named with a prefix); with "bare" it runs the bare limit: a
 // get server over the runtime's own sockets, with the same framing as kosyak and writes batched
 // per tick, and nothing else. It prints {"port": P} when ready and runs until stdin closes.
 import process from "node:process";
@@ -12,11 +12,11 @@ const ready = (port) => process.stdout.write(JSON.stringify({ port }) + "\n");
 let stop = async () => {};
 
 if (mode === "node") {
-  const { keys = 0, ...nodeOptions } = options;
+  const { keys = 0, prefix = "key:", ...nodeOptions } = options;
   const node = await new Node({ port: 0, ...nodeOptions }).init().ready();
   for (let i = 0; i < keys; i += 10_000) {
     const batch = [];
-    for (let k = i; k < Math.min(i + 10_000, keys); k++) batch.push([`key:${k}`, k]);
+    for (let k = i; k < Math.min(i + 10_000, keys); k++) batch.push([`${prefix}${k}`, k]);
     await node.mset(batch);
   }
   await node.set("hot", "a value of some 30 bytes......");

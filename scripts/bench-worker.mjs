@@ -115,6 +115,8 @@ const writer1 = await new Node().init().ready();
 await startPeer("node", { master: { port: writer1.address.port } });
 const writer3 = await new Node().init().ready();
 for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: writer3.address.port } });
+const replicated = await new Node({ replicas: 1 }).init().ready();
+for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: replicated.address.port }, replicas: 1 });
 const bare = await nativeClient(await startPeer("bare"));
 let memcached;
 if (memcachedPort) {
@@ -146,6 +148,7 @@ const workloads = {
   "remote get, bare limit, sequential": () => latency((i) => bare.request({ op: "get", key: key(i) })),
   "set acked by 1 peer, sequential": () => latency((i) => writer1.set(key(i), VALUE)),
   "set acked by 3 peers, sequential": () => latency((i) => writer3.set(key(i), VALUE)),
+  "set acked by 3 peers, replicas: 1, sequential": () => latency((i) => replicated.set(key(i), VALUE)),
 };
 for (const inFlight of [1, 16, 64]) {
   workloads[`remote get, kosyak, ${inFlight} in flight`] = () => asyncRate((i) => reader.get(key(i)), inFlight);
@@ -153,6 +156,7 @@ for (const inFlight of [1, 16, 64]) {
 }
 workloads["set acked by 1 peer, 64 in flight"] = () => asyncRate((i) => writer1.set(key(i), VALUE), 64);
 workloads["set acked by 3 peers, 64 in flight"] = () => asyncRate((i) => writer3.set(key(i), VALUE), 64);
+workloads["set acked by 3 peers, replicas: 1, 64 in flight"] = () => asyncRate((i) => replicated.set(key(i), VALUE), 64);
 if (redis) {
   workloads["remote get, ioredis+Redis, sequential"] = () => latency((i) => redis.get(key(i)));
   workloads["set, ioredis+Redis, sequential"] = () => latency((i) => redis.set(key(i), VALUE));
@@ -224,10 +228,45 @@ for (let round = 1; round <= rounds; round++) {
   await Promise.all(peers.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
 }
 
-/** Resolves once `node` has `count` peers, checking for at most 10 s. */
-async function waitForPeers(node, count) {
-  for (let attempt = 0; attempt < 1000 && node.stats().peers < count; attempt++) await new Promise((resolve) => setTimeout(resolve, 10));
-  if (node.stats().peers < count) throw new Error(`only ${node.stats().peers} of ${count} peers joined`);
+// ─── Replicas: a holder killed with SIGKILL ────────────────────────────────────────────────────
+// Four nodes with replicas: 1, three of them in processes that each write CRASH_KEYS keys; one
+// is killed. Failover: from the kill to the first read of one of its keys served by a copy.
+
+const CRASH_KEYS = 25_000;
+for (let round = 1; round <= rounds; round++) {
+  const survivor = await new Node({ replicas: 1 }).init().ready();
+  const first = children.length;
+  for (let i = 0; i < 3; i++) {
+    await startPeer("node", { master: { port: survivor.address.port }, replicas: 1, keys: CRASH_KEYS, prefix: `crash${i}:` });
+  }
+  await waitForPeers(survivor, 3);
+  const [victim, ...others] = children.splice(first, 3);
+  const victimKey = "crash0:123";
+  if ((await survivor.get(victimKey)) !== 123) throw new Error(`${victimKey} is not there before the kill`);
+  const killed = performance.now();
+  victim.kill("SIGKILL");
+  let served = false;
+  for (let attempt = 0; attempt < 100_000 && !served; attempt++) served = (await survivor.get(victimKey).catch(() => null)) === 123;
+  const failoverMs = performance.now() - killed;
+  await waitForPeers(survivor, 2, true);
+  let lost = 0;
+  for (let p = 0; p < 3; p++) {
+    const keys = Array.from({ length: CRASH_KEYS }, (_, k) => `crash${p}:${k}`);
+    const values = await survivor.mget(keys);
+    lost += values.filter((value, k) => value !== k).length;
+  }
+  report({ name: "failover: SIGKILL of a holder to the first read served by its copy", round, failoverMs });
+  report({ name: "keys lost when 1 of 4 nodes with replicas: 1 is killed (of 75,000)", round, lostKeys: lost });
+  await survivor.stop({ handover: false });
+  for (const child of others) child.stdin.end();
+  await Promise.all(others.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
+}
+
+/** Resolves once `node` has `count` peers (exactly, with `exact`), checking for at most 10 s. */
+async function waitForPeers(node, count, exact = false) {
+  const done = () => (exact ? node.stats().peers === count : node.stats().peers >= count);
+  for (let attempt = 0; attempt < 1000 && !done(); attempt++) await new Promise((resolve) => setTimeout(resolve, 10));
+  if (!done()) throw new Error(`${node.stats().peers} peers, not ${count}`);
 }
 
 // ─── Joining a large cluster ──────────────────────────────────────────────────────────────────
@@ -257,7 +296,7 @@ for (let round = 1; round <= 3; round++) {
 
 // ─── Tear-down ────────────────────────────────────────────────────────────────────────────────
 
-await Promise.all([local.stop(), reader.stop(), writer1.stop(), writer3.stop()]);
+await Promise.all([local, reader, writer1, writer3, replicated].map((node) => node.stop({ handover: false })));
 bare.close();
 await redis?.quit();
 memcached?.close();

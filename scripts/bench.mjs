@@ -84,7 +84,10 @@ async function runWorker(runtime, redisPort, memcachedPort) {
   createInterface({ input: child.stdout }).on("line", (line) => {
     const result = JSON.parse(line);
     results.push(result);
-    const shown = result.opsPerSec ? `${Math.round(result.opsPerSec).toLocaleString("en")} ops/s` : result.p50 ? `p50 ${result.p50.toFixed(1)} µs` : `${(result.joinMs ?? result.handoverMs)?.toFixed(0)} ms`;
+    const shown = result.opsPerSec ? `${Math.round(result.opsPerSec).toLocaleString("en")} ops/s`
+      : result.p50 ? `p50 ${result.p50.toFixed(1)} µs`
+      : result.lostKeys !== undefined ? `${result.lostKeys} keys lost`
+      : `${(result.joinMs ?? result.handoverMs ?? result.failoverMs)?.toFixed(0)} ms`;
     console.log(`${runtime} round ${result.round}: ${result.name}: ${shown}`);
   });
   const timer = setTimeout(() => child.kill("SIGKILL"), RUNTIME_TIMEOUT_MS);
@@ -110,7 +113,7 @@ const median = (values) => values.slice().sort((a, b) => a - b)[Math.floor(value
 const summary = {};
 for (const result of raw) {
   const entry = (summary[result.runtime] ??= {})[result.name] ??= {};
-  for (const field of ["opsPerSec", "p50", "p99", "joinMs", "bytesPerKey", "mapBytesPerKey", "handoverMs"]) {
+  for (const field of ["opsPerSec", "p50", "p99", "joinMs", "bytesPerKey", "mapBytesPerKey", "handoverMs", "failoverMs", "lostKeys"]) {
     if (result[field] !== undefined) (entry[field] ??= []).push(result[field]);
   }
 }
@@ -121,6 +124,7 @@ const stat = (runtime, name, field) => {
 const m = (runtime, name, field) => stat(runtime, name, field)?.median;
 const join = `join a cluster of ${settings.joinKeys} keys`;
 const handover = "hand over 100000 entries of 100 bytes on stop";
+const crashLoss = "keys lost when 1 of 4 nodes with replicas: 1 is killed (of 75,000)";
 const SCALE_SIZES = [2, 4, 8, 16, 32];
 const scaleRow = (size) => `set, ${size} nodes in one process, 16 writers each`;
 /**
@@ -140,6 +144,7 @@ const targets = (runtime) => [
   ["directory bytes per key / Map<string, number>", m(runtime, join, "bytesPerKey") / m(runtime, join, "mapBytesPerKey"), "<=", 1.5],
   ["set/s x peers, 32 nodes / 2 nodes (1 = linear)", linearity(runtime), ">=", 0.5],
   ["hand-over of 100,000 entries on stop (s)", m(runtime, handover, "handoverMs") / 1000, "<", 2],
+  ["keys lost when 1 of 4 nodes with replicas: 1 is killed", stat(runtime, crashLoss, "lostKeys")?.max, "<=", 0],
 ].map(([what, value, op, bound]) => ({
   what,
   value,
@@ -152,8 +157,10 @@ const cell = (runtime, name) => {
   if (ops) return `${fmt(ops.median)} (${fmt(ops.min)}–${fmt(ops.max)})`;
   const p50 = stat(runtime, name, "p50");
   if (p50) return `p50 ${p50.median.toFixed(1)} µs, p99 ${m(runtime, name, "p99").toFixed(1)} µs`;
-  const handoverMs = stat(runtime, name, "handoverMs");
-  if (handoverMs) return `${(handoverMs.median / 1000).toFixed(2)} s (${(handoverMs.min / 1000).toFixed(2)}–${(handoverMs.max / 1000).toFixed(2)})`;
+  const handoverMs = stat(runtime, name, "handoverMs") ?? stat(runtime, name, "failoverMs");
+  if (handoverMs) return `${(handoverMs.median / 1000).toFixed(3)} s (${(handoverMs.min / 1000).toFixed(3)}–${(handoverMs.max / 1000).toFixed(3)})`;
+  const lostKeys = stat(runtime, name, "lostKeys");
+  if (lostKeys) return `${lostKeys.max} at most`;
   const joinMs = stat(runtime, name, "joinMs");
   if (joinMs) return `${(joinMs.median / 1000).toFixed(2)} s, ${m(runtime, name, "bytesPerKey").toFixed(0)} B/key (Map: ${m(runtime, name, "mapBytesPerKey").toFixed(0)})`;
   return "–";
