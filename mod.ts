@@ -1107,9 +1107,10 @@ class Core {
     sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0,
     promoted: 0, copiesSent: 0, copiesPending: 0,
   };
-  /** Whether a pass of #restoreCopies runs, and whether another must follow it. */
+  /** Whether a pass of #restoreCopies runs, and what the next one must cover. */
   #restoring = false;
-  #restoreAgain = false;
+  #restoreToAll = false;
+  readonly #restoreTo = new Set<Peer>();
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
     peerDown: new Set(),
@@ -1128,7 +1129,7 @@ class Core {
     this.id = id;
     this.options = options;
     this.#timers = new Timers(options.clock);
-    this.store = new Store(options, options.clock, (key, version) => this.#tellGone(key, version));
+    this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
     this.directory = new Directory(id, this.store, options.clock);
     this.cluster = new Cluster(id, options, {
       handlers: {
@@ -1145,7 +1146,7 @@ class Core {
       },
       admitted: (peer) => this.#tellKeys(peer),
       lost: (peerId) => this.#lost(peerId),
-      joined: () => this.#restoreCopies(),
+      joined: (peer) => this.#restoreCopies(peer),
       emit: (event, payload) => this.emit(event, payload),
     });
   }
@@ -1450,11 +1451,15 @@ class Core {
       this.#overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
-      for (const peer of copies) acknowledgements.send(peer, "copy", [key, this.reveal(stored), version, ttl], size);
-      this.counters.copiesSent += copies.length;
+      if (copies.length > 0) this.#sendCopies(acknowledgements, key, this.reveal(stored), version, ttl, size, this.id);
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
-    await acknowledgements.settled();
+    // A copy that a member did not confirm may be missing when this node dies: say so.
+    const unconfirmed = (await acknowledgements.settled()).find((failure) => failure.op === "copy");
+    if (unconfirmed !== undefined) {
+      const [[item]] = unconfirmed.items as Array<[[string], number]>;
+      throw new KosyakError("ERR_TIMEOUT", `Cannot set "${item[0]}" with replicas: member ${unconfirmed.peer.id} did not store its copy: ${describe(unconfirmed.error)}`);
+    }
   }
 
   /**
@@ -1474,8 +1479,22 @@ class Core {
   async clear(): Promise<void> {
     await this.whenStarted("clear");
     const acknowledgements = new Acknowledgements(this.cluster);
-    for (const item of this.store.clear()) acknowledgements.sendToAll("gone", item, item[0].length);
+    for (const entry of this.store.clear()) {
+      // A copy kept for a member goes from here only: the directory points to that member again.
+      if (entry.copyOf !== undefined) this.#letGo(entry);
+      else acknowledgements.sendToAll("gone", [entry.key, entry.version], entry.key.length);
+    }
     await acknowledgements.settled();
+  }
+
+  /**
+   * The store let an entry go (evicted or expired). The peers are told of an entry of this
+   * node's own; of a copy kept for a member, the directory points to that member again.
+   */
+  #letGo(entry: StoredEntry): void {
+    if (entry.copyOf === undefined) return this.#tellGone(entry.key, entry.version);
+    const now = this.options.clock.now();
+    if (entry.expires === 0 || entry.expires > now) this.directory.own(entry.key, entry.copyOf, entry.version, this.store.ttlOf(entry), entry.writer);
   }
 
   /** Tells the peers of an entry the store evicted or expired, unawaited. */
@@ -1537,19 +1556,27 @@ class Core {
   /**
    * Hands every live entry to the member that rendezvous hashing picks for its key, with its
    * version, writer and remaining TTL, and waits until each has stored them and every
-   * directory points to it (see #adopt). A write of a key under way wins by its version.
+   * directory points to it (see #adopt). A write of a key under way wins by its version. The
+   * other members are told first that this node is leaving; one that is stopping too refuses,
+   * and its entries go to the next member, up to MAX_HOPS times.
    */
   async #handOver(): Promise<void> {
-    const acknowledgements = new Acknowledgements(this.cluster);
-    for (const entry of this.store.live()) {
-      if (entry.copyOf !== undefined) continue;
-      const heir = this.cluster.heirOf(entry.key);
-      if (heir === undefined) return;
-      const item = [entry.key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
-      acknowledgements.send(heir, "handover", item, entry.size);
-      this.counters.handedOver++;
+    this.cluster.announceLeaving();
+    let items = Array.from(this.store.live(), (entry): [unknown, number] | undefined =>
+      entry.copyOf === undefined ? [[entry.key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer], entry.size] : undefined)
+      .filter((item) => item !== undefined);
+    this.counters.handedOver = items.length;
+    const refused = new Set<string>();
+    for (let round = 0; round < MAX_HOPS && items.length > 0; round++) {
+      const acknowledgements = new Acknowledgements(this.cluster);
+      for (const [item, units] of items) {
+        const heir = this.cluster.heirOf((item as [string])[0], refused);
+        if (heir !== undefined) acknowledgements.send(heir, "handover", item, units);
+      }
+      const failures = await acknowledgements.settled();
+      for (const failure of failures) refused.add(failure.peer.id);
+      items = failures.flatMap((failure) => failure.items);
     }
-    await acknowledgements.settled();
   }
 
   /**
@@ -1558,11 +1585,13 @@ class Core {
    * (`moved`), so that no directory still points to the stopping node when it leaves.
    */
   async #adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
+    if (this.lifecycle !== "ready") throw new KosyakError("ERR_STOPPED", `Node ${this.id} is stopping and takes no entries over`);
     const acknowledgements = new Acknowledgements(this.cluster);
     for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
       if (!this.directory.adopt(key, stored, size, ttl, version, writer)) continue;
       this.counters.adopted++;
       acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
+      if (this.options.replicas > 0) this.#sendCopies(acknowledgements, key, this.reveal(stored), version, ttl, size, writer);
     }
     await acknowledgements.settled();
     return {};
@@ -1578,26 +1607,45 @@ class Core {
    */
   #lost(peerId: string): void {
     if (this.options.replicas === 0) return this.directory.forgetHolder(peerId);
-    const mine = (key: string) => this.cluster.successorOf(key) === undefined;
-    this.counters.promoted += this.store.promoteCopiesOf(peerId, mine);
     this.directory.forgetHolder(peerId, (key) => this.cluster.successorOf(key));
+    // A member may have joined since a copy was made, and rank first now: whoever keeps a copy
+    // says so (moved), and every directory settles on it.
+    const promoted = this.store.promoteCopiesOf(peerId);
+    this.counters.promoted += promoted.length;
+    const acknowledgements = new Acknowledgements(this.cluster);
+    for (const entry of promoted) {
+      acknowledgements.sendToAll("moved", [entry.key, entry.version, this.store.ttlOf(entry), entry.writer, peerId], entry.key.length);
+    }
+    void acknowledgements.settled();
     this.#restoreCopies();
+  }
+
+  /** Sends copies of an entry this node holds to the members that keep them. */
+  #sendCopies(acknowledgements: Acknowledgements, key: string, value: unknown, version: number, ttl: number, size: number, writer: string): void {
+    for (const peer of this.cluster.replicasOf(key, this.options.replicas)) {
+      acknowledgements.send(peer, "copy", [key, value, version, ttl, writer], size);
+      this.counters.copiesSent++;
+    }
   }
 
   /**
    * Sends a copy of every entry this node holds to the members that should keep one, in the
-   * background after a member died or joined: 1,000 entries at a time, each batch acknowledged
-   * before the next, with a turn of the event loop between, so that serving requests comes
-   * first. A change during a pass starts another once it ends.
+   * background: after a member died, to all of them; after `joined` joined, to it alone, for
+   * the keys it now keeps copies of. 1,000 entries at a time, each batch acknowledged before the
+   * next, with a turn of the event loop between, so that serving requests comes first. A change
+   * during a pass starts another once it ends.
    */
-  #restoreCopies(): void {
+  #restoreCopies(joined?: Peer): void {
     if (this.options.replicas === 0) return;
-    this.#restoreAgain = true;
+    if (joined === undefined) this.#restoreToAll = true;
+    else this.#restoreTo.add(joined);
     if (this.#restoring) return;
     this.#restoring = true;
     const pass = async () => {
-      while (this.#restoreAgain && this.lifecycle === "ready") {
-        this.#restoreAgain = false;
+      while ((this.#restoreToAll || this.#restoreTo.size > 0) && this.lifecycle === "ready") {
+        const only = this.#restoreToAll ? undefined : new Set(this.#restoreTo);
+        this.#restoreToAll = false;
+        this.#restoreTo.clear();
         const keys = Array.from(this.store.live(), (entry) => entry.key);
         this.counters.copiesPending = keys.length;
         for (let from = 0; from < keys.length && this.lifecycle === "ready"; from += ITEMS_PER_BATCH) {
@@ -1608,6 +1656,7 @@ class Core {
             if (entry === undefined || entry.copyOf !== undefined) continue;
             const item = [key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
             for (const peer of this.cluster.replicasOf(key, this.options.replicas)) {
+              if (only !== undefined && !only.has(peer)) continue;
               acknowledgements.send(peer, "copy", item, entry.size);
               this.counters.copiesSent++;
             }
@@ -1638,7 +1687,7 @@ class Core {
   *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
     for (const item of requireArray(message, "keys")) {
       const [key, value, version, ttl, writer = peer.id] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || typeof writer !== "string") {
+      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !isNodeId(writer)) {
         throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer] lists`);
       }
       const json = JSON.stringify(value);
@@ -1693,6 +1742,14 @@ class Core {
   }
 }
 
+/** A request of a change that its member did not acknowledge, though it stayed a member. */
+interface Failure {
+  peer: Peer;
+  op: string;
+  items: Array<[unknown, number]>;
+  error: unknown;
+}
+
 /**
  * The answers a change waits for: items of batched requests (see Peer.batch) sent to members,
  * grouped by the request that carries them. A member whose connection closes before it answers,
@@ -1733,21 +1790,27 @@ class Acknowledgements {
   }
 
   /**
-   * Resolves once every member has answered, timed out, or is gone; items whose connection
-   * closed go again on its replacement, up to `retries` times.
+   * Resolves once every member has answered, failed, or is gone; items whose connection closed
+   * go again on its replacement, up to `retries` times. Resolves with the requests that failed
+   * while their member stayed: it did not answer in time, or refused.
    */
-  async settled(retries = 2): Promise<void> {
-    const again = async (peer: Peer, op: string, items: Array<[unknown, number]>) => {
+  async settled(retries = 2): Promise<Failure[]> {
+    const again = async (peer: Peer, op: string, items: Array<[unknown, number]>): Promise<Failure[]> => {
       const live = retries > 0 ? await this.#cluster.connectionTo(peer.id) : undefined;
-      if (live === undefined || live === peer) return;
+      if (live === undefined || live === peer) return [];
       const next = new Acknowledgements(this.#cluster);
       for (const [item, units] of items) next.send(live, op, item, units);
-      await next.settled(retries - 1);
+      return next.settled(retries - 1);
     };
-    await Promise.all([
-      ...Array.from(this.#sent, ([answer, { peer, op, items }]) => answer.then(() => {}, () => (peer.closed ? again(peer, op, items) : undefined))),
-      ...Array.from(this.#waiting, ([peer, byOp]) => Promise.all(Array.from(byOp, ([op, items]) => again(peer, op, items)))),
+    const failures = await Promise.all([
+      ...Array.from(this.#sent, ([answer, { peer, op, items }]) =>
+        answer.then(
+          (): Failure[] => [],
+          (error): Failure[] | Promise<Failure[]> => (peer.closed ? again(peer, op, items) : [{ peer, op, items, error }]),
+        )),
+      ...Array.from(this.#waiting, ([peer, byOp]) => Promise.all(Array.from(byOp, ([op, items]) => again(peer, op, items))).then((lists) => lists.flat())),
     ]);
+    return failures.flat();
   }
 }
 
@@ -2709,7 +2772,7 @@ function requireArray(message: Message, field: string): unknown[] {
 function requireKeyList(message: Message): KeyItem[] {
   return requireArray(message, "keys").map((item) => {
     const [key, version, ttl = 0, writer, from] = Array.isArray(item) ? item : [];
-    const ids = [writer, from].every((id) => id === undefined || typeof id === "string");
+    const ids = [writer, from].every((id) => id === undefined || isNodeId(id));
     if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !ids) {
       throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from] lists`);
     }
@@ -2734,6 +2797,11 @@ function isVersion(value: unknown): value is number {
  */
 function fitsInFrame(units: number, maxFrameBytes: number): boolean {
   return 3 * units <= maxFrameBytes - FRAME_ROOM;
+}
+
+/** Whether a value can be a node's id as entries name their writer: a string of at most 64 characters. */
+function isNodeId(value: unknown): value is string {
+  return typeof value === "string" && value.length > 0 && value.length <= 64;
 }
 
 /** One key of a `get` answer, or undefined when it is none of the forms a holder sends. */
@@ -3008,7 +3076,7 @@ interface ClusterHost {
   /** A peer is gone for good (down or left): forget what it holds. */
   lost(peerId: string): void;
   /** A peer joined and told what it holds. */
-  joined(): void;
+  joined(peer: Peer): void;
   /** Reports a membership change or an error. */
   emit<E extends keyof NodeEvents>(event: E, payload: NodeEvents[E]): void;
 }
@@ -3032,6 +3100,8 @@ class Cluster {
   readonly #peers = new Map<string, Peer>();
   /** Connections whose peer has told all the keys it holds. */
   readonly #synced = new WeakSet<Peer>();
+  /** Members that said they are stopping: they take no entries over and keep no copies. */
+  readonly #leaving = new Set<string>();
   /** Connections of any state, so that stop can close even those mid-handshake. */
   readonly #connections = new Set<Peer>();
   /** Ids of nodes being dialled, so that two announcements of one member make one connection. */
@@ -3071,6 +3141,10 @@ class Cluster {
     });
     this.#handlers = {
       ping: () => undefined,
+      leaving: (peer) => {
+        this.#leaving.add(peer.id);
+        return undefined;
+      },
       member: (_peer, message) => void this.#meet(message),
       peers: (peer) => ({ peers: this.#members(peer) }),
       bye: (peer) => {
@@ -3119,7 +3193,7 @@ class Cluster {
     if (this.#peers.get(peer.id) === peer && !this.#announced.has(peer.id)) {
       this.#announced.add(peer.id);
       this.#host.emit("peerUp", peer.info);
-      this.#host.joined();
+      this.#host.joined(peer);
     }
   }
 
@@ -3143,6 +3217,11 @@ class Cluster {
     }
   }
 
+  /** Tells every peer that this node is stopping, so that none hands entries over to it. */
+  announceLeaving(): void {
+    for (const peer of this.#peers.values()) peer.send({ op: "leaving" });
+  }
+
   /** Tells every peer this node is leaving, waits for their acknowledgements, and closes everything. */
   async stop(): Promise<void> {
     this.#stopping = true;
@@ -3152,11 +3231,12 @@ class Cluster {
   }
 
   /**
-   * The member that takes over `key` from this node when it stops: of the other members, the
-   * one whose id hashed with the key scores highest; undefined when there is none.
+   * The member that takes over `key` from this node when it stops: of the other members but
+   * those that `refused`, the one whose id hashed with the key scores highest; undefined when
+   * there is none.
    */
-  heirOf(key: string): Peer | undefined {
-    return this.#ranked(key, 1, false)[0];
+  heirOf(key: string, refused: ReadonlySet<string> = new Set()): Peer | undefined {
+    return this.#ranked(key, 1 + refused.size, false).find((peer) => !refused.has(peer!.id));
   }
 
   /** The `count` other members that keep copies of `key` when this node holds it (`replicas`). */
@@ -3184,8 +3264,9 @@ class Cluster {
 
   /**
    * The `count` members whose ids hashed with `key` score highest, best first (rendezvous
-   * hashing; ties go to the greater id): open peers, and this node too when `withSelf`, which
-   * stands in the list as undefined.
+   * hashing; ties go to the greater id): the peers (one whose connection is being replaced
+   * too, so that the choice does not change meanwhile) but those leaving, and this node too
+   * when `withSelf`, which stands in the list as undefined.
    */
   #ranked(key: string, count: number, withSelf: boolean): Array<Peer | undefined> {
     const best: Array<{ id: string; score: number; peer: Peer | undefined }> = [];
@@ -3197,7 +3278,7 @@ class Cluster {
       if (best.length > count) best.pop();
     };
     if (withSelf) consider(this.#id, undefined);
-    for (const peer of this.#peers.values()) if (!peer.closed) consider(peer.id, peer);
+    for (const peer of this.#peers.values()) if (!this.#leaving.has(peer.id)) consider(peer.id, peer);
     return best.map((ranked) => ranked.peer);
   }
 
@@ -3471,6 +3552,7 @@ class Cluster {
   #forgetPeer(peer: Peer, reason: PeerDownReason): boolean {
     if (this.#peers.get(peer.id) !== peer) return false;
     this.#peers.delete(peer.id);
+    this.#leaving.delete(peer.id);
     this.#host.lost(peer.id);
     // A node that is stopping has said goodbye; the connections it closes are no news.
     if (this.#announced.delete(peer.id) && !this.#stopping) this.#host.emit("peerDown", { ...peer.info, reason });
@@ -3843,8 +3925,11 @@ export class Directory {
     const remote = local === undefined ? this.holderOf(key) : undefined;
     const known = local ?? remote;
     const heldAt = local !== undefined ? this.#id : remote?.holder;
-    const handedOver = heldAt === from && known!.version === version && known!.writer === writer;
-    if (known !== undefined && !handedOver && !newer(version, writer, known.version, known.writer)) return;
+    // The same write held elsewhere now: a stopping node handed it over, or a member that kept a
+    // copy of it took it on when its holder died. Either way the announcing node holds it.
+    const sameWrite = known !== undefined && known.version === version && known.writer === writer;
+    if (known !== undefined && !sameWrite && !newer(version, writer, known.version, known.writer)) return;
+    if (sameWrite && heldAt === this.#id && from !== this.#id) return;
     this.#record(key, holder, version, ttl, writer);
   }
 
@@ -3959,7 +4044,7 @@ export interface StoredEntry extends Entry {
  * import { Store } from "./mod.ts";
  *
  * const clock = { now: () => Date.now(), setTimeout, clearTimeout };
- * const store = new Store({ maxEntries: 2, maxBytes: Infinity }, clock, (key) => console.log("evicted", key));
+ * const store = new Store({ maxEntries: 2, maxBytes: Infinity }, clock, (entry) => console.log("evicted", entry.key));
  * store.set("a", 1, 2, 0, 1, "this node");
  * store.set("b", 2, 2, 0, 2, "this node");
  * store.set("c", 3, 2, 0, 3, "this node"); // evicted a
@@ -3979,7 +4064,7 @@ export class Store {
   /** Whether reads must move entries to the back; an unbounded store never evicts. */
   readonly #bounded: boolean;
   readonly #clock: Clock;
-  readonly #onGone: (key: string, version: number) => void;
+  readonly #onGone: (entry: StoredEntry) => void;
   /** Map order is the recency order: the first entry is the least recently used. */
   readonly #entries = new Map<string, StoredEntry>();
   readonly #expiries = new ExpiryHeap();
@@ -3992,7 +4077,7 @@ export class Store {
    * @param clock Where expiry times come from.
    * @param onGone Told of each entry the store lets go on its own: evicted or expired.
    */
-  constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock, onGone: (key: string, version: number) => void) {
+  constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock, onGone: (entry: StoredEntry) => void) {
     this.#maxEntries = limits.maxEntries;
     this.#maxBytes = limits.maxBytes;
     this.#bounded = Number.isFinite(limits.maxEntries) || Number.isFinite(limits.maxBytes);
@@ -4044,7 +4129,7 @@ export class Store {
       const oldest: StoredEntry = this.#entries.values().next().value!;
       this.delete(oldest.key);
       this.evictions++;
-      this.#onGone(oldest.key, oldest.version);
+      this.#onGone(oldest);
     }
   }
 
@@ -4057,9 +4142,9 @@ export class Store {
     if (entry.copyOf !== undefined) this.copies--;
   }
 
-  /** Deletes every entry and returns the key and version of each. */
-  clear(): Array<[string, number]> {
-    const gone = Array.from(this.#entries.values(), (entry): [string, number] => [entry.key, entry.version]);
+  /** Deletes every entry and returns them. */
+  clear(): StoredEntry[] {
+    const gone = Array.from(this.#entries.values());
     this.#entries.clear();
     this.#expiries.clear();
     this.#bytes = 0;
@@ -4088,17 +4173,14 @@ export class Store {
     }
   }
 
-  /**
-   * Makes the copies kept for member `holder` this node's own entries, those of the keys that
-   * `mine` accepts; returns how many.
-   */
-  promoteCopiesOf(holder: string, mine: (key: string) => boolean): number {
-    let promoted = 0;
-    for (const entry of this.#entries.values()) {
-      if (entry.copyOf !== holder || !mine(entry.key)) continue;
+  /** Makes the copies kept for member `holder` this node's own entries, and returns them. */
+  promoteCopiesOf(holder: string): StoredEntry[] {
+    const promoted: StoredEntry[] = [];
+    for (const entry of this.live()) {
+      if (entry.copyOf !== holder) continue;
       entry.copyOf = undefined;
       this.copies--;
-      promoted++;
+      promoted.push(entry);
     }
     return promoted;
   }
@@ -4111,7 +4193,7 @@ export class Store {
   #expire(entry: StoredEntry): void {
     this.delete(entry.key);
     this.expirations++;
-    this.#onGone(entry.key, entry.version);
+    this.#onGone(entry);
   }
 }
 

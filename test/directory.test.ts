@@ -7,7 +7,7 @@ const UNBOUNDED = { maxEntries: Infinity, maxBytes: Infinity };
 /** One node's directory and store, on a shared hand-moved clock. */
 function nodeOf(id: string, clock: ManualClock, limits = UNBOUNDED) {
   const gone: Array<[string, number]> = [];
-  const store = new Store(limits, clock, (key, version) => gone.push([key, version]));
+  const store = new Store(limits, clock, (entry) => void gone.push([entry.key, entry.version]));
   return { id, store, directory: new Directory(id, store, clock), gone };
 }
 

@@ -12,9 +12,10 @@ import {
   startCluster,
   startNode,
   stopAll,
+  waitFor,
   type WorkloadNode,
 } from "../deps.ts";
-import { fullMesh } from "./workloads.ts";
+import { assertCoherent, check, fullMesh, workload } from "./workloads.ts";
 
 afterEach(stopAll);
 
@@ -123,6 +124,22 @@ async function rollingRestart(prefix: string, targets: Runtime[], count: number)
   }
   return results;
 }
+
+describe("Hand-over under load", () => {
+  it("writes and reads on every key while a holder stops gracefully: no read returns an older value than an acknowledged write", async () => {
+    const nodes = await processCluster("load-", [runtime, runtime, runtime, runtime]);
+    const leaving = nodes[3];
+    const running = nodes.slice(0, 3).map((node, i) => node.run(workload(700 + i, 3_000)));
+    const stopping = leaving.run({ ...workload(703, 3_000), stream: true }).catch(() => []);
+    await waitFor("the leaving node to complete 100 ops", () => leaving.recorded().filter((op) => op.ok).length >= 100, 5_000);
+    await leaving.stop();
+    await stopping;
+    const history = [...(await Promise.all(running)).flat(), ...leaving.recorded()];
+    // No fault window: a graceful stop must not let any read see an older value.
+    const violations = check(`${runtime}, a holder stopped gracefully mid-workload`, history, []);
+    assertCoherent(violations, []);
+  }, 60_000);
+});
 
 describe("Rolling restarts", () => {
   it(`four ${runtime} processes holding 100,000 keys, each stopped and restarted in turn: every node reads every key`, async () => {

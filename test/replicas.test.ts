@@ -100,6 +100,15 @@ describe("Replicas across processes", () => {
     }, 30_000);
   }, 120_000);
 
+  it("a Node.js, Deno and Bun cluster with replicas: 1 loses no key when one is killed", async () => {
+    const nodes = await processCluster("x", ["node", "deno", "bun", runtime], { ...FAST, replicas: 1 });
+    const prefixes = await fill(nodes, "mixed", 5_000);
+    await nodes[1].kill();
+    const survivors = nodes.filter((_, i) => i !== 1);
+    await peersAre(survivors, 2);
+    assert.deepEqual((await readBack(survivors, prefixes, 5_000)).filter((r) => r.missing + r.wrong > 0), []);
+  }, 120_000);
+
   it("with replicas: 1, two of four killed at once lose only the keys whose holder and copy both died, and nothing is wrong", async () => {
     const nodes = await processCluster("t", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "double", 5_000);
