@@ -81,6 +81,16 @@ describe("Hand-over on stop", () => {
     assert.equal(held, large.stats().entries + 50, "the large member reads its own entries and the small one's");
   });
 
+  it("two nodes stopping at once hand everything to the one that stays, none to each other", async () => {
+    const [a, b, c] = await startCluster(3);
+    await a.mset(keysOf(1500, "a").map((key): [string, string] => [key, key]));
+    await b.mset(keysOf(1500, "b").map((key): [string, string] => [key, key]));
+    await Promise.all([a.stop(), b.stop()]);
+    const keys = [...keysOf(1500, "a"), ...keysOf(1500, "b")];
+    assert.equal(c.stats().entries, 3000);
+    assert.deepEqual(await c.mget(keys), keys);
+  });
+
   it("writes racing with a hand-over win over the entries handed over", async () => {
     const [a, b, c] = await startCluster(3);
     const keys = keysOf(2000);
