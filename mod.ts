@@ -11,7 +11,9 @@
  * native sockets.
  *
  * The file, top-down: public types; `Node`, the public API; `Core`, its engine (lifecycle, the
- * request paths, the handlers of peers' requests); options; utilities (clock, timers, retries);
+ * request paths, the handlers of peers' requests); `Replication` (hand-over on stop, copies on
+ * other members); `Acknowledgements` (what a change waits for); options; utilities (clock,
+ * timers, retries);
  * the runtime adapter (the only code that touches `node:net`, `Deno` or `Bun`); the protocol
  * codec; `Peer`, one connection; `Cluster`, membership; `Handshake`; `Directory`, who holds what
  * (the only place that compares versions); `Store`, the local entries.
@@ -1107,10 +1109,6 @@ class Core {
     sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0,
     promoted: 0, copiesSent: 0, copiesPending: 0,
   };
-  /** Whether a pass of #restoreCopies runs, and what the next one must cover. */
-  #restoring = false;
-  #restoreToAll = false;
-  readonly #restoreTo = new Set<Peer>();
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
     peerDown: new Set(),
@@ -1120,6 +1118,7 @@ class Core {
   #stopped: Promise<void> | undefined;
   #startedAt = 0;
   readonly #timers: Timers;
+  readonly #replication: Replication;
   /** Gets under way for keys not held here, so that concurrent gets of one key share one. */
   readonly #gets = new Map<string, Promise<unknown>>();
   /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
@@ -1129,6 +1128,7 @@ class Core {
     this.id = id;
     this.options = options;
     this.#timers = new Timers(options.clock);
+    this.#replication = new Replication(this, this.#timers);
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
     this.directory = new Directory(id, this.store, options.clock);
     this.cluster = new Cluster(id, options, {
@@ -1136,8 +1136,8 @@ class Core {
         get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
         own: (peer, message) => this.#learn(peer, message),
         moved: (peer, message) => this.#learnMoved(peer, message),
-        handover: (peer, message) => this.#adopt(peer, message),
-        copy: (peer, message) => this.#keepCopies(peer, message),
+        handover: (peer, message) => this.#replication.adopt(peer, message),
+        copy: (peer, message) => this.#replication.keepCopies(peer, message),
         keys: (peer, message) => void this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
@@ -1145,8 +1145,8 @@ class Core {
         stats: () => ({ stats: this.localStats() }),
       },
       admitted: (peer) => this.#tellKeys(peer),
-      lost: (peerId) => this.#lost(peerId),
-      joined: (peer) => this.#restoreCopies(peer),
+      lost: (peerId) => this.#replication.lost(peerId),
+      joined: (peer) => this.#replication.restoreCopies(peer),
       emit: (event, payload) => this.emit(event, payload),
     });
   }
@@ -1177,7 +1177,7 @@ class Core {
     this.#stopped ??= (async () => {
       const serving = this.lifecycle === "ready";
       this.lifecycle = "stopping";
-      if (handover && serving) await this.#handOver();
+      if (handover && serving) await this.#replication.handOver();
       this.#timers.close();
       // Stopping the cluster first cuts short an init that is still connecting or retrying.
       await this.cluster.stop();
@@ -1402,7 +1402,7 @@ class Core {
    * it: gets that start from now on do not join them, and the fetched value is not stored over
    * the newer one.
    */
-  #overtake(key: string): void {
+  overtake(key: string): void {
     this.#gets.delete(key);
     const fetching = this.#fetches.get(key);
     if (fetching === undefined) return;
@@ -1448,10 +1448,10 @@ class Core {
     const acknowledgements = new Acknowledgements(this.cluster);
     for (const { key, stored, size, ttl } of writes) {
       this.counters.sets++;
-      this.#overtake(key);
+      this.overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
-      if (copies.length > 0) this.#sendCopies(acknowledgements, key, this.reveal(stored), version, ttl, size, this.id);
+      if (copies.length > 0) this.#replication.sendCopies(acknowledgements, key, this.reveal(stored), version, ttl, size, this.id);
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
     // A copy that a member did not confirm may be missing when this node dies: say so.
@@ -1468,7 +1468,7 @@ class Core {
    */
   async remove(key: string): Promise<void> {
     await this.whenStarted("remove");
-    this.#overtake(key);
+    this.overtake(key);
     const version = this.directory.remove(key);
     const acknowledgements = new Acknowledgements(this.cluster);
     acknowledgements.sendToAll("drop", [key, version], key.length);
@@ -1534,7 +1534,7 @@ class Core {
    */
   #learn(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version, ttl, writer] of requireKeyList(message)) {
-      this.#overtake(key);
+      this.overtake(key);
       this.directory.own(key, peer.id, version, ttl, writer);
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
@@ -1545,162 +1545,15 @@ class Core {
   #learnMoved(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
       if (writer === undefined || from === undefined) throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
-      this.#overtake(key);
+      this.overtake(key);
       this.directory.moved(key, peer.id, from, version, ttl, writer);
     }
     return {};
   }
 
-  // Hand-over: a stopping node's entries go to the others.
-
-  /**
-   * Hands every live entry to the member that rendezvous hashing picks for its key, with its
-   * version, writer and remaining TTL, and waits until each has stored them and every
-   * directory points to it (see #adopt). A write of a key under way wins by its version. The
-   * other members are told first that this node is leaving; one that is stopping too refuses,
-   * and its entries go to the next member, up to MAX_HOPS times.
-   */
-  async #handOver(): Promise<void> {
-    this.cluster.announceLeaving();
-    let items = Array.from(this.store.live(), (entry): [unknown, number] | undefined =>
-      entry.copyOf === undefined ? [[entry.key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer], entry.size] : undefined)
-      .filter((item) => item !== undefined);
-    this.counters.handedOver = items.length;
-    const refused = new Set<string>();
-    for (let round = 0; round < MAX_HOPS && items.length > 0; round++) {
-      const acknowledgements = new Acknowledgements(this.cluster);
-      for (const [item, units] of items) {
-        const heir = this.cluster.heirOf((item as [string])[0], refused);
-        if (heir !== undefined) acknowledgements.send(heir, "handover", item, units);
-      }
-      const failures = await acknowledgements.settled();
-      for (const failure of failures) refused.add(failure.peer.id);
-      items = failures.flatMap((failure) => failure.items);
-    }
-  }
-
-  /**
-   * Takes over entries a stopping peer hands over: stores those no newer write has replaced,
-   * within this node's bounds, and answers once every peer (the stopping one too) has been told
-   * (`moved`), so that no directory still points to the stopping node when it leaves.
-   */
-  async #adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
-    if (this.lifecycle !== "ready") throw new KosyakError("ERR_STOPPED", `Node ${this.id} is stopping and takes no entries over`);
-    const acknowledgements = new Acknowledgements(this.cluster);
-    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
-      if (!this.directory.adopt(key, stored, size, ttl, version, writer)) continue;
-      this.counters.adopted++;
-      acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
-      if (this.options.replicas > 0) this.#sendCopies(acknowledgements, key, this.reveal(stored), version, ttl, size, writer);
-    }
-    await acknowledgements.settled();
-    return {};
-  }
-
-  // Replicas: copies of every entry on other members, and who holds what when a member dies.
-
-  /**
-   * A member is gone. Without replicas, its keys leave the directory. With them, each of its
-   * keys goes to the first member that keeps a copy (the same one on every node that sees the
-   * same members); when that is this node, its copy becomes its own entry. Then the copies are
-   * made whole again in the background.
-   */
-  #lost(peerId: string): void {
-    if (this.options.replicas === 0) return this.directory.forgetHolder(peerId);
-    this.directory.forgetHolder(peerId, (key) => this.cluster.successorOf(key));
-    // A member may have joined since a copy was made, and rank first now: whoever keeps a copy
-    // says so (moved), and every directory settles on it.
-    const promoted = this.store.promoteCopiesOf(peerId);
-    this.counters.promoted += promoted.length;
-    const acknowledgements = new Acknowledgements(this.cluster);
-    for (const entry of promoted) {
-      acknowledgements.sendToAll("moved", [entry.key, entry.version, this.store.ttlOf(entry), entry.writer, peerId], entry.key.length);
-    }
-    void acknowledgements.settled();
-    this.#restoreCopies();
-  }
-
-  /** Sends copies of an entry this node holds to the members that keep them. */
-  #sendCopies(acknowledgements: Acknowledgements, key: string, value: unknown, version: number, ttl: number, size: number, writer: string): void {
-    for (const peer of this.cluster.replicasOf(key, this.options.replicas)) {
-      acknowledgements.send(peer, "copy", [key, value, version, ttl, writer], size);
-      this.counters.copiesSent++;
-    }
-  }
-
-  /**
-   * Sends a copy of every entry this node holds to the members that should keep one, in the
-   * background: after a member died, to all of them; after `joined` joined, to it alone, for
-   * the keys it now keeps copies of. 1,000 entries at a time, each batch acknowledged before the
-   * next, with a turn of the event loop between, so that serving requests comes first. A change
-   * during a pass starts another once it ends.
-   */
-  #restoreCopies(joined?: Peer): void {
-    if (this.options.replicas === 0) return;
-    if (joined === undefined) this.#restoreToAll = true;
-    else this.#restoreTo.add(joined);
-    if (this.#restoring) return;
-    this.#restoring = true;
-    const pass = async () => {
-      while ((this.#restoreToAll || this.#restoreTo.size > 0) && this.lifecycle === "ready") {
-        const only = this.#restoreToAll ? undefined : new Set(this.#restoreTo);
-        this.#restoreToAll = false;
-        this.#restoreTo.clear();
-        const keys = Array.from(this.store.live(), (entry) => entry.key);
-        this.counters.copiesPending = keys.length;
-        for (let from = 0; from < keys.length && this.lifecycle === "ready"; from += ITEMS_PER_BATCH) {
-          const acknowledgements = new Acknowledgements(this.cluster);
-          for (const key of keys.slice(from, from + ITEMS_PER_BATCH)) {
-            this.counters.copiesPending--;
-            const entry = this.store.peek(key);
-            if (entry === undefined || entry.copyOf !== undefined) continue;
-            const item = [key, this.reveal(entry.value), entry.version, this.store.ttlOf(entry), entry.writer];
-            for (const peer of this.cluster.replicasOf(key, this.options.replicas)) {
-              if (only !== undefined && !only.has(peer)) continue;
-              acknowledgements.send(peer, "copy", item, entry.size);
-              this.counters.copiesSent++;
-            }
-          }
-          await acknowledgements.settled();
-          await this.#timers.sleep(0, () => this.cluster.stoppedError()).catch(() => {});
-        }
-        this.counters.copiesPending = 0;
-      }
-      this.#restoring = false;
-    };
-    void pass();
-  }
-
-  /** Keeps copies of entries a peer holds (`copy`, see NodeOptions.replicas). */
-  #keepCopies(peer: Peer, message: Message): Record<string, unknown> {
-    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
-      this.directory.adopt(key, stored, size, ttl, version, writer, peer.id);
-    }
-    return {};
-  }
-
-  /**
-   * The entries of a `handover` or `copy` request, `[key, value, version, ttl, writer]` lists
-   * (the writer left out: the sender), measured and ready to store; those larger than `maxBytes`
-   * left out. Each overtakes the gets and the fetch under way for its key.
-   */
-  *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
-    for (const item of requireArray(message, "keys")) {
-      const [key, value, version, ttl, writer = peer.id] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !isNodeId(writer)) {
-        throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer] lists`);
-      }
-      const json = JSON.stringify(value);
-      if (json === undefined) throw new ProtocolError(`"${message.op}" needs a JSON value for "${key}"`);
-      const size = key.length + json.length;
-      this.#overtake(key);
-      if (size <= this.options.maxBytes) yield { key, stored: this.options.stringify ? json : value, size, ttl, version, writer };
-    }
-  }
-
   #dropOlder(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version] of requireKeyList(message)) {
-      this.#overtake(key);
+      this.overtake(key);
       this.directory.drop(key, peer.id, version);
     }
     return {};
@@ -1739,6 +1592,171 @@ class Core {
       served: this.cluster.served,
       uptime: this.#startedAt === 0 ? 0 : this.options.clock.now() - this.#startedAt,
     };
+  }
+}
+
+// ─── Hand-over and replicas: entries that move to other members, and copies kept there ──────
+
+/**
+ * What a node does so that a stop or a crash loses nothing: on `stop`, it hands its entries to
+ * the others (`handover`, answered after `moved`); with `replicas`, it keeps copies of its
+ * entries on other members (`copy`), and when a member dies, whoever keeps its copies takes
+ * them on. Works on its node's Core: the store, the directory and the cluster.
+ */
+class Replication {
+  readonly #core: Core;
+  readonly #timers: Timers;
+  /** Whether a pass of restoreCopies runs, and what the next one must cover. */
+  #restoring = false;
+  #restoreToAll = false;
+  readonly #restoreTo = new Set<Peer>();
+
+  constructor(core: Core, timers: Timers) {
+    this.#core = core;
+    this.#timers = timers;
+  }
+
+  /**
+   * Hands every live entry to the member that rendezvous hashing picks for its key, with its
+   * version, writer and remaining TTL, and waits until each has stored them and every
+   * directory points to it (see adopt). A write of a key under way wins by its version. The
+   * other members are told first that this node is leaving; one that is stopping too refuses,
+   * and its entries go to the next member, up to MAX_HOPS times.
+   */
+  async handOver(): Promise<void> {
+    this.#core.cluster.announceLeaving();
+    let items = Array.from(this.#core.store.live(), (entry): [unknown, number] | undefined =>
+      entry.copyOf === undefined ? [[entry.key, this.#core.reveal(entry.value), entry.version, this.#core.store.ttlOf(entry), entry.writer], entry.size] : undefined)
+      .filter((item) => item !== undefined);
+    this.#core.counters.handedOver = items.length;
+    const refused = new Set<string>();
+    for (let round = 0; round < MAX_HOPS && items.length > 0; round++) {
+      const acknowledgements = new Acknowledgements(this.#core.cluster);
+      for (const [item, units] of items) {
+        const heir = this.#core.cluster.heirOf((item as [string])[0], refused);
+        if (heir !== undefined) acknowledgements.send(heir, "handover", item, units);
+      }
+      const failures = await acknowledgements.settled();
+      for (const failure of failures) refused.add(failure.peer.id);
+      items = failures.flatMap((failure) => failure.items);
+    }
+  }
+
+  /**
+   * Takes over entries a stopping peer hands over: stores those no newer write has replaced,
+   * within this node's bounds, and answers once every peer (the stopping one too) has been told
+   * (`moved`), so that no directory still points to the stopping node when it leaves.
+   */
+  async adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
+    if (this.#core.lifecycle !== "ready") throw new KosyakError("ERR_STOPPED", `Node ${this.#core.id} is stopping and takes no entries over`);
+    const acknowledgements = new Acknowledgements(this.#core.cluster);
+    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
+      if (!this.#core.directory.adopt(key, stored, size, ttl, version, writer)) continue;
+      this.#core.counters.adopted++;
+      acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
+      if (this.#core.options.replicas > 0) this.sendCopies(acknowledgements, key, this.#core.reveal(stored), version, ttl, size, writer);
+    }
+    await acknowledgements.settled();
+    return {};
+  }
+
+  /**
+   * A member is gone. Without replicas, its keys leave the directory. With them, each of its
+   * keys goes to the first member that keeps a copy (the same one on every node that sees the
+   * same members); when that is this node, its copy becomes its own entry. Then the copies are
+   * made whole again in the background.
+   */
+  lost(peerId: string): void {
+    if (this.#core.options.replicas === 0) return this.#core.directory.forgetHolder(peerId);
+    this.#core.directory.forgetHolder(peerId, (key) => this.#core.cluster.successorOf(key));
+    // A member may have joined since a copy was made, and rank first now: whoever keeps a copy
+    // says so (moved), and every directory settles on it.
+    const promoted = this.#core.store.promoteCopiesOf(peerId);
+    this.#core.counters.promoted += promoted.length;
+    const acknowledgements = new Acknowledgements(this.#core.cluster);
+    for (const entry of promoted) {
+      acknowledgements.sendToAll("moved", [entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, peerId], entry.key.length);
+    }
+    void acknowledgements.settled();
+    this.restoreCopies();
+  }
+
+  /** Sends copies of an entry this node holds to the members that keep them. */
+  sendCopies(acknowledgements: Acknowledgements, key: string, value: unknown, version: number, ttl: number, size: number, writer: string): void {
+    for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
+      acknowledgements.send(peer, "copy", [key, value, version, ttl, writer], size);
+      this.#core.counters.copiesSent++;
+    }
+  }
+
+  /**
+   * Sends a copy of every entry this node holds to the members that should keep one, in the
+   * background: after a member died, to all of them; after `joined` joined, to it alone, for
+   * the keys it now keeps copies of. 1,000 entries at a time, each batch acknowledged before the
+   * next, with a turn of the event loop between, so that serving requests comes first. A change
+   * during a pass starts another once it ends.
+   */
+  restoreCopies(joined?: Peer): void {
+    if (this.#core.options.replicas === 0) return;
+    if (joined === undefined) this.#restoreToAll = true;
+    else this.#restoreTo.add(joined);
+    if (this.#restoring) return;
+    this.#restoring = true;
+    const pass = async () => {
+      while ((this.#restoreToAll || this.#restoreTo.size > 0) && this.#core.lifecycle === "ready") {
+        const only = this.#restoreToAll ? undefined : new Set(this.#restoreTo);
+        this.#restoreToAll = false;
+        this.#restoreTo.clear();
+        const keys = Array.from(this.#core.store.live(), (entry) => entry.key);
+        this.#core.counters.copiesPending = keys.length;
+        for (let from = 0; from < keys.length && this.#core.lifecycle === "ready"; from += ITEMS_PER_BATCH) {
+          const acknowledgements = new Acknowledgements(this.#core.cluster);
+          for (const key of keys.slice(from, from + ITEMS_PER_BATCH)) {
+            this.#core.counters.copiesPending--;
+            const entry = this.#core.store.peek(key);
+            if (entry === undefined || entry.copyOf !== undefined) continue;
+            const item = [key, this.#core.reveal(entry.value), entry.version, this.#core.store.ttlOf(entry), entry.writer];
+            for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
+              if (only !== undefined && !only.has(peer)) continue;
+              acknowledgements.send(peer, "copy", item, entry.size);
+              this.#core.counters.copiesSent++;
+            }
+          }
+          await acknowledgements.settled();
+          await this.#timers.sleep(0, () => this.#core.cluster.stoppedError()).catch(() => {});
+        }
+        this.#core.counters.copiesPending = 0;
+      }
+      this.#restoring = false;
+    };
+    void pass();
+  }
+
+  /** Keeps copies of entries a peer holds (`copy`, see NodeOptions.replicas). */
+  keepCopies(peer: Peer, message: Message): Record<string, unknown> {
+    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
+      this.#core.directory.adopt(key, stored, size, ttl, version, writer, peer.id);
+    }
+    return {};
+  }
+
+  /**
+   * The entries of a `handover` or `copy` request, `[key, value, version, ttl, writer]` lists
+   * (the writer left out: the sender), measured and ready to store; those larger than `maxBytes`
+   * left out. Each overtakes the gets and the fetch under way for its key.
+   */
+  *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
+    for (const item of requireArray(message, "keys")) {
+      const [key, value, version, ttl, writer = peer.id] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !isNodeId(writer)) {
+        throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer] lists`);
+      }
+      const json = JSON.stringify(value);
+      if (json === undefined) throw new ProtocolError(`"${message.op}" needs a JSON value for "${key}"`);
+      const size = key.length + json.length;
+      this.#core.overtake(key);
+      if (size <= this.#core.options.maxBytes) yield { key, stored: this.#core.options.stringify ? json : value, size, ttl, version, writer };
+    }
   }
 }
 
