@@ -255,7 +255,8 @@ const ROLLING_KEYS = 100_000;
 
 // ─── Replicas: a holder killed with SIGKILL ────────────────────────────────────────────────────
 // Four nodes with replicas: 1, three of them in processes that each write CRASH_KEYS keys; one
-// is killed. Failover: from the kill to the first read of one of its keys served by a copy.
+// is killed. Failover: from the kill to the first read of one of its keys served by a copy,
+// read once the killed process has exited.
 
 const CRASH_KEYS = 25_000;
 for (let round = 1; round <= rounds; round++) {
@@ -270,6 +271,8 @@ for (let round = 1; round <= rounds; round++) {
   if ((await survivor.get(victimKey)) !== 123) throw new Error(`${victimKey} is not there before the kill`);
   const killed = performance.now();
   victim.kill("SIGKILL");
+  // Read only once the process is gone, so that no answer can come from it.
+  await new Promise((resolve) => (victim.exitCode !== null || victim.signalCode !== null ? resolve() : victim.once("exit", resolve)));
   let served = false;
   for (let attempt = 0; attempt < 100_000 && !served; attempt++) served = (await survivor.get(victimKey).catch(() => null)) === 123;
   const failoverMs = performance.now() - killed;
