@@ -19,7 +19,8 @@ import { parseArgs } from "node:util";
 import { type Address, Node, type NodeOptions, type NodeStats } from "./mod.ts";
 
 const HELP = `Usage:
-  kosyak [serve] [options]        run a node until SIGINT or SIGTERM, then stop it gracefully
+  kosyak [serve] [options]        run a node until SIGINT or SIGTERM, then stop it gracefully,
+                                  handing its entries to the other members
   kosyak stats <host:port> [options]
                                   join the cluster of that node for a moment, print every
                                   node's stats as a table, and leave
@@ -38,6 +39,7 @@ Options:
   --ttl <ms>                      default time to live of entries; 0 keeps them (default 0)
   --max-entries <n>               most entries this node holds (default unbounded)
   --max-bytes <n>                 most bytes of entries this node holds (default unbounded)
+  --replicas <n>                  other members that keep a copy of every entry (default 0)
   --connect-delay <ms>            delay before the second attempt to connect (default 2000)
   --connect-attempts <n>          attempts to connect to a node (default 3)
   --request-timeout <ms>          time a peer has to answer (default 5000)
@@ -90,6 +92,7 @@ function parseCommandLine(args: string[]): CommandLine {
       ttl: { type: "string" },
       "max-entries": { type: "string" },
       "max-bytes": { type: "string" },
+      replicas: { type: "string" },
       "connect-delay": { type: "string" },
       "connect-attempts": { type: "string" },
       "request-timeout": { type: "string" },
@@ -120,6 +123,7 @@ function parseCommandLine(args: string[]): CommandLine {
     ttl: number("ttl", values.ttl),
     maxEntries: number("max-entries", values["max-entries"]),
     maxBytes: number("max-bytes", values["max-bytes"]),
+    replicas: number("replicas", values.replicas),
     connectDelay: number("connect-delay", values["connect-delay"]),
     connectAttempts: number("connect-attempts", values["connect-attempts"]),
     requestTimeout: number("request-timeout", values["request-timeout"]),

@@ -36,7 +36,7 @@ describe("kosyak command", () => {
   it("--help documents every flag", async () => {
     const help = kosyak("--help");
     assert.equal(await help.exit, 0);
-    for (const flag of ["--host", "--port", "--master", "--secret", "--tls-cert", "--tls-key", "--tls-ca", "--ttl", "--max-entries", "--max-bytes", "stats"]) {
+    for (const flag of ["--host", "--port", "--master", "--secret", "--tls-cert", "--tls-key", "--tls-ca", "--ttl", "--max-entries", "--max-bytes", "--replicas", "stats"]) {
       assert.ok(help.output().includes(flag), `--help mentions ${flag}`);
     }
   });
