@@ -1137,7 +1137,6 @@ class Core {
         own: (peer, message) => this.#learn(peer, message),
         moved: (peer, message) => this.#learnMoved(peer, message),
         handover: (peer, message) => this.#replication.adopt(peer, message),
-        copy: (peer, message) => this.#replication.keepCopies(peer, message),
         keys: (peer, message) => void this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
@@ -1455,10 +1454,11 @@ class Core {
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
     // A copy that a member did not confirm may be missing when this node dies: say so.
-    const unconfirmed = (await acknowledgements.settled()).find((failure) => failure.op === "copy");
-    if (unconfirmed !== undefined) {
-      const [[item]] = unconfirmed.items as Array<[[string], number]>;
-      throw new KosyakError("ERR_TIMEOUT", `Cannot set "${item[0]}" with replicas: member ${unconfirmed.peer.id} did not store its copy: ${describe(unconfirmed.error)}`);
+    for (const failure of await acknowledgements.settled()) {
+      const copy = failure.items.find(([item]) => Array.isArray((item as unknown[])[4]));
+      if (copy === undefined) continue;
+      const key = (copy[0] as [string])[0];
+      throw new KosyakError("ERR_TIMEOUT", `Cannot set "${key}" with replicas: member ${failure.peer.id} did not store its copy: ${describe(failure.error)}`);
     }
   }
 
@@ -1530,12 +1530,14 @@ class Core {
 
   /**
    * A peer holds these keys: written just now (`own`) or listed when it connected (`keys`).
-   * Either way the directory settles them against what this node holds and knows.
+   * Either way the directory settles them against what this node holds and knows; an `own`
+   * item that carries the value asks this node to keep a copy (`replicas`).
    */
   #learn(peer: Peer, message: Message): Record<string, unknown> {
-    for (const [key, version, ttl, writer] of requireKeyList(message)) {
+    for (const [key, version, ttl, writer, copy] of requireKeyList(message)) {
       this.overtake(key);
-      this.directory.own(key, peer.id, version, ttl, writer);
+      if (Array.isArray(copy) && message.op === "own") this.#replication.keepCopy(peer, key, copy[0], version, ttl, writer ?? peer.id);
+      else this.directory.own(key, peer.id, version, ttl, writer);
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
     return {};
@@ -1544,7 +1546,7 @@ class Core {
   /** A peer took over entries of a stopping node (`moved`): point the directory at it. */
   #learnMoved(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
-      if (writer === undefined || from === undefined) throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
+      if (writer === undefined || typeof from !== "string") throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
       this.overtake(key);
       this.directory.moved(key, peer.id, from, version, ttl, writer);
     }
@@ -1600,8 +1602,9 @@ class Core {
 /**
  * What a node does so that a stop or a crash loses nothing: on `stop`, it hands its entries to
  * the others (`handover`, answered after `moved`); with `replicas`, it keeps copies of its
- * entries on other members (`copy`), and when a member dies, whoever keeps its copies takes
- * them on. Works on its node's Core: the store, the directory and the cluster.
+ * entries on other members (an `own` that carries the value), and when a member dies, whoever
+ * keeps its copies takes them on. Works on its node's Core: the store, the directory and the
+ * cluster.
  */
 class Replication {
   readonly #core: Core;
@@ -1684,7 +1687,7 @@ class Replication {
   /** Sends copies of an entry this node holds to the members that keep them. */
   sendCopies(acknowledgements: Acknowledgements, key: string, value: unknown, version: number, ttl: number, size: number, writer: string): void {
     for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
-      acknowledgements.send(peer, "copy", [key, value, version, ttl, writer], size);
+      acknowledgements.send(peer, "own", [key, version, ttl, writer, [value]], size);
       this.#core.counters.copiesSent++;
     }
   }
@@ -1715,10 +1718,10 @@ class Replication {
             this.#core.counters.copiesPending--;
             const entry = this.#core.store.peek(key);
             if (entry === undefined || entry.copyOf !== undefined) continue;
-            const item = [key, this.#core.reveal(entry.value), entry.version, this.#core.store.ttlOf(entry), entry.writer];
+            const item = [key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value)]];
             for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
               if (only !== undefined && !only.has(peer)) continue;
-              acknowledgements.send(peer, "copy", item, entry.size);
+              acknowledgements.send(peer, "own", item, entry.size);
               this.#core.counters.copiesSent++;
             }
           }
@@ -1732,18 +1735,17 @@ class Replication {
     void pass();
   }
 
-  /** Keeps copies of entries a peer holds (`copy`, see NodeOptions.replicas). */
-  keepCopies(peer: Peer, message: Message): Record<string, unknown> {
-    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
-      this.#core.directory.adopt(key, stored, size, ttl, version, writer, peer.id);
-    }
-    return {};
+  /** Keeps a copy of an entry a peer holds (see NodeOptions.replicas). */
+  keepCopy(peer: Peer, key: string, value: unknown, version: number, ttl: number, writer: string): void {
+    if (!isNodeId(writer)) throw new ProtocolError(`"own" names no writer for the copy of "${key}"`);
+    const measured = this.#measured("own", key, value);
+    if (measured !== undefined) this.#core.directory.adopt(key, measured.stored, measured.size, ttl, version, writer, peer.id);
   }
 
   /**
-   * The entries of a `handover` or `copy` request, `[key, value, version, ttl, writer]` lists
-   * (the writer left out: the sender), measured and ready to store; those larger than `maxBytes`
-   * left out. Each overtakes the gets and the fetch under way for its key.
+   * The entries of a `handover` request, `[key, value, version, ttl, writer]` lists (the writer
+   * left out: the sender), measured and ready to store; those larger than `maxBytes` left out.
+   * Each overtakes the gets and the fetch under way for its key.
    */
   *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
     for (const item of requireArray(message, "keys")) {
@@ -1751,12 +1753,19 @@ class Replication {
       if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !isNodeId(writer)) {
         throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer] lists`);
       }
-      const json = JSON.stringify(value);
-      if (json === undefined) throw new ProtocolError(`"${message.op}" needs a JSON value for "${key}"`);
-      const size = key.length + json.length;
       this.#core.overtake(key);
-      if (size <= this.#core.options.maxBytes) yield { key, stored: this.#core.options.stringify ? json : value, size, ttl, version, writer };
+      const measured = this.#measured(message.op, key, value);
+      if (measured !== undefined) yield { key, ...measured, ttl, version, writer };
     }
+  }
+
+  /** A value a peer sent, as this node stores it, and its size; undefined when over `maxBytes`. */
+  #measured(op: string, key: string, value: unknown): { stored: unknown; size: number } | undefined {
+    const json = JSON.stringify(value);
+    if (json === undefined) throw new ProtocolError(`"${op}" needs a JSON value for "${key}"`);
+    const size = key.length + json.length;
+    if (size > this.#core.options.maxBytes) return undefined;
+    return { stored: this.#core.options.stringify ? json : value, size };
   }
 }
 
@@ -2785,21 +2794,25 @@ function requireArray(message: Message, field: string): unknown[] {
 /**
  * The `keys` field of own, moved, drop, gone and keys messages: lists of a key, a version, the
  * ms left (0 or left out: no expiry), and for an entry held by another node than its writer the
- * writer's id, then for `moved` the id of the node it moved from.
+ * writer's id, then for `moved` the id of the node it moved from, or for an `own` that asks the
+ * receiver to keep a copy, the value in a list of one.
  */
 function requireKeyList(message: Message): KeyItem[] {
   return requireArray(message, "keys").map((item) => {
     const [key, version, ttl = 0, writer, from] = Array.isArray(item) ? item : [];
-    const ids = [writer, from].every((id) => id === undefined || isNodeId(id));
+    const ids = (writer === undefined || isNodeId(writer)) && (from === undefined || isNodeId(from) || (Array.isArray(from) && from.length === 1));
     if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !ids) {
-      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from] lists`);
+      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from or [value]] lists`);
     }
     return [key, version, ttl, writer, from];
   });
 }
 
-/** One item of a key list: key, version, ttl, and the writer and origin where they are given. */
-type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, from: string | undefined];
+/**
+ * One item of a key list: key, version, ttl, and where they are given the writer, then for
+ * `moved` the node it moved from, or for `own` to a member that keeps a copy, `[value]`.
+ */
+type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, fromOrCopy: string | [unknown] | undefined];
 
 /**
  * Whether a value can be a version. The bound keeps a hostile peer from pushing
