@@ -2,7 +2,7 @@
 // workloads on the same few keys, and test/history.ts checks the merged histories for reads of
 // replaced values; afterwards every node must read the same value for every key.
 import { afterEach, assert, describe, it, runtime, spawnWorkloadNode, stopAll, waitFor } from "../deps.ts";
-import { agreement, assertCoherent, check, cluster, FAST, fullMesh, KEYS, lossDuring, now, recordedSet, workload } from "./workloads.ts";
+import { agreement, assertCoherent, check, cluster, FAST, fullMesh, KEYS, lossDuring, now, peersAre, recordedSet, workload } from "./workloads.ts";
 
 afterEach(stopAll);
 
@@ -33,10 +33,7 @@ describe("Coherence of concurrent reads and writes across processes", () => {
     const pausedAt = now();
     frozen.pause();
     const whileFrozen = Promise.all(others.map((node, i) => node.run(workload(300 + i, 2_500))));
-    await waitFor("the others to declare the frozen node down", async () => {
-      const stats = (await Promise.all(others.map((node) => node.call({ cmd: "stats" })))) as Array<{ peers: number }>;
-      return stats.every((s) => s.peers === 2);
-    }, 5_000);
+    await peersAre(others, 2, 5_000);
     const frozenHistories = await whileFrozen;
     frozen.resume();
     await fullMesh(nodes, 8_000);
@@ -68,10 +65,7 @@ describe("Coherence of concurrent reads and writes across processes", () => {
     const killedAt = now();
     await victim.kill();
     await doomed;
-    await waitFor("the survivors to see the victim gone", async () => {
-      const stats = (await Promise.all(survivors.map((node) => node.call({ cmd: "stats" })))) as Array<{ peers: number }>;
-      return stats.every((s) => s.peers === 2);
-    }, 5_000);
+    await peersAre(survivors, 2, 5_000);
     const fresh = await spawnWorkloadNode("d4-fresh", { ...FAST, master: survivors[1].address });
     const members = [...survivors, fresh];
     await fullMesh(members, 8_000);

@@ -13,9 +13,8 @@ import {
   startNode,
   stopAll,
   waitFor,
-  type WorkloadNode,
 } from "../deps.ts";
-import { assertCoherent, check, fullMesh, workload } from "./workloads.ts";
+import { assertCoherent, check, cluster, fullMesh, workload } from "./workloads.ts";
 
 afterEach(stopAll);
 
@@ -102,22 +101,12 @@ describe("Hand-over on stop", () => {
   });
 });
 
-/** `targets.length` workload nodes in their own processes, each joining through the one before it. */
-async function processCluster(prefix: string, targets: Runtime[]): Promise<WorkloadNode[]> {
-  const nodes: WorkloadNode[] = [];
-  for (const [i, target] of targets.entries()) {
-    nodes.push(await spawnWorkloadNode(`${prefix}${i}`, i > 0 ? { master: nodes[i - 1].address } : {}, target));
-  }
-  await fullMesh(nodes, 10_000);
-  return nodes;
-}
-
 /**
  * Writes `count` keys spread over the nodes, stops and restarts every node in turn (a graceful
  * stop: the process ends when its input does), and returns what every node reads back.
  */
 async function rollingRestart(prefix: string, targets: Runtime[], count: number): Promise<Array<{ missing: number; wrong: number }>> {
-  const nodes = await processCluster(`${prefix}-`, targets);
+  const nodes = await cluster(`${prefix}-`, targets);
   const share = count / nodes.length;
   await Promise.all(nodes.map((node, i) => node.call({ cmd: "fill", prefix: `${prefix}:${i}:`, count: share, tag: "v1" }, 60_000)));
   for (let i = 0; i < nodes.length; i++) {
@@ -137,7 +126,7 @@ async function rollingRestart(prefix: string, targets: Runtime[], count: number)
 
 describe("Hand-over under load", () => {
   it("writes and reads on every key while a holder stops gracefully: no read returns an older value than an acknowledged write", async () => {
-    const nodes = await processCluster("load-", [runtime, runtime, runtime, runtime]);
+    const nodes = await cluster("load-", [runtime, runtime, runtime, runtime]);
     const leaving = nodes[3];
     const running = nodes.slice(0, 3).map((node, i) => node.run(workload(700 + i, 3_000)));
     const stopping = leaving.run({ ...workload(703, 3_000), stream: true }).catch(() => []);

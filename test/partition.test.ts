@@ -3,7 +3,7 @@
 // they see real silence, not a closed socket. Needs root and `ip netns`; see the end of the file
 // for what happens without them.
 import { afterEach, assert, describe, it, type ProcessNode, runtime, skip, spawnNode, spawnWorkloadNode, stopAll, waitFor, within, type WorkloadNode } from "../deps.ts";
-import { agreement, assertCoherent, check, FAST, fullMesh, lossDuring, now, workload } from "./workloads.ts";
+import { agreement, assertCoherent, check, FAST, fullMesh, lossDuring, now, peersAre, workload } from "./workloads.ts";
 import { createNetwork, netnsAvailable, type TestNetwork } from "./netns.ts";
 
 /** How long after a heal every node must agree on every key. */
@@ -177,10 +177,7 @@ function describePartitions(): void {
     const cutAt = now();
     network!.cut(3);
     const during = run(510, 2_500);
-    await waitFor("the others to see node 3 gone", async () => {
-      const stats = (await Promise.all(nodes.slice(0, 3).map((node) => node.call({ cmd: "stats" })))) as Array<{ peers: number }>;
-      return stats.every((s) => s.peers === 2);
-    }, 5_000);
+    await peersAre(nodes.slice(0, 3), 2, 5_000);
     const whileCut = await during;
     network!.heal(3);
     await fullMesh(nodes, RECONNECT_MS);

@@ -1,15 +1,13 @@
 // Replicas: every entry also kept on `replicas` other members, so that a node that dies without a
 // goodbye takes nothing with it.
-import { afterEach, assert, describe, it, runtime, type Runtime, spawnWorkloadNode, startCluster, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
+import { afterEach, assert, describe, it, runtime, startCluster, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
 import { Node } from "../mod.ts";
-import { assertCoherent, check, fullMesh, now, workload } from "./workloads.ts";
+import { assertCoherent, check, cluster, FAST, now, peersAre, workload } from "./workloads.ts";
 
 afterEach(stopAll);
 
 const keysOf = (count: number, prefix = "k") => Array.from({ length: count }, (_, i) => `${prefix}${i}`);
 
-/** Fast failure detection, so that a killed node's loss is handled well within a test. */
-const FAST = { heartbeatInterval: 100, peerTimeout: 600, requestTimeout: 1_000, connectDelay: 100, connectAttempts: 5 };
 
 describe("Replicas", () => {
   it("with replicas: 1 every entry is also kept on exactly one other member, and a set waits for that copy", async () => {
@@ -69,24 +67,6 @@ describe("Replicas", () => {
   });
 });
 
-/** Workload nodes in their own processes, each joining through the one before it. */
-async function processCluster(prefix: string, targets: Runtime[], options: Record<string, unknown>): Promise<WorkloadNode[]> {
-  const nodes: WorkloadNode[] = [];
-  for (const [i, target] of targets.entries()) {
-    nodes.push(await spawnWorkloadNode(`${prefix}${i}`, { ...options, ...(i > 0 && { master: nodes[i - 1].address }) }, target));
-  }
-  await fullMesh(nodes, 10_000);
-  return nodes;
-}
-
-/** Waits until every node of `nodes` has `count` peers. */
-async function peersAre(nodes: WorkloadNode[], count: number): Promise<void> {
-  await waitFor(`every node to have ${count} peers`, async () => {
-    const stats = (await Promise.all(nodes.map((node) => node.call({ cmd: "stats" })))) as Array<{ peers: number }>;
-    return stats.every((s) => s.peers === count);
-  }, 10_000);
-}
-
 /**
  * Waits until no node has a background restoration of copies under way: a member that left and
  * came back while keys were written gets its copies that way.
@@ -118,7 +98,7 @@ async function readBack(readers: WorkloadNode[], prefixes: string[], perNode: nu
 
 describe("Replicas across processes", () => {
   it(`four ${runtime} processes with replicas: 1 holding 100,000 keys: one killed with SIGKILL, and no key is lost`, async () => {
-    const nodes = await processCluster("r", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
+    const nodes = await cluster("r", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "crash", 25_000);
     await copiesWhole(nodes);
     await nodes[2].kill();
@@ -139,7 +119,7 @@ describe("Replicas across processes", () => {
   }, 120_000);
 
   it("a Node.js, Deno and Bun cluster with replicas: 1 loses no key when one is killed", async () => {
-    const nodes = await processCluster("x", ["node", "deno", "bun", runtime], { ...FAST, replicas: 1 });
+    const nodes = await cluster("x", ["node", "deno", "bun", runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "mixed", 5_000);
     await nodes[1].kill();
     const survivors = nodes.filter((_, i) => i !== 1);
@@ -148,7 +128,7 @@ describe("Replicas across processes", () => {
   }, 120_000);
 
   it("with replicas: 1, two of four killed at once lose only the keys whose holder and copy both died, and nothing is wrong", async () => {
-    const nodes = await processCluster("t", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
+    const nodes = await cluster("t", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "double", 5_000);
     await Promise.all([nodes[1].kill(), nodes[3].kill()]);
     const survivors = [nodes[0], nodes[2]];
@@ -162,7 +142,7 @@ describe("Replicas across processes", () => {
   }, 120_000);
 
   it("writes and reads on every key while a holder is killed: no read on a survivor returns an older value than an acknowledged write", async () => {
-    const nodes = await processCluster("w", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
+    const nodes = await cluster("w", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const victim = nodes[3];
     const survivors = nodes.slice(0, 3);
     const running = survivors.map((node, i) => node.run(workload(600 + i, 4_000)));

@@ -29,10 +29,16 @@ export async function cluster(prefix: string, targets: Runtime[], options: NodeO
   return nodes;
 }
 
+/** Waits until each of `nodes` sees the others. */
 export async function fullMesh(nodes: WorkloadNode[], timeoutMs: number): Promise<void> {
-  await waitFor(`each of ${nodes.length} nodes to see the others`, async () => {
+  await peersAre(nodes, nodes.length - 1, timeoutMs);
+}
+
+/** Waits until every node of `nodes` has `count` peers: a member lost, or all of them found. */
+export async function peersAre(nodes: WorkloadNode[], count: number, timeoutMs = 10_000): Promise<void> {
+  await waitFor(`each of ${nodes.length} nodes to have ${count} peers`, async () => {
     const stats = (await Promise.all(nodes.map((node) => node.call({ cmd: "stats" })))) as Array<{ peers: number }>;
-    return stats.every((s) => s.peers === nodes.length - 1);
+    return stats.every((s) => s.peers === count);
   }, timeoutMs);
 }
 
