@@ -215,6 +215,21 @@ export interface NodeOptions {
    */
   replicas?: number;
   /**
+   * Keep the values this node reads from peers, so that reading a hot key held elsewhere again
+   * costs what a local hit costs. `true` keeps up to 10,000 values and 16 MiB (sizes counted as
+   * for `maxBytes`), least recently used first out; an object sets either bound.
+   *
+   * Reads stay as coherent as without it: a kept value is dropped before this node acknowledges
+   * any newer write, removal, clear or eviction of its key, so once one of those has called back,
+   * no node returns the older value. A kept value expires no later than its entry, goes when any
+   * member is lost, and is returned only while every member has answered a request this node sent
+   * within the last `min(peerTimeout, requestTimeout) - heartbeatInterval / 2` ms (a node with a
+   * near cache asks each member at every heartbeat): a member that cannot reach this node may
+   * declare it down and then write without it, but not before that time is up.
+   * @default {false}
+   */
+  nearCache?: boolean | NearCacheOptions;
+  /**
    * Where the node reads the time and sets its timers: TTL, heartbeats, peer timeouts, request
    * timeouts, connection retries and `fetchTimeout` all follow it. Tests give a clock they move
    * by hand, to check time-driven behaviour without waiting; sockets are never affected.
@@ -247,6 +262,14 @@ export interface Clock {
   setTimeout(callback: () => void, ms: number): unknown;
   /** Cancels a timer that has not fired yet. */
   clearTimeout(handle: unknown): void;
+}
+
+/** Bounds of {@linkcode NodeOptions.nearCache}. */
+export interface NearCacheOptions {
+  /** Most values kept. @default {10000} */
+  maxEntries?: number;
+  /** Most bytes of values kept, as `maxBytes` counts them. @default {16777216} */
+  maxBytes?: number;
 }
 
 /** TLS settings of {@linkcode NodeOptions.tls}, in PEM. */
@@ -344,6 +367,12 @@ export interface NodeStats {
   hits: number;
   /** `get`s answered by a peer that held the key. */
   remoteHits: number;
+  /** `get`s answered from the near cache (`nearCache`). */
+  nearHits: number;
+  /** Values kept in the near cache. */
+  nearEntries: number;
+  /** Their size, as `maxBytes` counts it. */
+  nearBytes: number;
   /** `get`s that found the key nowhere (before any `fetch`). */
   misses: number;
   /** Calls to the `fetch` option. */
@@ -394,6 +423,7 @@ export const DEFAULTS: {
   readonly maxValueBytes: number;
   readonly maxQueueBytes: number;
   readonly replicas: number;
+  readonly nearCache: { readonly maxEntries: number; readonly maxBytes: number };
 } = Object.freeze({
   host: "127.0.0.1",
   port: 0,
@@ -412,6 +442,7 @@ export const DEFAULTS: {
   maxValueBytes: 8 * 1024 * 1024,
   maxQueueBytes: 32 * 1024 * 1024,
   replicas: 0,
+  nearCache: Object.freeze({ maxEntries: 10_000, maxBytes: 16 * 1024 * 1024 }),
 });
 
 /**
@@ -637,7 +668,8 @@ export class Node {
    * it, else from the `fetch` option, else `null`. Concurrent gets of one key that is not held
    * here share one request and one `fetch` call; see {@linkcode NodeOptions.fetch}.
    *
-   * A local hit calls `callback` before `get` returns; anything else calls it later.
+   * A local hit, or a hit in the near cache (see {@linkcode NodeOptions.nearCache}), calls
+   * `callback` before `get` returns; anything else calls it later.
    *
    * @param key The key, a string.
    * @param callback `callback(err, value)`.
@@ -664,9 +696,8 @@ export class Node {
     if (callback !== undefined && typeof callback !== "function") assertFunction(callback, "get", "callback");
     if (core.lifecycle === "ready") {
       const entry = core.store.get(key);
-      if (entry !== undefined) {
-        core.counters.hits++;
-        const value = core.reveal(entry.value) as T;
+      const value = (entry !== undefined ? core.hit(entry) : core.near === undefined ? undefined : core.nearGet(key)) as T | undefined;
+      if (value !== undefined) {
         if (callback === undefined) return Promise.resolve(value);
         callback(null, value);
         return;
@@ -1076,8 +1107,15 @@ interface Moved {
   ttl: number;
 }
 
+/** A holder's value for a key, the ms it has left (0: no expiry), and its size as `maxBytes` counts it. */
+interface Held {
+  value: unknown;
+  ttl: number;
+  size: number;
+}
+
 /** A holder's answer for one key: its value, or where it went, or neither (not held, no holder known). */
-type Found = { value: unknown } | { moved: Moved } | Record<string, never>;
+type Found = Held | { moved: Moved } | Record<string, never>;
 
 /** A call of the `fetch` option, and whether a write of its key has made its value stale. */
 interface FetchCall {
@@ -1104,9 +1142,11 @@ class Core {
   readonly store: Store;
   readonly directory: Directory;
   readonly cluster: Cluster;
+  /** Values read from peers (`nearCache`); undefined without the option. */
+  readonly near: NearCache | undefined;
   lifecycle: Lifecycle = "new";
   readonly counters = {
-    sets: 0, hits: 0, remoteHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0,
+    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0,
     promoted: 0, copiesSent: 0, copiesPending: 0,
   };
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
@@ -1123,6 +1163,10 @@ class Core {
   readonly #gets = new Map<string, Promise<unknown>>();
   /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
   readonly #fetches = new Map<string, FetchCall>();
+  /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
+  readonly #nearLease: number;
+  /** Until when the members' answers vouch for the near cache; 0 to work it out again. */
+  #nearTrustedUntil = 0;
 
   constructor(id: string, options: ResolvedOptions) {
     this.id = id;
@@ -1130,7 +1174,11 @@ class Core {
     this.#timers = new Timers(options.clock);
     this.#replication = new Replication(this, this.#timers);
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
-    this.directory = new Directory(id, this.store, options.clock);
+    this.near = options.nearCache && new NearCache(options.nearCache, options.clock);
+    this.#nearLease = Math.min(options.peerTimeout, options.requestTimeout) - options.heartbeatInterval / 2;
+    // Whatever changes what the directory knows of a key drops the value kept for it.
+    const near = this.near;
+    this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)));
     this.cluster = new Cluster(id, options, {
       handlers: {
         get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
@@ -1143,8 +1191,15 @@ class Core {
         fetch: (_peer, message) => this.#answerFetch(requireString(message, "key")),
         stats: () => ({ stats: this.localStats() }),
       },
-      admitted: (peer) => this.#tellKeys(peer),
-      lost: (peerId) => this.#replication.lost(peerId),
+      admitted: (peer) => {
+        this.#nearTrustedUntil = 0;
+        this.#tellKeys(peer);
+      },
+      lost: (peerId) => {
+        // A member this node cannot hear may write without it: keep nothing read before.
+        this.near?.clear();
+        this.#replication.lost(peerId);
+      },
       joined: (peer) => this.#replication.restoreCopies(peer),
       emit: (event, payload) => this.emit(event, payload),
     });
@@ -1203,6 +1258,28 @@ class Core {
 
   // Reads.
 
+  /** A local entry's value for a get, counted as a hit. */
+  hit(entry: StoredEntry): unknown {
+    this.counters.hits++;
+    return this.reveal(entry.value);
+  }
+
+  /**
+   * The value the near cache keeps for `key`, counted as a near hit, while every member's latest
+   * answer vouches that it cannot have declared this node down yet; else undefined.
+   */
+  nearGet(key: string): unknown {
+    const now = this.options.clock.now();
+    const value = this.near!.get(key, now);
+    if (value === undefined) return undefined;
+    if (now >= this.#nearTrustedUntil) {
+      this.#nearTrustedUntil = this.cluster.answeredUntil(this.#nearLease);
+      if (now >= this.#nearTrustedUntil) return undefined;
+    }
+    this.counters.nearHits++;
+    return this.reveal(value);
+  }
+
   /** Gets a key not held here, sharing the work with concurrent gets of the same key. */
   getShared(key: string): Promise<unknown> {
     let pending = this.#gets.get(key);
@@ -1233,13 +1310,13 @@ class Core {
     let missed = false;
     for (let hop = 0; hop < MAX_HOPS; hop++) {
       const local = this.store.get(key);
-      if (local !== undefined) {
-        this.counters.hits++;
-        return this.reveal(local.value);
-      }
+      if (local !== undefined) return this.hit(local);
+      const near = this.near === undefined ? undefined : this.nearGet(key);
+      if (near !== undefined) return near;
       const holding = this.directory.holderOf(key);
       let peer = holding && this.cluster.peer(holding.holder);
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
+      const askedAt = this.options.clock.now();
       const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found === undefined) {
         // The holder's connection closed while it was asked: the directory has moved on since
@@ -1254,6 +1331,7 @@ class Core {
         if (!this.#followMoved(key, fetched.moved)) break;
       } else if ("value" in found) {
         this.counters.remoteHits++;
+        if (this.near !== undefined) this.#keepNear(key, found as Held, holding!, askedAt);
         return found.value;
       } else {
         this.directory.gone(key, holding!.holder, holding!.version);
@@ -1262,6 +1340,17 @@ class Core {
     }
     if (!missed) this.counters.misses++;
     return null;
+  }
+
+  /**
+   * Keeps a value a holder sent in the near cache, unless the directory has changed since the
+   * holder was asked: a newer write may have been announced meanwhile. It expires no later than
+   * the holder's entry, since the ms the entry had left count from when the holder was asked.
+   */
+  #keepNear(key: string, held: Held, asked: Holding, askedAt: number): void {
+    if (!isSame(this.directory.holderOf(key), asked)) return;
+    const stored = this.options.stringify ? JSON.stringify(held.value) : held.value;
+    this.near!.keep(key, stored, held.ttl === 0 ? 0 : askedAt + held.ttl, held.size);
   }
 
   /** Records where a key went, if that node is a member; returns whether it is. */
@@ -1290,7 +1379,8 @@ class Core {
   }
 
   /**
-   * Answers a peer's get: `[value]` where held; `[null, holder, version, ttl]` where another
+   * Answers a peer's get: `[value, ttl, size]` where held (the ms the entry has left, 0 for no
+   * expiry; its size as `maxBytes` counts it); `[null, holder, version, ttl]` where another
    * node holds the key; `[]` where nobody is known to; `0` where the value is left out to keep
    * the answer within a frame (the first value is never left out: a single value always fits).
    */
@@ -1309,7 +1399,7 @@ class Core {
       if (sent > 0 && 3 * entry.size > room) return 0;
       room -= 3 * entry.size;
       sent++;
-      return [this.reveal(entry.value)];
+      return [this.reveal(entry.value), this.store.ttlOf(entry), entry.size];
     });
     return { values };
   }
@@ -1588,6 +1678,8 @@ class Core {
       connections: this.cluster.connectionCount,
       remoteKeys: this.directory.remoteCount,
       ...this.counters,
+      nearEntries: this.near?.size ?? 0,
+      nearBytes: this.near?.bytes ?? 0,
       copies: this.store.copies,
       evictions: this.store.evictions,
       expirations: this.store.expirations,
@@ -1868,6 +1960,7 @@ interface ResolvedOptions {
   maxValueBytes: number;
   maxQueueBytes: number;
   replicas: number;
+  nearCache: { maxEntries: number; maxBytes: number } | undefined;
   clock: Clock;
 }
 
@@ -1875,7 +1968,7 @@ const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
-  "maxValueBytes", "maxQueueBytes", "replicas", "clock",
+  "maxValueBytes", "maxQueueBytes", "replicas", "nearCache", "clock",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -1996,8 +2089,24 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     maxValueBytes,
     maxQueueBytes: whole("maxQueueBytes", 1024),
     replicas: whole("replicas", 0),
+    nearCache: resolveNearCache(options.nearCache, fail),
     clock,
   };
+}
+
+function resolveNearCache(option: NodeOptions["nearCache"], fail: (what: string, received: unknown, Kind?: ErrorConstructor) => never): ResolvedOptions["nearCache"] {
+  if (option === undefined || option === false) return undefined;
+  if (option === true) return { ...DEFAULTS.nearCache };
+  if (typeof option !== "object" || option === null) fail("nearCache must be a boolean or an object with maxEntries and maxBytes", option);
+  for (const name of Object.keys(option)) {
+    if (name !== "maxEntries" && name !== "maxBytes") fail(`unknown nearCache option "${name}"`, (option as Record<string, unknown>)[name]);
+  }
+  const bound = (name: "maxEntries" | "maxBytes"): number => {
+    const value = option[name] ?? DEFAULTS.nearCache[name];
+    if (!Number.isSafeInteger(value) || value < 1) fail(`nearCache.${name} must be an integer of 1 or more`, value, RangeError);
+    return value;
+  };
+  return { maxEntries: bound("maxEntries"), maxBytes: bound("maxBytes") };
 }
 
 function isPort(value: unknown, min: number): value is number {
@@ -2630,7 +2739,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 2;
+const PROTOCOL_VERSION = 3;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -2822,6 +2931,11 @@ function isVersion(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= MAX_VERSION;
 }
 
+/** Whether a value can be a number of milliseconds or bytes: finite, 0 or more. */
+function isAmount(value: unknown): value is number {
+  return typeof value === "number" && value >= 0 && Number.isFinite(value);
+}
+
 /**
  * Whether keys of `units` UTF-16 code units fit a frame of `maxFrameBytes`, whatever their
  * characters (at most 3 bytes of UTF-8 each), with FRAME_ROOM left for the rest of the message.
@@ -2838,8 +2952,11 @@ function isNodeId(value: unknown): value is string {
 /** One key of a `get` answer, or undefined when it is none of the forms a holder sends. */
 function parseFound(item: unknown): Found | undefined {
   if (!Array.isArray(item)) return undefined;
-  if (item.length === 1) return { value: item[0] };
   if (item.length === 0) return {};
+  if (item.length === 3) {
+    const [value, ttl, size] = item;
+    return isAmount(ttl) && isAmount(size) ? { value, ttl, size } : undefined;
+  }
   const moved = item.length === 4 && item[0] === null ? parseMoved(item.slice(1)) : undefined;
   return moved && { moved };
 }
@@ -2848,7 +2965,7 @@ function parseFound(item: unknown): Found | undefined {
 function parseMoved(list: unknown): Moved | undefined {
   if (!Array.isArray(list) || list.length !== 3) return undefined;
   const [holder, version, ttl] = list;
-  if (typeof holder !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0)) return undefined;
+  if (typeof holder !== "string" || !isVersion(version) || !isAmount(ttl)) return undefined;
   return { holder, version, ttl };
 }
 
@@ -2865,6 +2982,7 @@ type PeerLimits = Pick<ResolvedOptions, "requestTimeout" | "maxFrameBytes" | "ma
 interface PendingRequest {
   resolve: (answer: Message) => void;
   reject: (error: Error) => void;
+  sentAt: number;
   deadline: number;
   timeout: number;
 }
@@ -2899,6 +3017,12 @@ class Peer {
   /** When a chunk last arrived, and when a batch was last written (on the node's clock). */
   lastHeard: number;
   lastSent: number;
+  /**
+   * When this node sent the latest request the other node has answered (0: none yet): the other
+   * node has heard from this one since then, so it cannot declare this one down before that
+   * time plus its peerTimeout.
+   */
+  answeredAt = 0;
   /** The protocol error that closed the connection, if one did. */
   error: Error | undefined;
   /** Set when another connection to the same node replaced this one; its close is no failure. */
@@ -2980,8 +3104,9 @@ class Peer {
   request(message: Message, timeout: number = this.#limits.requestTimeout): Promise<Message> {
     if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
     const rid = this.#nextRid++;
+    const sentAt = this.#clock.now();
     const answer = new Promise<Message>((resolve, reject) => {
-      this.#pending.set(rid, { resolve, reject, deadline: this.#clock.now() + timeout, timeout });
+      this.#pending.set(rid, { resolve, reject, sentAt, deadline: sentAt + timeout, timeout });
     });
     if (this.#sweeper === undefined) this.#sweepLater();
     this.send({ ...message, rid });
@@ -3041,6 +3166,7 @@ class Peer {
         throw new ProtocolError(`an answer to unknown request ${message.rid}`);
       }
       this.#pending.delete(message.rid!);
+      if (pending.sentAt > this.answeredAt) this.answeredAt = pending.sentAt;
       if (message.op === "ok") pending.resolve(message);
       else pending.reject(remoteError(message));
       return;
@@ -3171,7 +3297,8 @@ class Cluster {
       emit: (event, error) => host.emit(event, error),
     });
     this.#handlers = {
-      ping: () => undefined,
+      // A node with a near cache asks (with a rid) to renew what its members' answers vouch for.
+      ping: (_peer, message) => (message.rid === undefined ? undefined : {}),
       leaving: (peer) => {
         this.#leaving.add(peer.id);
         return undefined;
@@ -3212,6 +3339,17 @@ class Cluster {
   /** Every member's connection. */
   peers(): IterableIterator<Peer> {
     return this.#peers.values();
+  }
+
+  /**
+   * The earliest, over the members, of when this node sent the latest request a member answered,
+   * plus `lease` ms: until then, no member can have declared this node down (Infinity without
+   * members). See NodeOptions.nearCache.
+   */
+  answeredUntil(lease: number): number {
+    let until = Infinity;
+    for (const peer of this.#peers.values()) until = Math.min(until, peer.answeredAt + lease);
+    return until;
   }
 
   /**
@@ -3543,6 +3681,8 @@ class Cluster {
     this.#lastCheck = now;
     for (const peer of this.#peers.values()) {
       if (now - peer.lastHeard > peerTimeout && !stalled) peer.close("timeout");
+      // With a near cache, an answer at least once an interval keeps it trusted (see nearCache).
+      else if (this.#options.nearCache && now - peer.answeredAt >= heartbeatInterval / 2) peer.request({ op: "ping" }).catch(() => {});
       // Half an interval of quiet is enough: checks come once an interval, pings never later than 1.5.
       else if (now - peer.lastSent >= heartbeatInterval / 2) peer.send({ op: "ping" });
     }
@@ -3874,6 +4014,7 @@ export class Directory {
   readonly #expiries = new Map<string, number>();
   readonly #slotOf = new Map<string, number>();
   readonly #holderIn: Array<string | undefined> = [];
+  readonly #changed: ((key: string) => void) | undefined;
   #lamport = 0;
 
   /**
@@ -3882,11 +4023,13 @@ export class Directory {
    * @param id The id of the node this directory belongs to.
    * @param store The node's local entries.
    * @param clock The node's clock, for expiry times.
+   * @param changed Told of every key whose entry here or holder elsewhere changes or is forgotten.
    */
-  constructor(id: string, store: Store, clock: Clock) {
+  constructor(id: string, store: Store, clock: Clock, changed?: (key: string) => void) {
     this.#id = id;
     this.#store = store;
     this.#clock = clock;
+    this.#changed = changed;
   }
 
   /** Keys known to be held by peers (expired ones included until looked up). */
@@ -4014,6 +4157,7 @@ export class Directory {
 
   /** Records that `holder` holds the write (`version`, `writer`) of `key`, dropping a local copy. */
   #record(key: string, holder: string, version: number, ttl: number, writer: string): void {
+    this.#changed?.(key);
     this.#store.delete(key);
     const slot = writer === holder && version < PACKABLE_VERSIONS ? this.#slotFor(holder) : undefined;
     this.#remote.set(key, slot !== undefined ? version * HOLDER_SLOTS + slot : { holder, version, writer });
@@ -4022,6 +4166,7 @@ export class Directory {
   }
 
   #forget(key: string): void {
+    this.#changed?.(key);
     this.#remote.delete(key);
     this.#expiries.delete(key);
   }
@@ -4276,5 +4421,81 @@ class ExpiryHeap {
   rebuild(entries: StoredEntry[]): void {
     this.#heap = [];
     for (const entry of entries) this.push(entry);
+  }
+}
+
+// ─── Near cache: values read from peers, kept until anything about their key changes ───────
+
+/** A value read from a peer, as a {@linkcode NearCache} keeps it. */
+interface NearEntry {
+  readonly value: unknown;
+  /** When it may no longer be returned, on the clock's scale; 0: not before its key changes. */
+  readonly expires: number;
+  /** Its size as `maxBytes` counts it. */
+  readonly size: number;
+}
+
+/**
+ * Values this node read from the peers that hold them (see NodeOptions.nearCache), least
+ * recently used first, within their bounds. It knows nothing of versions: the Directory drops a
+ * key's value whenever what it knows of that key changes, and Core keeps a value only if nothing
+ * changed while it was being read. No I/O.
+ */
+class NearCache {
+  readonly #maxEntries: number;
+  readonly #maxBytes: number;
+  readonly #clock: Clock;
+  /** Map order is the recency order: the first value is the least recently used. */
+  readonly #entries = new Map<string, NearEntry>();
+  #bytes = 0;
+
+  constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock) {
+    this.#maxEntries = limits.maxEntries;
+    this.#maxBytes = limits.maxBytes;
+    this.#clock = clock;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** The value kept for `key`, marked as just used; undefined when there is none or its time is up at `now`. */
+  get(key: string, now: number): unknown {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return undefined;
+    this.#entries.delete(key);
+    if (entry.expires !== 0 && entry.expires <= now) {
+      this.#bytes -= entry.size;
+      return undefined;
+    }
+    this.#entries.set(key, entry);
+    return entry.value;
+  }
+
+  /** Keeps `value` of `size` bytes for `key` until `expires` (0: no expiry), within the bounds. */
+  keep(key: string, value: unknown, expires: number, size: number): void {
+    this.delete(key);
+    if (size > this.#maxBytes || (expires !== 0 && expires <= this.#clock.now())) return;
+    this.#entries.set(key, { value, expires, size });
+    this.#bytes += size;
+    while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
+      this.delete(this.#entries.keys().next().value!);
+    }
+  }
+
+  delete(key: string): void {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return;
+    this.#entries.delete(key);
+    this.#bytes -= entry.size;
+  }
+
+  clear(): void {
+    this.#entries.clear();
+    this.#bytes = 0;
   }
 }

@@ -4,7 +4,7 @@ import { afterEach, assert, describe, frame, it, rawConnect, startCluster, start
 afterEach(stopAll);
 
 const hello = (extra: Record<string, unknown> = {}) => ({
-  op: "hello", version: 2, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+  op: "hello", version: 3, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
 });
 
 describe("Protocol", () => {
@@ -15,7 +15,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello()));
     const welcome = await raw.next();
     assert.equal(welcome.op, "welcome");
-    assert.equal(welcome.version, 2);
+    assert.equal(welcome.version, 3);
     assert.equal(welcome.id, node.id);
     assert.equal(welcome.port, node.address.port);
     const keys = await raw.next();
@@ -23,7 +23,8 @@ describe("Protocol", () => {
     assert.deepEqual((keys.keys as unknown[][]).map((pair) => pair[0]), ["k"]);
     assert.equal(keys.done, true);
     raw.socket.write(frame({ op: "get", rid: 1, keys: ["k"] }));
-    assert.deepEqual(await raw.next(), { op: "ok", rid: 1, values: [[1]] });
+    // The value, the ms it has left (0: no expiry), and its size ("k" and "1").
+    assert.deepEqual(await raw.next(), { op: "ok", rid: 1, values: [[1, 0, 2]] });
     raw.socket.destroy();
   });
 
@@ -33,7 +34,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello({ version: 99 })));
     const refusal = await raw.next();
     assert.equal(refusal.op, "refuse");
-    assert.match(String(refusal.reason), /protocol version 99 is not 2/);
+    assert.match(String(refusal.reason), /protocol version 99 is not 3/);
     await within("the node to close the connection", raw.closed);
   });
 
@@ -92,7 +93,7 @@ describe("Protocol", () => {
     await raw.next();
     raw.socket.write(frame({ op: "keys", keys: [["k", 5, 0]], done: true }));
     await waitFor("the node to know that the raw peer holds k", () => node.has("k"));
-    const answers = [[[null, "raw-peer", 1e300, 0]], [null], [[1, 2]], "not a list", [[null, node.id, -1, 0]]];
+    const answers = [[[null, "raw-peer", 1e300, 0]], [null], [[1, 2]], [[1, -1, 2]], [[1, 0, "2"]], "not a list", [[null, node.id, -1, 0]]];
     for (const values of answers) {
       const got = node.get("k");
       const request = await raw.next();
