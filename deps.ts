@@ -425,6 +425,9 @@ export interface Workload {
   maxOps?: number;
   /** Report every op as it begins and ends, so that {@linkcode WorkloadNode.recorded} knows them even if the process dies. */
   stream?: boolean;
+  /** Share of sets that expire, and after how many ms. @default {0} */
+  ttlRatio?: number;
+  ttl?: number;
 }
 
 /** A node in a child process running `test/fixtures/workload-node.mjs`. */

@@ -113,6 +113,28 @@ describe("findStaleReads", () => {
     assert.deepEqual(findStaleReads(history, { slackMs: 1 }), []);
   });
 
+  it("findStaleReads flags a value read after its set's ttl was up, and accepts it before", () => {
+    const expiring = { ...set("a", "a:1", 0, 10), ttl: 100 };
+    const late = get("b", "a:1", 121, 125);
+    assert.deepEqual(findStaleReads([expiring, late], { ttlSlackMs: 10 }).map((v) => v.read), [late]);
+    assert.deepEqual(findStaleReads([expiring, get("b", "a:1", 119, 125)], { ttlSlackMs: 10 }), []);
+  });
+
+  it("findStaleReads accepts null once a set's ttl can be up, and flags it before", () => {
+    const expiring = { ...set("a", "a:1", 0, 10), ttl: 100 };
+    assert.deepEqual(findStaleReads([expiring, get("b", null, 80, 95)], { ttlSlackMs: 10 }), []);
+    assert.equal(findStaleReads([expiring, get("b", null, 20, 85)], { ttlSlackMs: 10 }).length, 1);
+  });
+
+  it("findStaleReads accepts null once an overlapping set with a ttl, which may have come last, can have expired", () => {
+    const lasting = set("a", "a:1", 0, 10);
+    const expiring = { ...set("b", "b:1", 5, 12), ttl: 50 };
+    assert.deepEqual(findStaleReads([lasting, expiring, get("c", null, 70, 75)], { ttlSlackMs: 5 }), []);
+    // One that certainly came before the lasting set cannot explain the null.
+    const earlier = { ...set("b", "b:1", 0, 4), ttl: 50 };
+    assert.equal(findStaleReads([earlier, { ...lasting, start: 6 }, get("c", null, 70, 75)], { ttlSlackMs: 5 }).length, 1);
+  });
+
   it("findStaleReads keeps keys apart", () => {
     const other: Op = { ...set("b", "b:1", 20, 30), key: "other" };
     assert.deepEqual(findStaleReads([set("a", "a:1", 0, 10), other, get("c", "a:1", 40, 50)]), []);

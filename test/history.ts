@@ -25,6 +25,8 @@ export interface Op {
   end: number;
   /** false: the call failed or timed out. A failed read is ignored; a failed write may have taken effect, at any time after `start`. */
   ok: boolean;
+  /** set: the ms its entry lives (absent or 0: until replaced or removed). */
+  ttl?: number;
 }
 
 /** A read that cannot be explained by any order of the writes consistent with the clients' timings. */
@@ -57,6 +59,12 @@ export interface CheckOptions {
    * believed when `a.end + slackMs < b.start`. Default 0.
    */
   slackMs?: number;
+  /**
+   * How far the nodes' TTL clock (Date.now, in whole ms) may be from the ops' clock: a set with
+   * a `ttl` expires at its latest `ttlSlackMs` after `end + ttl`, at its earliest as much before
+   * `start + ttl`. Default 10.
+   */
+  ttlSlackMs?: number;
 }
 
 // ─── The check ───────────────────────────────────────────────────────────────────────────────
@@ -69,6 +77,7 @@ export interface CheckOptions {
 export function findStaleReads(history: Op[], options: CheckOptions = {}): Violation[] {
   const exclude = options.exclude ?? [];
   const slack = options.slackMs ?? 0;
+  const ttlSlack = options.ttlSlackMs ?? 10;
   const excluded = (op: Op) => exclude.some((w) => op.start <= w.to && op.end >= w.from);
   const byKey = new Map<string, Op[]>();
   for (const op of history) {
@@ -77,7 +86,7 @@ export function findStaleReads(history: Op[], options: CheckOptions = {}): Viola
     else ops.push(op);
   }
   const violations: Violation[] = [];
-  for (const ops of byKey.values()) checkKey(ops, excluded, slack, violations);
+  for (const ops of byKey.values()) checkKey(ops, excluded, slack, ttlSlack, violations);
   return violations;
 }
 
@@ -86,7 +95,7 @@ function latestEffect(op: Op): number {
   return op.ok ? op.end : Infinity;
 }
 
-function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, out: Violation[]): void {
+function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, ttlSlack: number, out: Violation[]): void {
   const sources = new Map<string, Op>();
   for (const op of ops) if (op.kind === "set" && op.value !== null) sources.set(op.value, op);
   // Writes that certainly took effect by their end, and may supersede: by end, each with the
@@ -96,6 +105,19 @@ function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, out: 
   // Every remove, failed and excluded ones too: by start, with the latest possible effect of
   // any remove starting no later.
   const removes = ops.filter((op) => op.kind === "remove").sort((a, b) => a.start - b.start);
+  // Sets with a ttl, by start, and the longest any op took: a set that began longer than that
+  // before another ended before the other began.
+  const expiring = ops.filter((op) => op.kind === "set" && op.ttl).sort((a, b) => a.start - b.start);
+  const longest = ops.reduce((most, op) => Math.max(most, op.end - op.start), 0);
+  /** Whether a set with a ttl that did not certainly come before `set` can have expired before `read` ended. */
+  const expiredSince = (set: Op, read: Op): boolean => {
+    for (let i = lastIndexAtMost(expiring, (op) => op.start, read.end + slack); i >= 0; i--) {
+      const op = expiring[i];
+      if (op.start < set.start - longest - slack) return false;
+      if (latestEffect(op) + slack >= set.start && op.start + op.ttl! - ttlSlack <= read.end) return true;
+    }
+    return false;
+  };
   const latestRemoveEffect: number[] = [];
   for (const [i, remove] of removes.entries()) {
     latestRemoveEffect.push(Math.max(latestEffect(remove), i > 0 ? latestRemoveEffect[i - 1] : -Infinity));
@@ -117,12 +139,19 @@ function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, out: 
           superseding: later,
           reason: `read ${quote(read.value)} of ${quote(read.key)}, but ${describe(later)} had replaced it before the read began`,
         });
+      } else if (source.ok && source.ttl && read.start > source.end + source.ttl + ttlSlack) {
+        out.push({
+          read,
+          superseding: source,
+          reason: `read ${quote(read.value)} of ${quote(read.key)}, but its ttl of ${source.ttl} ms was up before the read began`,
+        });
       }
     } else {
       // The set that began last among those that ended before the read began: if any set
       // proves the null stale, this one does.
       const set = sets.before(read.start - slack);
-      if (set === undefined) continue;
+      // No set, or one that may have been followed by a set whose entry expired before the read ended.
+      if (set === undefined || expiredSince(set, read)) continue;
       // A remove can explain the null only if it can have taken effect after the set began and
       // before the read ended.
       const i = lastIndexAtMost(removes, (remove) => remove.start, read.end + slack);
