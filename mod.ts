@@ -221,11 +221,17 @@ export interface NodeOptions {
    *
    * Reads stay as coherent as without it: a kept value is dropped before this node acknowledges
    * any newer write, removal, clear or eviction of its key, so once one of those has called back,
-   * no node returns the older value. A kept value expires no later than its entry, goes when any
-   * member is lost, and is returned only while every member has answered a request this node sent
-   * within the last `min(peerTimeout, requestTimeout) - heartbeatInterval / 2` ms (a node with a
-   * near cache asks each member at every heartbeat): a member that cannot reach this node may
-   * declare it down and then write without it, but not before that time is up.
+   * no node returns the older value. A kept value expires no later than its entry, and all of
+   * them go when a member is lost or (re)connects. They are returned only while every member has
+   * answered a request this node sent within the last
+   * `min(peerTimeout, requestTimeout) - heartbeatInterval / 2` ms (a node with a near cache asks
+   * each member at every heartbeat), and no member is missing (lost without a goodbye and not
+   * back, or announced by another member and unreachable from here): a member that cannot reach
+   * this node may declare it down and then write without it, but not before that time is up.
+   * Every member should use the same `peerTimeout`, `requestTimeout` and `heartbeatInterval`.
+   *
+   * Without `stringify`, a kept value is shared like a local entry's: change a value you got and
+   * the next get on this node returns the changed one.
    * @default {false}
    */
   nearCache?: boolean | NearCacheOptions;
@@ -1165,8 +1171,6 @@ class Core {
   readonly #fetches = new Map<string, FetchCall>();
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
   readonly #nearLease: number;
-  /** Until when the members' answers vouch for the near cache; 0 to work it out again. */
-  #nearTrustedUntil = 0;
 
   constructor(id: string, options: ResolvedOptions) {
     this.id = id;
@@ -1175,7 +1179,7 @@ class Core {
     this.#replication = new Replication(this, this.#timers);
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
     this.near = options.nearCache && new NearCache(options.nearCache, options.clock);
-    this.#nearLease = Math.min(options.peerTimeout, options.requestTimeout) - options.heartbeatInterval / 2;
+    this.#nearLease = nearLease(options);
     // Whatever changes what the directory knows of a key drops the value kept for it.
     const near = this.near;
     this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)));
@@ -1192,7 +1196,8 @@ class Core {
         stats: () => ({ stats: this.localStats() }),
       },
       admitted: (peer) => {
-        this.#nearTrustedUntil = 0;
+        // What it removed while apart reaches no directory here: keep nothing read before.
+        this.near?.clear();
         this.#tellKeys(peer);
       },
       lost: (peerId) => {
@@ -1265,17 +1270,14 @@ class Core {
   }
 
   /**
-   * The value the near cache keeps for `key`, counted as a near hit, while every member's latest
-   * answer vouches that it cannot have declared this node down yet; else undefined.
+   * The value the near cache keeps for `key`, counted as a near hit, while the members vouch
+   * that none can have declared this node down and written without it; else undefined.
    */
   nearGet(key: string): unknown {
     const now = this.options.clock.now();
+    if (!this.cluster.vouchedFor(now, this.#nearLease)) return undefined;
     const value = this.near!.get(key, now);
     if (value === undefined) return undefined;
-    if (now >= this.#nearTrustedUntil) {
-      this.#nearTrustedUntil = this.cluster.answeredUntil(this.#nearLease);
-      if (now >= this.#nearTrustedUntil) return undefined;
-    }
     this.counters.nearHits++;
     return this.reveal(value);
   }
@@ -2064,7 +2066,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   if (peerTimeout < 2 * heartbeatInterval) {
     fail(`peerTimeout must be at least twice heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
-  return {
+  const resolved: ResolvedOptions = {
     host: chosenHost,
     port,
     seeds,
@@ -2092,6 +2094,19 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     nearCache: resolveNearCache(options.nearCache, fail),
     clock,
   };
+  if (resolved.nearCache && nearLease(resolved) <= heartbeatInterval) {
+    fail(`nearCache needs min(peerTimeout, requestTimeout) - heartbeatInterval / 2 above heartbeatInterval (${heartbeatInterval} ms)`, nearLease(resolved), RangeError);
+  }
+  return resolved;
+}
+
+/**
+ * How long a member's answer to a request lets a node with a near cache serve from it: the
+ * member declares the node down no sooner than `peerTimeout` after hearing from it, and gives up
+ * waiting for its acknowledgement no sooner than `requestTimeout`; half a heartbeat is the margin.
+ */
+function nearLease(options: Pick<ResolvedOptions, "peerTimeout" | "requestTimeout" | "heartbeatInterval">): number {
+  return Math.min(options.peerTimeout, options.requestTimeout) - options.heartbeatInterval / 2;
 }
 
 function resolveNearCache(option: NodeOptions["nearCache"], fail: (what: string, received: unknown, Kind?: ErrorConstructor) => never): ResolvedOptions["nearCache"] {
@@ -3018,11 +3033,11 @@ class Peer {
   lastHeard: number;
   lastSent: number;
   /**
-   * When this node sent the latest request the other node has answered (0: none yet): the other
+   * When this node sent the latest request the other node has answered (-Infinity: none yet): the other
    * node has heard from this one since then, so it cannot declare this one down before that
    * time plus its peerTimeout.
    */
-  answeredAt = 0;
+  answeredAt = -Infinity;
   /** The protocol error that closed the connection, if one did. */
   error: Error | undefined;
   /** Set when another connection to the same node replaced this one; its close is no failure. */
@@ -3265,6 +3280,13 @@ class Cluster {
   readonly #dialling = new Set<string>();
   /** Members lost without a goodbye whose redial failed, with where they listen and since when. */
   readonly #lost = new Map<string, { address: Address; since: number }>();
+  /**
+   * Members this node cannot reach: lost without a goodbye, or announced by another member and
+   * not reachable from here. Either may be alive behind a cut, writing without this node.
+   */
+  readonly #missing = new Set<string>();
+  /** Until when the members' answers vouch for this node (see vouchedFor); -Infinity: work it out again. */
+  #vouchedUntil = -Infinity;
   /** Heartbeat checks so far, to dial lost members every LOST_RETRY_CHECKS of them. */
   #checks = 0;
   /** Ids of peers reported up and not yet down, so that each up is matched by one down. */
@@ -3342,14 +3364,17 @@ class Cluster {
   }
 
   /**
-   * The earliest, over the members, of when this node sent the latest request a member answered,
-   * plus `lease` ms: until then, no member can have declared this node down (Infinity without
-   * members). See NodeOptions.nearCache.
+   * Whether, at `now`, no member can have declared this node down and written without it: none
+   * is missing, and each answered a request this node sent within the last `lease` ms (a member
+   * declares a node down only after hearing nothing from it for longer). See NodeOptions.nearCache.
    */
-  answeredUntil(lease: number): number {
+  vouchedFor(now: number, lease: number): boolean {
+    if (now < this.#vouchedUntil) return true;
+    if (this.#missing.size > 0) return false;
     let until = Infinity;
     for (const peer of this.#peers.values()) until = Math.min(until, peer.answeredAt + lease);
-    return until;
+    this.#vouchedUntil = until;
+    return now < until;
   }
 
   /**
@@ -3515,7 +3540,9 @@ class Cluster {
     const { id, host, port } = (member ?? {}) as Record<string, unknown>;
     if (typeof id !== "string" || typeof host !== "string" || !isPort(port, 1)) return;
     if (id === this.#id || this.#peers.has(id) || this.#dialling.has(id) || this.#stopping) return;
-    await this.#dial({ host, port }, id).catch(() => {});
+    // A member the others know and this node does not yet may already write without it.
+    this.#setMissing(id, true);
+    await this.#dial({ host, port }, id).catch(() => this.#lose(id, { host, port }));
   }
 
   /** Tries each seed in turn, in up to `connectAttempts` rounds with growing delays between rounds. */
@@ -3623,6 +3650,9 @@ class Cluster {
     // The directory knows holders by id, so what this node knew of the peer's keys through a
     // connection this one replaces stays valid meanwhile.
     this.#peers.set(peer.id, peer);
+    this.#setMissing(peer.id, false);
+    // With a near cache, an answer at once, so that this peer's vouches from the start.
+    if (this.#options.nearCache) peer.request({ op: "ping" }).catch(() => {});
     this.#host.admitted(peer);
     for (const other of this.#peers.values()) {
       if (other !== peer) other.send({ op: "member", id: peer.id, ...peer.listening });
@@ -3708,13 +3738,29 @@ class Cluster {
     // attempts fail, the member is dialled again now and then (see #checkPeers): a partition
     // longer than connectAttempts must not split the cluster for good.
     const { id, listening } = peer;
-    this.#dial(listening, id).catch(() => this.#lost.set(id, { address: listening, since: this.#clock.now() }));
+    this.#dial(listening, id).catch(() => this.#lose(id, listening));
+  }
+
+  /** Dials a member now and then from now on (see #dialLost): all attempts to reach it failed. */
+  #lose(id: string, address: Address): void {
+    if (this.#stopping || this.#peers.has(id)) return;
+    this.#lost.set(id, { address, since: this.#clock.now() });
+    this.#setMissing(id, true);
+  }
+
+  #setMissing(id: string, missing: boolean): void {
+    if (missing) this.#missing.add(id);
+    else this.#missing.delete(id);
+    this.#vouchedUntil = -Infinity;
   }
 
   /** Dials each lost member not met again yet; forgets those lost for longer than LOST_RETENTION_MS. */
   #dialLost(now: number): void {
     for (const [id, { address, since }] of this.#lost) {
-      if (this.#peers.has(id) || now - since > LOST_RETENTION_MS) this.#lost.delete(id);
+      if (this.#peers.has(id) || now - since > LOST_RETENTION_MS) {
+        this.#lost.delete(id);
+        this.#setMissing(id, false);
+      }
       else if (!this.#dialling.has(id)) this.#dial(address, id).then(() => this.#lost.delete(id), () => {});
     }
   }
@@ -3724,6 +3770,7 @@ class Cluster {
     if (this.#peers.get(peer.id) !== peer) return false;
     this.#peers.delete(peer.id);
     this.#leaving.delete(peer.id);
+    if (reason !== "left" && !this.#stopping) this.#setMissing(peer.id, true);
     this.#host.lost(peer.id);
     // A node that is stopping has said goodbye; the connections it closes are no news.
     if (this.#announced.delete(peer.id) && !this.#stopping) this.#host.emit("peerDown", { ...peer.info, reason });
@@ -4433,11 +4480,15 @@ interface NearEntry {
   readonly expires: number;
   /** Its size as `maxBytes` counts it. */
   readonly size: number;
+  /** The count of puts at the back of the cache when it was last put there. */
+  stamp: number;
 }
 
 /**
- * Values this node read from the peers that hold them (see NodeOptions.nearCache), least
- * recently used first, within their bounds. It knows nothing of versions: the Directory drops a
+ * Values this node read from the peers that hold them (see NodeOptions.nearCache), about least
+ * recently used first, within their bounds: a read moves a value to the back only if it is in the
+ * older half, since moving one costs a delete and an insert in a large map, which then has to be
+ * compacted (a quarter of a reader's time in a zipf benchmark, before). It knows nothing of versions: the Directory drops a
  * key's value whenever what it knows of that key changes, and Core keeps a value only if nothing
  * changed while it was being read. No I/O.
  */
@@ -4448,6 +4499,8 @@ class NearCache {
   /** Map order is the recency order: the first value is the least recently used. */
   readonly #entries = new Map<string, NearEntry>();
   #bytes = 0;
+  /** Puts at the back so far: an entry stamped more than half the entries ago is in the older half. */
+  #puts = 0;
 
   constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock) {
     this.#maxEntries = limits.maxEntries;
@@ -4463,16 +4516,19 @@ class NearCache {
     return this.#bytes;
   }
 
-  /** The value kept for `key`, marked as just used; undefined when there is none or its time is up at `now`. */
+  /** The value kept for `key`, marked as used; undefined when there is none or its time is up at `now`. */
   get(key: string, now: number): unknown {
     const entry = this.#entries.get(key);
     if (entry === undefined) return undefined;
-    this.#entries.delete(key);
     if (entry.expires !== 0 && entry.expires <= now) {
-      this.#bytes -= entry.size;
+      this.delete(key);
       return undefined;
     }
-    this.#entries.set(key, entry);
+    if (this.#puts - entry.stamp > this.#entries.size / 2) {
+      this.#entries.delete(key);
+      this.#entries.set(key, entry);
+      entry.stamp = ++this.#puts;
+    }
     return entry.value;
   }
 
@@ -4480,7 +4536,7 @@ class NearCache {
   keep(key: string, value: unknown, expires: number, size: number): void {
     this.delete(key);
     if (size > this.#maxBytes || (expires !== 0 && expires <= this.#clock.now())) return;
-    this.#entries.set(key, { value, expires, size });
+    this.#entries.set(key, { value, expires, size, stamp: ++this.#puts });
     this.#bytes += size;
     while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
       this.delete(this.#entries.keys().next().value!);

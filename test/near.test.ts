@@ -102,6 +102,29 @@ describe("Near cache", () => {
     assert.deepEqual([await reader.get("short"), reader.stats().nearEntries], [null, 0]);
   });
 
+  it("a reader that cannot reach a member serves nothing from its near cache, since that member writes without it", async () => {
+    const holder = await startNode();
+    // With one connection each, the reader and the newcomer refuse each other: a cut between them.
+    const reader = await startNode({ master: holder.address, nearCache: true, maxConnections: 1 });
+    await holder.set("k", "v1");
+    await reader.get("k");
+    assert.equal(await reader.get("k"), "v1");
+    const cutOff = await startNode({ master: holder.address, maxConnections: 1, connectAttempts: 1 });
+    // The holder tells the reader of the newcomer, which it cannot reach: from then on, its
+    // reads go to the holder again.
+    await waitFor("the reader to read from the holder", async () => {
+      const before = reader.stats().remoteHits;
+      await reader.get("k");
+      return reader.stats().remoteHits > before;
+    }, 10_000);
+    const hitsBefore = reader.stats().nearHits;
+    await cutOff.set("k", "v2");
+    assert.equal(await reader.get("k"), null, "the holder names a member the reader cannot reach");
+    await cutOff.remove("k");
+    assert.equal(await reader.get("k"), null);
+    assert.equal(reader.stats().nearHits, hitsBefore);
+  });
+
   it(`a ${runtime} reader with a near cache reads no value older than a set on another process that has called back: ${ROUNDS * BATCH} trials`, async () => {
     const { stale, examples } = await trials("set", {}, (writer, prefix) => writer.call({ cmd: "fill", prefix, count: BATCH, tag: "new" }), "new");
     assert.equal(stale, 0, `stale reads after the set: ${examples.join(", ")}`);
