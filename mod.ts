@@ -225,9 +225,10 @@ export interface NodeOptions {
    * them go when a member is lost or (re)connects. They are returned only while every member has
    * answered a request this node sent within the last
    * `min(peerTimeout, requestTimeout) - heartbeatInterval / 2` ms (a node with a near cache asks
-   * each member at every heartbeat), and no member is missing (lost without a goodbye and not
-   * back, or announced by another member and unreachable from here): a member that cannot reach
-   * this node may declare it down and then write without it, but not before that time is up.
+   * each member at every heartbeat), and no member is missing: lost without a goodbye, or
+   * announced by another member, and not reachable from here while another member still reaches
+   * it (checked at every heartbeat). A member that cannot reach this node may declare it down and
+   * then write without it, but not before that time is up.
    * Every member should use the same `peerTimeout`, `requestTimeout` and `heartbeatInterval`.
    *
    * Without `stringify`, a kept value is shared like a local entry's: change a value you got and
@@ -3281,10 +3282,13 @@ class Cluster {
   /** Members lost without a goodbye whose redial failed, with where they listen and since when. */
   readonly #lost = new Map<string, { address: Address; since: number }>();
   /**
-   * Members this node cannot reach: lost without a goodbye, or announced by another member and
-   * not reachable from here. Either may be alive behind a cut, writing without this node.
+   * Members this node cannot reach, lost without a goodbye or announced by another member and not
+   * reachable from here, each with the count of marks when it was marked: either may be alive
+   * behind a cut, writing without this node, until no member that this node reaches has it.
    */
-  readonly #missing = new Set<string>();
+  readonly #missing = new Map<string, number>();
+  #marks = 0;
+  #recheckingMissing = false;
   /** Until when the members' answers vouch for this node (see vouchedFor); -Infinity: work it out again. */
   #vouchedUntil = -Infinity;
   /** Heartbeat checks so far, to dial lost members every LOST_RETRY_CHECKS of them. */
@@ -3705,6 +3709,7 @@ class Cluster {
     const { heartbeatInterval, peerTimeout } = this.#options;
     const now = this.#clock.now();
     if (++this.#checks % LOST_RETRY_CHECKS === 0) this.#dialLost(now);
+    if (this.#missing.size > 0) void this.#recheckMissing();
     // After this process was busy for a while, timers run before the data that waits in the
     // sockets is read: judge silence only at the next check, once it has been.
     const stalled = now - this.#lastCheck > 2 * heartbeatInterval;
@@ -3749,9 +3754,31 @@ class Cluster {
   }
 
   #setMissing(id: string, missing: boolean): void {
-    if (missing) this.#missing.add(id);
+    if (missing) this.#missing.set(id, ++this.#marks);
     else this.#missing.delete(id);
     this.#vouchedUntil = -Infinity;
+  }
+
+  /**
+   * Asks every member for its members, and stops counting as missing those none of them has: a
+   * member that nobody here reaches gets no write acknowledged where this node reads (it died,
+   * or it is cut off from all of them). One marked again meanwhile stays missing.
+   */
+  async #recheckMissing(): Promise<void> {
+    if (this.#recheckingMissing) return;
+    this.#recheckingMissing = true;
+    const startedAt = this.#marks;
+    try {
+      const lists = await Promise.all(Array.from(this.#peers.values(), (peer) => peer.request({ op: "peers" }).then((answer) => answer.peers, () => undefined)));
+      // A member that does not answer may have one: decide nothing this time.
+      if (!lists.every(Array.isArray)) return;
+      const reached = new Set(lists.flat().map((member) => (member as { id?: unknown } | null)?.id));
+      for (const [id, mark] of this.#missing) {
+        if (mark <= startedAt && !reached.has(id)) this.#setMissing(id, false);
+      }
+    } finally {
+      this.#recheckingMissing = false;
+    }
   }
 
   /** Dials each lost member not met again yet; forgets those lost for longer than LOST_RETENTION_MS. */

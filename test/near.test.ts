@@ -3,7 +3,7 @@
 // The trials and the history run in separate processes of the suite's runtime.
 import { afterEach, assert, describe, it, runtime, spawnWorkloadNode, startNode, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
 import { Node, type NodeStats } from "../mod.ts";
-import { agreement, assertCoherent, check, cluster, KEYS, workload } from "./workloads.ts";
+import { agreement, assertCoherent, check, cluster, FAST, KEYS, workload } from "./workloads.ts";
 
 afterEach(stopAll);
 
@@ -123,6 +123,23 @@ describe("Near cache", () => {
     await cutOff.remove("k");
     assert.equal(await reader.get("k"), null);
     assert.equal(reader.stats().nearHits, hitsBefore);
+  });
+
+  it("after a member is killed, a reader serves from its near cache again once no member still reaches the dead one", async () => {
+    const holder = await startNode(FAST);
+    const reader = await startNode({ ...FAST, master: holder.address, nearCache: true });
+    const doomed = await spawnWorkloadNode("near-doomed", { ...FAST, master: holder.address });
+    await waitFor("the reader to know every member", () => reader.stats().peers === 2, 5_000);
+    await holder.set("k", "v1");
+    const nearHitAfter = async () => {
+      const before = reader.stats().nearHits;
+      assert.equal(await reader.get("k"), "v1");
+      return reader.stats().nearHits > before;
+    };
+    await waitFor("a near hit", nearHitAfter, 5_000);
+    await doomed.kill();
+    await waitFor("the reader to lose the killed member", () => reader.stats().peers === 1, 5_000);
+    await waitFor("a near hit once the holder, too, has lost the killed member", nearHitAfter, 5_000);
   });
 
   it(`a ${runtime} reader with a near cache reads no value older than a set on another process that has called back: ${ROUNDS * BATCH} trials`, async () => {
