@@ -7,6 +7,7 @@ import process from "node:process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import Redis from "ioredis";
+import { createClient } from "redis";
 import memjs from "memjs";
 import { LRUCache } from "lru-cache";
 import { Node } from "kosyak";
@@ -68,13 +69,17 @@ const syncRate = (op) =>
     return 10_000;
   });
 
-/** Async operations per second with `inFlight` loops each awaiting `op(i)` one after another. */
+/**
+ * Async operations per second with `inFlight` loops each awaiting `op(i)` one after another.
+ * Each loop reads the clock once per 16 ops, so that the clock costs little next to an op that
+ * completes at once (a cache hit); the rate counts the time the loops actually ran.
+ */
 async function asyncRate(op, inFlight) {
   let done = 0;
   const started = performance.now();
   await Promise.all(
     Array.from({ length: inFlight }, async (_, lane) => {
-      for (let i = lane; performance.now() - started < settings.windowMs; i += inFlight) {
+      for (let i = lane, n = 0; n++ % 16 !== 0 || performance.now() - started < settings.windowMs; i += inFlight) {
         await op(i);
         done++;
       }
@@ -97,6 +102,9 @@ async function latency(op) {
 }
 
 const key = (i) => `key:${i % KEYS}`;
+/** Hot keys: 100 of the keys the holder process holds. */
+const HOT_KEYS = Array.from({ length: 100 }, (_, i) => `key:${i}`);
+const hotKey = (i) => HOT_KEYS[i % HOT_KEYS.length];
 
 // ─── Set-up ───────────────────────────────────────────────────────────────────────────────────
 
@@ -111,6 +119,9 @@ for (let i = 0; i < KEYS; i++) {
 
 const holderPort = await startPeer("node", { keys: KEYS });
 const reader = await new Node({ master: { port: holderPort } }).init().ready();
+const nearReader = await new Node({ master: { port: holderPort }, nearCache: true }).init().ready();
+// Another member that writes the keys nearReader reads, for the stale-read trials.
+const nearWriter = await new Node({ master: { port: holderPort } }).init().ready();
 const writer1 = await new Node().init().ready();
 await startPeer("node", { master: { port: writer1.address.port } });
 const writer3 = await new Node().init().ready();
@@ -124,9 +135,31 @@ if (memcachedPort) {
   for (let i = 0; i < KEYS; i++) await memcached.set(key(i), VALUE, { expires: 0 });
 }
 let redis;
+/** node-redis with RESP3 client-side caching: Redis tells it when a key it cached changes. */
+let cachingRedis;
 if (redisPort) {
   redis = new Redis({ host: "127.0.0.1", port: redisPort });
   for (let i = 0; i < KEYS; i++) await redis.set(key(i), VALUE);
+  cachingRedis = createClient({ socket: { host: "127.0.0.1", port: redisPort }, RESP: 3, clientSideCache: { ttl: 0, maxEntries: 10_000 } });
+  await cachingRedis.connect();
+}
+
+/**
+ * Reads right after another client's write has completed: each trial reads a key twice (so a
+ * client cache holds it), has `write` set a new value, then reads once more; a read of anything
+ * but the new value is stale.
+ */
+async function staleReads(read, write, trials = 1000) {
+  let stale = 0;
+  for (let i = 0; i < trials; i++) {
+    const trialKey = `fresh:${i % 10}`;
+    await read(trialKey);
+    await read(trialKey);
+    const value = `${VALUE}${i}`;
+    await write(trialKey, value);
+    if ((await read(trialKey)) !== value) stale++;
+  }
+  return { staleReads: stale, trials };
 }
 
 // ─── Workloads ────────────────────────────────────────────────────────────────────────────────
@@ -154,6 +187,11 @@ for (const inFlight of [1, 16, 64]) {
   workloads[`remote get, kosyak, ${inFlight} in flight`] = () => asyncRate((i) => reader.get(key(i)), inFlight);
   workloads[`remote get, bare limit, ${inFlight} in flight`] = () => asyncRate((i) => bare.request({ op: "get", key: key(i) }), inFlight);
 }
+workloads["hot remote get, kosyak near cache, sequential"] = () => latency((i) => nearReader.get(hotKey(i)));
+workloads["hot remote get, kosyak near cache, 64 in flight"] = () => asyncRate((i) => nearReader.get(hotKey(i)), 64);
+workloads["hot remote get, kosyak, sequential"] = () => latency((i) => reader.get(hotKey(i)));
+workloads["hot remote get, kosyak, 64 in flight"] = () => asyncRate((i) => reader.get(hotKey(i)), 64);
+workloads["stale reads after an acknowledged write, kosyak near cache"] = () => staleReads((k) => nearReader.get(k), (k, v) => nearWriter.set(k, v));
 workloads["set acked by 1 peer, 64 in flight"] = () => asyncRate((i) => writer1.set(key(i), VALUE), 64);
 workloads["set acked by 3 peers, 64 in flight"] = () => asyncRate((i) => writer3.set(key(i), VALUE), 64);
 workloads["set acked by 3 peers, replicas: 1, 64 in flight"] = () => asyncRate((i) => replicated.set(key(i), VALUE), 64);
@@ -162,6 +200,11 @@ if (redis) {
   workloads["set, ioredis+Redis, sequential"] = () => latency((i) => redis.set(key(i), VALUE));
   for (const inFlight of [1, 16, 64]) workloads[`remote get, ioredis+Redis, ${inFlight} in flight`] = () => asyncRate((i) => redis.get(key(i)), inFlight);
   workloads["set, ioredis+Redis, 64 in flight"] = () => asyncRate((i) => redis.set(key(i), VALUE), 64);
+  workloads["hot remote get, ioredis+Redis, sequential"] = () => latency((i) => redis.get(hotKey(i)));
+  workloads["hot remote get, ioredis+Redis, 64 in flight"] = () => asyncRate((i) => redis.get(hotKey(i)), 64);
+  workloads["hot remote get, node-redis client-side caching, sequential"] = () => latency((i) => cachingRedis.get(hotKey(i)));
+  workloads["hot remote get, node-redis client-side caching, 64 in flight"] = () => asyncRate((i) => cachingRedis.get(hotKey(i)), 64);
+  workloads["stale reads after an acknowledged write, node-redis client-side caching"] = () => staleReads((k) => cachingRedis.get(k), (k, v) => redis.set(k, v));
 }
 
 if (memcached) {
@@ -179,9 +222,80 @@ settings.windowMs = measuredWindow;
 for (let round = 1; round <= rounds; round++) {
   for (const [name, run] of Object.entries(workloads)) {
     const result = await run();
-    if (reader.stats().peers !== 1) throw new Error(`the reader lost its holder during "${name}"`);
+    if (reader.stats().peers !== 3) throw new Error(`the reader lost a member during "${name}"`);
     report(typeof result === "number" ? { name, round, opsPerSec: result } : { name, round, ...result });
   }
+}
+
+// ─── Zipf: hot and cold keys read from 4 processes ────────────────────────────────────────────
+// Each system gets 4 processes of this runtime (scripts/bench-zipf.mjs) reading 100,000 keys
+// with a zipf(0.99) law, 64 in flight each; the row is the sum of their reads per second. The
+// client caches hold 10,000 values (kosyak's default) or all 100,000; each process first reads
+// every key once, coldest first, then runs two windows that are not counted.
+
+const ZIPF_KEYS = 100_000;
+const ZIPF_MEMBERS = 4;
+
+/** Starts one zipf process; resolves with it and a function that waits for its next line. */
+async function startZipf(options) {
+  const script = fileURLToPath(new URL("./bench-zipf.mjs", import.meta.url));
+  const child = spawn(peerCommand[0], [...peerCommand.slice(1), script, JSON.stringify(options)], { stdio: ["pipe", "pipe", "inherit"] });
+  children.push(child);
+  const lines = [];
+  const waiting = [];
+  createInterface({ input: child.stdout }).on("line", (line) => (waiting.length > 0 ? waiting.shift()(line) : lines.push(line)));
+  const exited = new Promise((_, reject) => child.once("exit", () => reject(new Error(`a ${options.system} zipf process exited early`))));
+  exited.catch(() => {});
+  const next = () => Promise.race([lines.length > 0 ? Promise.resolve(lines.shift()) : new Promise((resolve) => waiting.push(resolve)), exited]).then(JSON.parse);
+  return { child, next };
+}
+
+/** Each zipf row: its name, the system and its client cache's size. */
+const zipfSystems = [
+  ["kosyak, near cache of 10,000", "kosyak", 10_000],
+  ["kosyak, near cache of 100,000", "kosyak", 100_000],
+  ["kosyak, no near cache", "kosyak", 0],
+];
+if (redis) {
+  zipfSystems.push(
+    ["ioredis", "ioredis", 0],
+    ["node-redis client-side caching of 10,000", "node-redis", 10_000],
+    ["node-redis client-side caching of 100,000", "node-redis", 100_000],
+  );
+  for (let k = 0; k < ZIPF_KEYS; k += 10_000) {
+    const pairs = [];
+    for (let i = k; i < k + 10_000; i++) pairs.push(`z:${i}`, VALUE);
+    await redis.mset(pairs);
+  }
+}
+for (const [row, system, cacheEntries] of zipfSystems) {
+  const base = { system, cacheEntries, keys: ZIPF_KEYS, inFlight: 64, windowMs: settings.windowMs, members: ZIPF_MEMBERS, port: redisPort };
+  const processes = [];
+  for (let index = 0; index < ZIPF_MEMBERS; index++) {
+    const started = await startZipf({ ...base, index, ...(system === "kosyak" && index > 0 ? { port: processes[0].port } : {}) });
+    processes.push({ ...started, port: (await started.next()).port });
+  }
+  for (const { next } of processes) {
+    const { known } = await next();
+    if (known < ZIPF_KEYS) throw new Error(`a ${system} zipf process knows ${known} keys of ${ZIPF_KEYS}`);
+  }
+  for (const { child } of processes) child.stdin.write("warm\n");
+  for (const { next } of processes) await next();
+  const window = async () => {
+    for (const { child } of processes) child.stdin.write("go\n");
+    const results = await Promise.all(processes.map(({ next }) => next()));
+    const opsPerSec = results.reduce((sum, { readsPerSec }) => sum + readsPerSec, 0);
+    const shares = results.map(({ nearShare }) => nearShare).filter((share) => share !== undefined);
+    return shares.length === 0 ? { opsPerSec } : { opsPerSec, nearShare: shares.reduce((a, b) => a + b, 0) / shares.length };
+  };
+  await window();
+  await window();
+  for (let round = 1; round <= rounds; round++) {
+    report({ name: `zipf(0.99) gets of 100,000 keys, 4 processes x 64 in flight, ${row}`, round, ...(await window()) });
+  }
+  for (const { child } of processes) child.stdin.end();
+  await Promise.all(processes.map(({ child }) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
+  children.splice(children.indexOf(processes[0].child), ZIPF_MEMBERS);
 }
 
 // ─── Scaling: writes in clusters of 2 to 32 nodes in this process ─────────────────────────────
@@ -324,9 +438,10 @@ for (let round = 1; round <= 3; round++) {
 
 // ─── Tear-down ────────────────────────────────────────────────────────────────────────────────
 
-await Promise.all([local, reader, writer1, writer3, replicated].map((node) => node.stop({ handover: false })));
+await Promise.all([local, reader, nearReader, nearWriter, writer1, writer3, replicated].map((node) => node.stop({ handover: false })));
 bare.close();
 await redis?.quit();
+await cachingRedis?.close();
 memcached?.close();
 for (const child of children) child.stdin.end();
 await Promise.all(children.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));

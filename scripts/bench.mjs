@@ -87,6 +87,7 @@ async function runWorker(runtime, redisPort, memcachedPort) {
     const shown = result.opsPerSec ? `${Math.round(result.opsPerSec).toLocaleString("en")} ops/s`
       : result.p50 ? `p50 ${result.p50.toFixed(1)} µs`
       : result.lostKeys !== undefined ? `${result.lostKeys} keys lost`
+      : result.staleReads !== undefined ? `${result.staleReads} stale of ${result.trials}`
       : `${(result.joinMs ?? result.handoverMs ?? result.failoverMs)?.toFixed(0)} ms`;
     console.log(`${runtime} round ${result.round}: ${result.name}: ${shown}`);
   });
@@ -113,7 +114,7 @@ const median = (values) => values.slice().sort((a, b) => a - b)[Math.floor(value
 const summary = {};
 for (const result of raw) {
   const entry = (summary[result.runtime] ??= {})[result.name] ??= {};
-  for (const field of ["opsPerSec", "p50", "p99", "joinMs", "bytesPerKey", "mapBytesPerKey", "handoverMs", "failoverMs", "lostKeys"]) {
+  for (const field of ["opsPerSec", "p50", "p99", "joinMs", "bytesPerKey", "mapBytesPerKey", "handoverMs", "failoverMs", "lostKeys", "staleReads", "trials", "nearShare"]) {
     if (result[field] !== undefined) (entry[field] ??= []).push(result[field]);
   }
 }
@@ -128,6 +129,8 @@ const crashLoss = "keys lost when 1 of 4 nodes with replicas: 1 is killed (of 75
 const rollingLoss = "keys lost in a rolling restart of 4 nodes holding 100,000 keys (reads from every node)";
 const SCALE_SIZES = [2, 4, 8, 16, 32];
 const scaleRow = (size) => `set, ${size} nodes in one process, 16 writers each`;
+const zipfRow = (system) => `zipf(0.99) gets of 100,000 keys, 4 processes x 64 in flight, ${system}`;
+const staleRow = (system) => `stale reads after an acknowledged write, ${system}`;
 /**
  * How close writes come to a cost linear in the peers that acknowledge each one: set/s times
  * (N - 1) at 32 nodes over the same at 2 nodes; 1 is perfectly linear.
@@ -147,6 +150,10 @@ const targets = (runtime) => [
   ["hand-over of 100,000 entries on stop (s)", m(runtime, handover, "handoverMs") / 1000, "<", 2],
   ["keys lost when 1 of 4 nodes with replicas: 1 is killed", stat(runtime, crashLoss, "lostKeys")?.max, "<=", 0],
   ["keys lost in a rolling restart of 4 nodes", stat(runtime, rollingLoss, "lostKeys")?.max, "<=", 0],
+  ["hot remote get, near cache, 64 in flight / node-redis client-side caching", m(runtime, "hot remote get, kosyak near cache, 64 in flight", "opsPerSec") / m(runtime, "hot remote get, node-redis client-side caching, 64 in flight", "opsPerSec"), ">=", 10],
+  ["hot remote get p50, near cache / node-redis client-side caching", m(runtime, "hot remote get, kosyak near cache, sequential", "p50") / m(runtime, "hot remote get, node-redis client-side caching, sequential", "p50"), "<=", 0.5],
+  ["zipf gets on 4 nodes, near cache of 100,000 / ioredis+Redis", m(runtime, zipfRow("kosyak, near cache of 100,000"), "opsPerSec") / m(runtime, zipfRow("ioredis"), "opsPerSec"), ">=", 5],
+  ["stale reads after an acknowledged write, near cache (every round)", stat(runtime, staleRow("kosyak near cache"), "staleReads")?.max, "<=", 0],
 ].map(([what, value, op, bound]) => ({
   what,
   value,
@@ -156,6 +163,8 @@ const targets = (runtime) => [
 
 const cell = (runtime, name) => {
   const ops = stat(runtime, name, "opsPerSec");
+  const nearShare = m(runtime, name, "nearShare");
+  if (ops && nearShare !== undefined) return `${fmt(ops.median)} (${fmt(ops.min)}–${fmt(ops.max)}), ${(nearShare * 100).toFixed(0)}% near hits`;
   if (ops) return `${fmt(ops.median)} (${fmt(ops.min)}–${fmt(ops.max)})`;
   const p50 = stat(runtime, name, "p50");
   if (p50) return `p50 ${p50.median.toFixed(1)} µs, p99 ${m(runtime, name, "p99").toFixed(1)} µs`;
@@ -163,6 +172,8 @@ const cell = (runtime, name) => {
   if (handoverMs) return `${(handoverMs.median / 1000).toFixed(3)} s (${(handoverMs.min / 1000).toFixed(3)}–${(handoverMs.max / 1000).toFixed(3)})`;
   const lostKeys = stat(runtime, name, "lostKeys");
   if (lostKeys) return `${lostKeys.max} at most`;
+  const staleReads = stat(runtime, name, "staleReads");
+  if (staleReads) return `${staleReads.min}–${staleReads.max} of ${m(runtime, name, "trials")} per round`;
   const joinMs = stat(runtime, name, "joinMs");
   if (joinMs) return `${(joinMs.median / 1000).toFixed(2)} s, ${m(runtime, name, "bytesPerKey").toFixed(0)} B/key (Map: ${m(runtime, name, "mapBytesPerKey").toFixed(0)})`;
   return "–";
@@ -199,6 +210,14 @@ function chart() {
       "remote get, bare limit, 64 in flight", "remote get, kosyak, 64 in flight", "remote get, ioredis+Redis, 64 in flight",
       "remote get, memjs+memcached, 64 in flight", "set acked by 3 peers, 64 in flight", "set, ioredis+Redis, 64 in flight",
     ]],
+    ["Hot keys held by another node, thousands of gets/s (64 in flight)", 1e3, [
+      "hot remote get, kosyak near cache, 64 in flight", "hot remote get, node-redis client-side caching, 64 in flight",
+      "hot remote get, kosyak, 64 in flight", "hot remote get, ioredis+Redis, 64 in flight",
+    ]],
+    ["Zipf(0.99) gets of 100,000 keys from 4 processes, thousands/s", 1e3, [
+      "kosyak, near cache of 100,000", "node-redis client-side caching of 100,000", "kosyak, near cache of 10,000",
+      "node-redis client-side caching of 10,000", "kosyak, no near cache", "ioredis",
+    ].map(zipfRow)],
     ["Scaling: set/s in a cluster of N nodes in one process, thousands", 1e3, SCALE_SIZES.map(scaleRow)],
   ];
   const bar = 12, gap = 10, labelWidth = 300, plotWidth = 420;
