@@ -16,7 +16,8 @@
  * timers, retries);
  * the runtime adapter (the only code that touches `node:net`, `Deno` or `Bun`); the protocol
  * codec; `Peer`, one connection; `Cluster`, membership; `Handshake`; `Directory`, who holds what
- * (the only place that compares versions); `Store`, the local entries.
+ * (the only place that compares versions); `Store`, the local entries; `NearCache`, values read
+ * from peers (`nearCache`), which the Directory drops whenever what it knows of their key changes.
  *
  * A remote get: `Node.get` misses the `Store`, `Core.getShared` joins or starts the key's one get,
  * `Directory.holderOf` names the holder, `Peer.batch` queues the key into this tick's `get` to it;
@@ -4507,15 +4508,16 @@ interface NearEntry {
   readonly expires: number;
   /** Its size as `maxBytes` counts it. */
   readonly size: number;
-  /** The count of puts at the back of the cache when it was last put there. */
-  stamp: number;
+  /** Whether it was read since it was kept, or since eviction last passed it over. */
+  read: boolean;
 }
 
 /**
- * Values this node read from the peers that hold them (see NodeOptions.nearCache), about least
- * recently used first, within their bounds: a read moves a value to the back only if it is in the
- * older half, since moving one costs a delete and an insert in a large map, which then has to be
- * compacted (a quarter of a reader's time in a zipf benchmark, before). It knows nothing of versions: the Directory drops a
+ * Values this node read from the peers that hold them (see NodeOptions.nearCache), within their
+ * bounds, evicted about least recently used first by the "second chance" rule: a read only marks
+ * a value, and eviction moves a marked value to the back (unmarked) instead of dropping it.
+ * Moving every value read to the back, as the Store does, costs a delete and an insert in a
+ * map, which a large map must then compact: half the time of a near hit. It knows nothing of versions: the Directory drops a
  * key's value whenever what it knows of that key changes, and Core keeps a value only if nothing
  * changed while it was being read. No I/O.
  */
@@ -4526,8 +4528,6 @@ class NearCache {
   /** Map order is the recency order: the first value is the least recently used. */
   readonly #entries = new Map<string, NearEntry>();
   #bytes = 0;
-  /** Puts at the back so far: an entry stamped more than half the entries ago is in the older half. */
-  #puts = 0;
 
   constructor(limits: { maxEntries: number; maxBytes: number }, clock: Clock) {
     this.#maxEntries = limits.maxEntries;
@@ -4551,11 +4551,7 @@ class NearCache {
       this.delete(key);
       return undefined;
     }
-    if (this.#puts - entry.stamp > this.#entries.size / 2) {
-      this.#entries.delete(key);
-      this.#entries.set(key, entry);
-      entry.stamp = ++this.#puts;
-    }
+    entry.read = true;
     return entry.value;
   }
 
@@ -4563,10 +4559,18 @@ class NearCache {
   keep(key: string, value: unknown, expires: number, size: number): void {
     this.delete(key);
     if (size > this.#maxBytes || (expires !== 0 && expires <= this.#clock.now())) return;
-    this.#entries.set(key, { value, expires, size, stamp: ++this.#puts });
+    this.#entries.set(key, { value, expires, size, read: false });
     this.#bytes += size;
+    // Each value is passed over at most once before every value is unmarked: bounded.
     while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
-      this.delete(this.#entries.keys().next().value!);
+      const [oldest, entry] = this.#entries.entries().next().value!;
+      this.#entries.delete(oldest);
+      if (entry.read && oldest !== key) {
+        entry.read = false;
+        this.#entries.set(oldest, entry);
+      } else {
+        this.#bytes -= entry.size;
+      }
     }
   }
 

@@ -82,6 +82,18 @@ describe("Near cache", () => {
     assert.equal(holder.stats().served >= 4, true);
   });
 
+  it("a full near cache evicts a value nobody read again before one that was read since it was kept", async () => {
+    const holder = await startNode();
+    const reader = await startNode({ master: holder.address, nearCache: { maxEntries: 2 } });
+    await holder.mset([["a", 1], ["b", 2], ["c", 3]]);
+    for (const key of ["a", "a", "b", "c"]) await reader.get(key);
+    const { remoteHits } = reader.stats();
+    await reader.get("a");
+    assert.equal(reader.stats().remoteHits, remoteHits, "a, read again, stayed");
+    await reader.get("b");
+    assert.equal(reader.stats().remoteHits, remoteHits + 1, "b, never read again, went first");
+  });
+
   it("a node without a near cache keeps nothing and reads every time from the holder", async () => {
     const holder = await startNode();
     const reader = await startNode({ master: holder.address });
