@@ -23,36 +23,43 @@ describe("Coherence of concurrent reads and writes across processes", () => {
     assertCoherent(violations, divergent);
   }, 40_000);
 
-  it("a node frozen past peerTimeout while the others overwrite its keys serves no replaced value once it runs again, and all agree", async () => {
-    const nodes = await cluster("c", [runtime, runtime, runtime, runtime], FAST);
-    const frozen = nodes[3];
-    const others = nodes.slice(0, 3);
-    const seeded = [];
-    for (const key of KEYS) seeded.push(await recordedSet(frozen, key, `${frozen.name}:seed-${key}`));
+  // With near caches too: a frozen node's kept values must not outlive the writes it missed.
+  for (const [nearCache, prefix] of [[false, "c"], [true, "cn"]] as const) {
+    it(`a node frozen past peerTimeout while the others overwrite its keys serves no replaced value once it runs again, and all agree${nearCache ? " (near caches)" : ""}`, async () => {
+      const nodes = await cluster(prefix, [runtime, runtime, runtime, runtime], { ...FAST, nearCache });
+      const frozen = nodes[3];
+      const others = nodes.slice(0, 3);
+      const seeded = [];
+      for (const key of KEYS) seeded.push(await recordedSet(frozen, key, `${frozen.name}:seed-${key}`));
 
-    const pausedAt = now();
-    frozen.pause();
-    const whileFrozen = Promise.all(others.map((node, i) => node.run(workload(300 + i, 2_500))));
-    await peersAre(others, 2, 5_000);
-    const frozenHistories = await whileFrozen;
-    frozen.resume();
-    await fullMesh(nodes, 8_000);
-    const afterResume = await agreement(nodes, 5_000);
-    const convergedAt = now();
+      const pausedAt = now();
+      frozen.pause();
+      const whileFrozen = Promise.all(others.map((node, i) => node.run(workload(300 + i, 2_500))));
+      await peersAre(others, 2, 5_000);
+      const frozenHistories = await whileFrozen;
+      frozen.resume();
+      await fullMesh(nodes, 8_000);
+      const afterResume = await agreement(nodes, 5_000);
+      const convergedAt = now();
 
-    const window = { from: pausedAt, to: convergedAt };
-    const afterwards = await Promise.all(nodes.map((node, i) => node.run(workload(310 + i, 3_000))));
-    const divergent = await agreement(nodes, 5_000);
-    const history = [...seeded, ...frozenHistories.flat(), ...afterwards.flat(), ...lossDuring(frozen.name, window)];
-    const violations = check(
-      `frozen for ${Math.round(window.to - pausedAt)} ms (divergent right after the resume: [${afterResume.join(", ")}])`,
-      history,
-      divergent,
-      [window],
-    );
-    assert.deepEqual(afterResume, [], "every node reads the same value for every key within 5 s of the resume");
-    assertCoherent(violations, divergent);
-  }, 40_000);
+      const window = { from: pausedAt, to: convergedAt };
+      const afterwards = await Promise.all(nodes.map((node, i) => node.run(workload(310 + i, 3_000))));
+      const divergent = await agreement(nodes, 5_000);
+      const history = [...seeded, ...frozenHistories.flat(), ...afterwards.flat(), ...lossDuring(frozen.name, window)];
+      const violations = check(
+        `frozen for ${Math.round(window.to - pausedAt)} ms (divergent right after the resume: [${afterResume.join(", ")}])`,
+        history,
+        divergent,
+        [window],
+      );
+      assert.deepEqual(afterResume, [], "every node reads the same value for every key within 5 s of the resume");
+      assertCoherent(violations, divergent);
+      if (nearCache) {
+        const stats = (await Promise.all(nodes.map((node) => node.call({ cmd: "stats" })))) as Array<{ nearHits: number }>;
+        assert.ok(stats.some((s) => s.nearHits > 0), "the near caches served reads");
+      }
+    }, 40_000);
+  }
 
   it("a node killed mid-workload and replaced by a fresh process joining through a survivor leaves no replaced value readable, and all agree", async () => {
     const nodes = await cluster("d", [runtime, runtime, runtime, runtime], FAST);
