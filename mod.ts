@@ -3710,7 +3710,8 @@ class Cluster {
     const { heartbeatInterval, peerTimeout } = this.#options;
     const now = this.#clock.now();
     if (++this.#checks % LOST_RETRY_CHECKS === 0) this.#dialLost(now);
-    if (this.#missing.size > 0) void this.#recheckMissing();
+    // Only a near cache depends on which members are missing (see vouchedFor).
+    if (this.#options.nearCache && this.#missing.size > 0) void this.#recheckMissing();
     // After this process was busy for a while, timers run before the data that waits in the
     // sockets is read: judge silence only at the next check, once it has been.
     const stalled = now - this.#lastCheck > 2 * heartbeatInterval;
