@@ -162,47 +162,54 @@ function describePartitions(): void {
     await expectAgreement(nodes, written, healedAt);
   }, 45_000);
 
-  it("four nodes writing and reading the same keys while one is cut off read no replaced value outside the cut, and agree after the heal", async () => {
-    const net = (network = createNetwork(4, "kosyak"));
-    const nodes: WorkloadNode[] = [];
-    for (let i = 0; i < 4; i++) {
-      const master = i > 0 ? { master: nodes[0].address } : {};
-      nodes.push(await spawnWorkloadNode(`p${i}`, { ...FAST, host: net.hosts[i], port: 0, ...master }, runtime, net.exec(i)));
-    }
-    await fullMesh(nodes, 10_000);
-    const run = (seed: number, durationMs: number) => Promise.all(nodes.map((node, i) => node.run(workload(seed + i, durationMs))));
-    const before = await run(500, 1_500);
+  // With near caches too: a kept value must not survive the heal.
+  for (const nearCache of [false, true]) {
+    it(`four nodes writing and reading the same keys while one is cut off read no replaced value outside the cut, and agree after the heal${nearCache ? " (near caches)" : ""}`, async () => {
+      const net = (network = createNetwork(4, "kosyak"));
+      const nodes: WorkloadNode[] = [];
+      for (let i = 0; i < 4; i++) {
+        const master = i > 0 ? { master: nodes[0].address } : {};
+        nodes.push(await spawnWorkloadNode(`p${i}`, { ...FAST, nearCache, host: net.hosts[i], port: 0, ...master }, runtime, net.exec(i)));
+      }
+      await fullMesh(nodes, 10_000);
+      const run = (seed: number, durationMs: number) => Promise.all(nodes.map((node, i) => node.run(workload(seed + i, durationMs))));
+      const before = await run(500, 1_500);
 
-    // Every node, the cut-off one too, goes on writing while the link is down.
-    const cutAt = now();
-    network!.cut(3);
-    const during = run(510, 2_500);
-    await peersAre(nodes.slice(0, 3), 2, 5_000);
-    const whileCut = await during;
-    network!.heal(3);
-    await fullMesh(nodes, RECONNECT_MS);
-    const afterHeal = await agreement(nodes, AGREEMENT_MS);
-    const healedAt = now();
+      // Every node, the cut-off one too, goes on writing while the link is down.
+      const cutAt = now();
+      network!.cut(3);
+      const during = run(510, 2_500);
+      await peersAre(nodes.slice(0, 3), 2, 5_000);
+      const whileCut = await during;
+      network!.heal(3);
+      await fullMesh(nodes, RECONNECT_MS);
+      const afterHeal = await agreement(nodes, AGREEMENT_MS);
+      const healedAt = now();
 
-    const after = await run(520, 2_000);
-    const divergent = await agreement(nodes, AGREEMENT_MS);
-    // Only operations of nodes connected throughout are judged. Until every node agrees again,
-    // and until the last connection lost or made after the cut, what the cut-off node wrote may
-    // win over what the others acknowledged, and a node may miss keys of a peer it reconnects to.
-    const events = (await Promise.all(nodes.map((node) => node.call({ cmd: "events" })))) as Array<Array<{ at: number }>>;
-    const lastChange = Math.max(...events.flat().map((event) => event.at));
-    const window = { from: cutAt, to: Math.max(healedAt, lastChange) };
-    const history = [...before.flat(), ...whileCut.flat(), ...after.flat(), ...lossDuring(nodes[3].name, window)];
-    const violations = check(
-      `[${runtime}] cut off for ${Math.round(healedAt - cutAt)} ms, membership settled ${Math.round(lastChange - healedAt)} ms after agreement (divergent right after the heal: [${afterHeal.join(", ")}])`,
-      history,
-      divergent,
-      [window],
-    );
-    if (violations.length > 0) console.log(`window ${window.from} to ${window.to}; membership events:\n${JSON.stringify(events)}`);
-    assert.deepEqual(afterHeal, [], `every node reads the same value for every key within ${AGREEMENT_MS} ms of the heal`);
-    assertCoherent(violations, divergent);
-  }, 45_000);
+      const after = await run(520, 2_000);
+      const divergent = await agreement(nodes, AGREEMENT_MS);
+      // Only operations of nodes connected throughout are judged. Until every node agrees again,
+      // and until the last connection lost or made after the cut, what the cut-off node wrote may
+      // win over what the others acknowledged, and a node may miss keys of a peer it reconnects to.
+      const events = (await Promise.all(nodes.map((node) => node.call({ cmd: "events" })))) as Array<Array<{ at: number }>>;
+      const lastChange = Math.max(...events.flat().map((event) => event.at));
+      const window = { from: cutAt, to: Math.max(healedAt, lastChange) };
+      const history = [...before.flat(), ...whileCut.flat(), ...after.flat(), ...lossDuring(nodes[3].name, window)];
+      const violations = check(
+        `[${runtime}] cut off for ${Math.round(healedAt - cutAt)} ms, membership settled ${Math.round(lastChange - healedAt)} ms after agreement (divergent right after the heal: [${afterHeal.join(", ")}])`,
+        history,
+        divergent,
+        [window],
+      );
+      if (violations.length > 0) console.log(`window ${window.from} to ${window.to}; membership events:\n${JSON.stringify(events)}`);
+      assert.deepEqual(afterHeal, [], `every node reads the same value for every key within ${AGREEMENT_MS} ms of the heal`);
+      assertCoherent(violations, divergent);
+      if (nearCache) {
+        const stats = (await Promise.all(nodes.map((node) => node.call({ cmd: "stats" })))) as Array<{ nearHits: number }>;
+        assert.ok(stats.some((s) => s.nearHits > 0), "the near caches served reads");
+      }
+    }, 45_000);
+  }
 
   it("a cut shorter than peerTimeout takes no peer down, and writes on both sides during it converge after the heal", async () => {
     const nodes = await startNetworkCluster(3);
