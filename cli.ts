@@ -14,6 +14,7 @@
  * @module
  */
 import { readFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { type Address, Node, type NodeOptions, type NodeStats } from "./mod.ts";
@@ -45,6 +46,8 @@ Options:
   --request-timeout <ms>          time a peer has to answer (default 5000)
   --heartbeat-interval <ms>       heartbeat period on idle connections (default 1000)
   --peer-timeout <ms>             silence after which a peer is declared down (default 3000)
+  --metrics <port>                serve: also serve this node's stats in the Prometheus text
+                                  format at http://<host>:<port>/metrics (0: a free port)
   --quiet                         print nothing but errors
   -h, --help                      show this help
 `;
@@ -66,12 +69,14 @@ async function main(args: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  return parsed.command === "stats" ? await printStats(parsed.options) : await serve(parsed.options, parsed.quiet);
+  return parsed.command === "stats" ? await printStats(parsed.options) : await serve(parsed.options, parsed.metricsPort, parsed.quiet);
 }
 
 interface CommandLine {
   command: "serve" | "stats";
   options: NodeOptions;
+  /** Where to serve /metrics (serve only). */
+  metricsPort: number | undefined;
   quiet: boolean;
   help: boolean;
 }
@@ -98,6 +103,7 @@ function parseCommandLine(args: string[]): CommandLine {
       "request-timeout": { type: "string" },
       "heartbeat-interval": { type: "string" },
       "peer-timeout": { type: "string" },
+      metrics: { type: "string" },
       quiet: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -107,6 +113,7 @@ function parseCommandLine(args: string[]): CommandLine {
   const seeds = [...(values.master ?? []).flatMap((list) => list.split(",")), ...(command === "stats" ? rest : [])].map(parseAddress);
   if (command === "stats" && seeds.length === 0) throw new UsageError("stats needs the address of a node: kosyak stats <host:port>");
   if (command === "serve" && rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+  if (command === "stats" && values.metrics !== undefined) throw new UsageError("--metrics goes with serve");
 
   const number = (flag: string, text: string | undefined) => {
     if (text === undefined) return undefined;
@@ -141,7 +148,11 @@ function parseCommandLine(args: string[]): CommandLine {
     if (options[name] === undefined) delete options[name];
   }
   new Node(options);
-  return { command, options, quiet: values.quiet ?? false, help: values.help ?? false };
+  const metricsPort = number("metrics", values.metrics);
+  if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort <= 65535)) {
+    throw new UsageError(`--metrics must be a port from 0 to 65535: received "${values.metrics}"`);
+  }
+  return { command, options, metricsPort, quiet: values.quiet ?? false, help: values.help ?? false };
 }
 
 function parseAddress(text: string): Address {
@@ -150,28 +161,55 @@ function parseAddress(text: string): Address {
   return { host: match[1].replace(/^\[(.*)\]$/, "$1") || "127.0.0.1", port: Number(match[2]) };
 }
 
-/** Runs a node until SIGINT or SIGTERM, then stops it and resolves with 0. */
-async function serve(options: NodeOptions, quiet: boolean): Promise<number> {
+/** Runs a node, and its /metrics endpoint if asked, until SIGINT or SIGTERM; then stops both and resolves with 0. */
+async function serve(options: NodeOptions, metricsPort: number | undefined, quiet: boolean): Promise<number> {
   const say = (line: string) => quiet || process.stdout.write(`${line}\n`);
   const node = new Node(options)
     .on("peerUp", (peer) => say(`peer up: ${peer.id} at ${peer.address.host}:${peer.address.port}`))
     .on("peerDown", (peer) => say(`peer down: ${peer.id} (${peer.reason})`))
     .on("error", (error) => process.stderr.write(`kosyak: ${error.message}\n`));
-  try {
-    await node.init().ready();
-  } catch (error) {
-    process.stderr.write(`kosyak: ${(error as Error).message}\n`);
+  // With a callback, a failed start is reported here only, not also as an error event.
+  const failed = await new Promise<Error | null>((resolve) => node.init(resolve));
+  if (failed) {
+    process.stderr.write(`kosyak: ${failed.message}\n`);
     return 1;
   }
   say(`kosyak node ${node.id} listening on ${node.address.host}:${node.address.port}`);
+  let metrics: Server | undefined;
+  if (metricsPort !== undefined) {
+    try {
+      metrics = await serveMetrics(node, metricsPort);
+    } catch (error) {
+      process.stderr.write(`kosyak: cannot serve metrics on ${node.address.host}:${metricsPort}: ${(error as Error).message}\n`);
+      await node.stop();
+      return 1;
+    }
+    say(`metrics at http://${node.address.host}:${(metrics.address() as { port: number }).port}/metrics`);
+  }
   const signal = await new Promise<string>((resolve) => {
     process.once("SIGINT", () => resolve("SIGINT"));
     process.once("SIGTERM", () => resolve("SIGTERM"));
   });
   say(`${signal}: stopping`);
+  await new Promise((resolve) => metrics ? metrics.close(resolve) : resolve(undefined));
   await node.stop();
   say("stopped");
   return 0;
+}
+
+/** An HTTP server on the node's host that answers GET /metrics with `node.metrics()`. */
+function serveMetrics(node: Node, port: number): Promise<Server> {
+  const server = createServer((request, response) => {
+    if (request.method === "GET" && request.url?.split("?")[0] === "/metrics") {
+      response.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }).end(node.metrics());
+    } else {
+      response.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("Not found: try /metrics\n");
+    }
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, node.address.host, () => resolve(server));
+  });
 }
 
 /** Joins the cluster for as long as it takes to gather every node's stats, and prints them. */

@@ -617,13 +617,37 @@ export class Node {
   }
 
   /**
+   * Creates a node, starts it, and resolves once it has joined: `await Node.start(options)` does
+   * what `await new Node(options).init().ready()` does.
+   *
+   * @param options As for `new Node(options)`.
+   * @returns A Promise of the started node; it rejects with the error `init` failed with.
+   * @throws {TypeError | RangeError} An option has the wrong type or is out of range.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const first = await Node.start({ port: 0 });
+   * const second = await Node.start({ master: first.address });
+   * await second.set("key", 1);
+   * console.log(await first.get("key")); // 1
+   * await Promise.all([first.stop(), second.stop()]);
+   * ```
+   */
+  static start(options?: NodeOptions): Promise<Node> {
+    return new Node(options).init().ready();
+  }
+
+  /**
    * Starts listening and, when `master` is set, joins its cluster: connects to every member and
    * learns which keys each holds. Returns the node itself, so that `new Node(...).init()` chains;
-   * use {@linkcode Node.ready} to await the start.
+   * use {@linkcode Node.ready} to await the start, or {@linkcode Node.start} for both at once.
    *
    * @param callback Called once with `null` when the node is ready, or with the error that stopped
    *   it: a `KosyakError` with code `ERR_LISTEN` (the port is taken) or `ERR_CONNECT` (the master
-   *   could not be reached in `connectAttempts` attempts). A failed node holds no socket.
+   *   could not be reached in `connectAttempts` attempts). A failed node holds no socket. Without a
+   *   callback, that error is also reported as an `error` event, never as an unhandled rejection.
    * @returns This node.
    *
    * @example
@@ -644,6 +668,7 @@ export class Node {
     }
     const started = this.#core.start();
     if (callback) started.then(() => callLater(callback, null), (err) => callLater(callback, err));
+    else started.catch((err: Error) => this.#core.emit("error", err));
     return this;
   }
 
@@ -1050,6 +1075,29 @@ export class Node {
     await core.whenStarted("clusterStats");
     const answers = await core.cluster.askAll({ op: "stats" });
     return [core.localStats(), ...answers.map((answer) => answer.stats as NodeStats)];
+  }
+
+  /**
+   * This node's stats in the Prometheus text exposition format (0.0.4), for a `/metrics`
+   * endpoint: each with HELP and TYPE lines and a `node` label holding this node's id; counters
+   * end in `_total`, sizes in `_bytes`, times in `_seconds`. `kosyak serve --metrics PORT`
+   * serves them over HTTP.
+   *
+   * @returns The text, one sample per stat.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await Node.start();
+   * await node.set("k", 1);
+   * console.log(node.metrics().split("\n").filter((line) => line.startsWith("kosyak_sets_total")));
+   * // [ 'kosyak_sets_total{node="..."} 1' ]
+   * await node.stop();
+   * ```
+   */
+  metrics(): string {
+    return prometheusText(this.#core.localStats());
   }
 
   /**
@@ -1935,6 +1983,45 @@ class Acknowledgements {
     ]);
     return failures.flat();
   }
+}
+
+// ─── Metrics: the stats in the Prometheus text format ────────────────────────────────────────
+
+/** Each stat as a Prometheus metric: its name, its type, its help, and how it scales to the name's unit. */
+const METRICS: ReadonlyArray<[stat: keyof NodeStats, name: string, type: "counter" | "gauge", help: string, scale?: number]> = [
+  ["entries", "kosyak_entries", "gauge", "Entries held locally."],
+  ["bytes", "kosyak_entries_bytes", "gauge", "Size of the local entries, as maxBytes counts it."],
+  ["peers", "kosyak_peers", "gauge", "Connected peers."],
+  ["connections", "kosyak_connections", "gauge", "Open connections: peers, and connections still in their handshake."],
+  ["remoteKeys", "kosyak_remote_keys", "gauge", "Keys this node knows to be held by peers."],
+  ["sets", "kosyak_sets_total", "counter", "Writes stored here."],
+  ["hits", "kosyak_hits_total", "counter", "Gets answered from a local entry."],
+  ["remoteHits", "kosyak_remote_hits_total", "counter", "Gets answered by a peer that held the key."],
+  ["nearHits", "kosyak_near_hits_total", "counter", "Gets answered from the near cache."],
+  ["nearEntries", "kosyak_near_entries", "gauge", "Values kept in the near cache."],
+  ["nearBytes", "kosyak_near_bytes", "gauge", "Size of the values kept in the near cache."],
+  ["misses", "kosyak_misses_total", "counter", "Gets that found the key nowhere, before any fetch."],
+  ["fetches", "kosyak_fetches_total", "counter", "Calls to the fetch option."],
+  ["fetchErrors", "kosyak_fetch_errors_total", "counter", "Calls to the fetch option that failed or timed out."],
+  ["handedOver", "kosyak_handed_over_total", "counter", "Entries handed to the others on stop."],
+  ["adopted", "kosyak_adopted_total", "counter", "Entries taken over from stopping members."],
+  ["copies", "kosyak_copies", "gauge", "Entries held as copies for other members."],
+  ["promoted", "kosyak_promoted_total", "counter", "Copies made own entries when their holder died."],
+  ["copiesSent", "kosyak_copies_sent_total", "counter", "Copies sent to the members that keep them."],
+  ["copiesPending", "kosyak_copies_pending", "gauge", "Entries the background restoration of copies has yet to go through."],
+  ["evictions", "kosyak_evictions_total", "counter", "Entries evicted to stay within maxEntries and maxBytes."],
+  ["expirations", "kosyak_expirations_total", "counter", "Entries removed because their time was up."],
+  ["served", "kosyak_served_total", "counter", "Requests from peers answered."],
+  ["uptime", "kosyak_uptime_seconds", "gauge", "Time since init completed.", 1 / 1000],
+];
+
+/** `stats` in the Prometheus text exposition format, labelled with the node's id. */
+function prometheusText(stats: NodeStats): string {
+  // Label values escape backslash, double quote and newline.
+  const node = stats.id.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
+  return METRICS.map(([stat, name, type, help, scale = 1]) =>
+    `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name}{node="${node}"} ${(stats[stat] as number) * scale}\n`
+  ).join("");
 }
 
 // ─── Options ─────────────────────────────────────────────────────────────────────────────────

@@ -67,6 +67,22 @@ describe("Node lifecycle", () => {
     await new Promise<void>((resolve, reject) => node.ready((err) => (err ? reject(err) : resolve())));
   });
 
+  it("Node.start resolves with a node that has joined, and rejects with the error its start failed with", async () => {
+    const first = track(await Node.start({ port: 0 }));
+    const second = track(await Node.start({ master: first.address }));
+    assert.deepEqual([first.stats().peers, second.stats().peers], [1, 1]);
+    await assert.rejects(Node.start({ port: first.address.port }), { code: "ERR_LISTEN" });
+  });
+
+  it("a failed init without a callback is reported as an error event, never as an unhandled rejection", async () => {
+    const first = await startNode();
+    const node = track(new Node({ port: first.address.port }));
+    const reported = new Promise<Error>((resolve) => node.on("error", resolve));
+    node.init();
+    const error = await within("the error event", reported);
+    assert.ok(error instanceof KosyakError && error.code === "ERR_LISTEN", String(error));
+  });
+
   it("init twice throws", async () => {
     const node = await startNode();
     assert.throws(() => node.init(), { code: "ERR_ALREADY_STARTED" });
