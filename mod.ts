@@ -887,11 +887,12 @@ export class Node {
 
   /**
    * Removes a key from the cluster: from this node, from the peer that holds it, and from every
-   * node's directory. Completes once every live peer has acknowledged.
+   * node's directory. Completes once every live peer has acknowledged, with whether a live entry
+   * of the key was removed anywhere (as `Map.prototype.delete` says whether the key was there).
    *
    * @param key The key, a string.
-   * @param callback `callback(err)`.
-   * @returns Without a callback, a Promise that resolves when the key is gone.
+   * @param callback `callback(err, existed)`.
+   * @returns Without a callback, a Promise of whether a live entry was removed.
    * @throws {TypeError} `key` is not a string or `callback` not a function.
    *
    * @example
@@ -900,15 +901,16 @@ export class Node {
    *
    * const node = await new Node().init().ready();
    * await node.set("session", "abc");
-   * await node.remove("session");
+   * console.log(await node.remove("session")); // true
    * console.log(await node.get("session")); // null
+   * console.log(await node.remove("session")); // false
    * await node.stop();
    * ```
    */
-  remove(key: string): Promise<void>;
+  remove(key: string): Promise<boolean>;
   /** {@linkcode Node.remove} with a callback. */
-  remove(key: string, callback: (err: Error | null) => void): void;
-  remove(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
+  remove(key: string, callback: (err: Error | null, existed?: boolean) => void): void;
+  remove(key: string, callback?: (err: Error | null, existed?: boolean) => void): Promise<boolean> | void {
     checkKey(key, "remove", this.#core.options.maxKeyLength);
     if (callback !== undefined) assertFunction(callback, "remove", "callback");
     return settle(this.#core.remove(key), callback);
@@ -918,8 +920,8 @@ export class Node {
    * The same as {@linkcode Node.remove}.
    *
    * @param key The key, a string.
-   * @param callback `callback(err)`.
-   * @returns Without a callback, a Promise that resolves when the key is gone.
+   * @param callback `callback(err, existed)`.
+   * @returns Without a callback, a Promise of whether a live entry was removed.
    *
    * @example
    * ```ts
@@ -927,14 +929,14 @@ export class Node {
    *
    * const node = await new Node().init().ready();
    * await node.set("a", 1);
-   * await node.delete("a");
+   * console.log(await node.delete("a")); // true
    * await node.stop();
    * ```
    */
-  delete(key: string): Promise<void>;
+  delete(key: string): Promise<boolean>;
   /** {@linkcode Node.delete} with a callback. */
-  delete(key: string, callback: (err: Error | null) => void): void;
-  delete(key: string, callback?: (err: Error | null) => void): Promise<void> | void {
+  delete(key: string, callback: (err: Error | null, existed?: boolean) => void): void;
+  delete(key: string, callback?: (err: Error | null, existed?: boolean) => void): Promise<boolean> | void {
     return callback === undefined ? this.remove(key) : this.remove(key, callback);
   }
 
@@ -1608,13 +1610,16 @@ class Core {
    * Removes a key here, and from every peer and directory (`drop`). Every peer hears of it: a
    * directory can miss a holder for a while, and a removal must reach the holder all the same.
    */
-  async remove(key: string): Promise<void> {
+  async remove(key: string): Promise<boolean> {
     await this.whenStarted("remove");
     this.overtake(key);
+    const heldHere = this.store.peek(key) !== undefined;
     const version = this.directory.remove(key);
     const acknowledgements = new Acknowledgements(this.cluster);
-    acknowledgements.sendToAll("drop", [key, version], key.length);
+    const item = [key, version];
+    acknowledgements.sendToAll("drop", item, key.length);
     await acknowledgements.settled();
+    return heldHere || acknowledgements.held.has(item);
   }
 
   /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
@@ -1695,12 +1700,14 @@ class Core {
     return {};
   }
 
+  /** A peer removed keys (`drop`); the answer lists the items whose live entry went from here (`held`). */
   #dropOlder(peer: Peer, message: Message): Record<string, unknown> {
-    for (const [key, version] of requireKeyList(message)) {
+    const held: number[] = [];
+    for (const [index, [key, version]] of requireKeyList(message).entries()) {
       this.overtake(key);
-      this.directory.drop(key, peer.id, version);
+      if (this.directory.drop(key, peer.id, version)) held.push(index);
     }
-    return {};
+    return held.length > 0 ? { held } : {};
   }
 
   #forgetGone(peer: Peer, message: Message): Record<string, unknown> {
@@ -1785,7 +1792,7 @@ class Replication {
       }
       const failures = await acknowledgements.settled();
       for (const failure of failures) refused.add(failure.peer.id);
-      items = failures.flatMap((failure) => failure.items);
+      items = failures.flatMap((failure) => failure.items.map(([item, units]): [unknown, number] => [item, units]));
     }
   }
 
@@ -1917,7 +1924,8 @@ class Replication {
 interface Failure {
   peer: Peer;
   op: string;
-  items: Array<[unknown, number]>;
+  /** Each item with its key's length in code units (and its place in its request, where sent). */
+  items: Array<[unknown, number, number?]>;
   error: unknown;
 }
 
@@ -1929,9 +1937,14 @@ interface Failure {
  * a member that is gone counts as done.
  */
 class Acknowledgements {
+  /** The items a member answered that it held a live entry of (a `drop`'s `held`). */
+  readonly held = new Set<unknown>();
   readonly #cluster: Cluster;
-  /** The items of each request sent, by the request's answer. */
-  readonly #sent = new Map<Promise<Message>, { peer: Peer; op: string; items: Array<[unknown, number]> }>();
+  /**
+   * The items of each request sent, by the request's answer, each with its units and its place
+   * among the request's items (a request may carry other changes' items too).
+   */
+  readonly #sent = new Map<Promise<Message>, { peer: Peer; op: string; items: Array<[unknown, number, number]> }>();
   /** The items for members whose connection is closed, by member and op, until it is replaced. */
   readonly #waiting = new Map<Peer, Map<string, Array<[unknown, number]>>>();
 
@@ -1949,10 +1962,10 @@ class Acknowledgements {
       items.push([item, units]);
       return;
     }
-    const { answer } = peer.batch(op, item, units);
+    const { answer, index } = peer.batch(op, item, units);
     let sent = this.#sent.get(answer);
     if (sent === undefined) this.#sent.set(answer, (sent = { peer, op, items: [] }));
-    sent.items.push([item, units]);
+    sent.items.push([item, units, index]);
   }
 
   /** Sends `item` to every member but those in `except`. */
@@ -1966,17 +1979,25 @@ class Acknowledgements {
    * while their member stayed: it did not answer in time, or refused.
    */
   async settled(retries = 2): Promise<Failure[]> {
-    const again = async (peer: Peer, op: string, items: Array<[unknown, number]>): Promise<Failure[]> => {
+    const again = async (peer: Peer, op: string, items: Failure["items"]): Promise<Failure[]> => {
       const live = retries > 0 ? await this.#cluster.connectionTo(peer.id) : undefined;
       if (live === undefined || live === peer) return [];
       const next = new Acknowledgements(this.#cluster);
       for (const [item, units] of items) next.send(live, op, item, units);
-      return next.settled(retries - 1);
+      const failures = await next.settled(retries - 1);
+      for (const item of next.held) this.held.add(item);
+      return failures;
     };
     const failures = await Promise.all([
       ...Array.from(this.#sent, ([answer, { peer, op, items }]) =>
         answer.then(
-          (): Failure[] => [],
+          (message): Failure[] => {
+            if (Array.isArray(message.held)) {
+              const heldAt = new Set(message.held);
+              for (const [item, , index] of items) if (heldAt.has(index)) this.held.add(item);
+            }
+            return [];
+          },
           (error): Failure[] | Promise<Failure[]> => (peer.closed ? again(peer, op, items) : [{ peer, op, items, error }]),
         )),
       ...Array.from(this.#waiting, ([peer, byOp]) => Promise.all(Array.from(byOp, ([op, items]) => again(peer, op, items))).then((lists) => lists.flat())),
@@ -4270,13 +4291,18 @@ export class Directory {
     this.#record(key, holder, version, ttl, writer);
   }
 
-  /** `writer` removed `key` at `version`: the local entry or known holder goes if it is older. */
-  drop(key: string, writer: string, version: number): void {
+  /**
+   * `writer` removed `key` at `version`: the local entry or known holder goes if it is older.
+   * Returns whether a live local entry went.
+   */
+  drop(key: string, writer: string, version: number): boolean {
     this.#observe(version);
     const local = this.#store.peek(key);
-    if (local !== undefined && newer(version, writer, local.version, local.writer)) this.#store.delete(key);
+    const dropped = local !== undefined && newer(version, writer, local.version, local.writer);
+    if (dropped) this.#store.delete(key);
     const known = this.#holding(key);
     if (known !== undefined && newer(version, writer, known.version, known.writer)) this.#forget(key);
+    return dropped;
   }
 
   /**

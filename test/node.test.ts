@@ -1,6 +1,6 @@
 // One node on its own: options, lifecycle, and the data API in callback and promise forms.
 import { createServer } from "node:net";
-import { afterEach, assert, describe, it, startNode, stopAll, track, within } from "../deps.ts";
+import { afterEach, assert, describe, it, startCluster, startNode, stopAll, track, waitFor, within } from "../deps.ts";
 import { DEFAULTS, KosyakError, Node, type NodeStats } from "../mod.ts";
 
 afterEach(stopAll);
@@ -195,6 +195,20 @@ describe("Node data API", () => {
     assert.equal(err, null);
     assert.equal(await node.get("k"), null);
     await node.remove("never-set");
+  });
+
+  it("remove and delete say whether a live entry of the key was removed, here or on the peer that held it", async () => {
+    const [holder, other] = await startCluster(2);
+    await holder.mset([["here", 1], ["there", 2], ["short", 3]]);
+    await holder.set("short", 3, { ttl: 1 });
+    assert.equal(await holder.remove("here"), true, "held by the node removing it");
+    assert.equal(await other.remove("there"), true, "held by the peer");
+    assert.equal(await other.delete("there"), false, "already removed");
+    assert.equal(await other.remove("never-set"), false);
+    await waitFor("the entry with a ttl of 1 ms to expire", () => !holder.has("short"), 1_000);
+    assert.equal(await other.remove("short"), false, "expired");
+    const existed = await new Promise((resolve, reject) => holder.set("again", 1, () => holder.remove("again", (err, existed) => (err ? reject(err) : resolve(existed)))));
+    assert.equal(existed, true);
   });
 
   it("eachEntry calls the iterator with (value, key, entry) for each local entry", async () => {
