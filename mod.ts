@@ -941,7 +941,39 @@ export class Node {
   }
 
   /**
+   * Removes every entry of the whole cluster, whichever node holds it: once it has called back,
+   * no node returns a value written before it, and values written after it stay. It costs one
+   * message to each peer, whatever the number of keys: the clear takes a version like a write,
+   * and each node drops the entries and directory records of older writes and refuses any that
+   * still arrive. {@linkcode Node.clearLocal} empties only this node.
+   *
+   * @param callback `callback(err)`.
+   * @returns Without a callback, a Promise that resolves once every live peer has acknowledged.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const first = await Node.start();
+   * const second = await Node.start({ master: first.address });
+   * await first.set("a", 1);
+   * await second.set("b", 2);
+   * await second.clear();
+   * console.log(await first.get("a"), await first.get("b")); // null null
+   * await Promise.all([first.stop(), second.stop()]);
+   * ```
+   */
+  clear(): Promise<void>;
+  /** {@linkcode Node.clear} with a callback. */
+  clear(callback: (err: Error | null) => void): void;
+  clear(callback?: (err: Error | null) => void): Promise<void> | void {
+    if (callback !== undefined) assertFunction(callback, "clear", "callback");
+    return settle(this.#core.clear(), callback);
+  }
+
+  /**
    * Removes every entry this node holds (entries of other nodes stay), and tells the peers.
+   * {@linkcode Node.clear} empties the whole cluster.
    *
    * @param callback `callback(err)`.
    * @returns Without a callback, a Promise that resolves once every live peer has acknowledged.
@@ -952,17 +984,17 @@ export class Node {
    *
    * const node = await new Node().init().ready();
    * await node.mset({ a: 1, b: 2 });
-   * await node.clear();
+   * await node.clearLocal();
    * console.log(node.stats().entries); // 0
    * await node.stop();
    * ```
    */
-  clear(): Promise<void>;
-  /** {@linkcode Node.clear} with a callback. */
-  clear(callback: (err: Error | null) => void): void;
-  clear(callback?: (err: Error | null) => void): Promise<void> | void {
-    if (callback !== undefined) assertFunction(callback, "clear", "callback");
-    return settle(this.#core.clear(), callback);
+  clearLocal(): Promise<void>;
+  /** {@linkcode Node.clearLocal} with a callback. */
+  clearLocal(callback: (err: Error | null) => void): void;
+  clearLocal(callback?: (err: Error | null) => void): Promise<void> | void {
+    if (callback !== undefined) assertFunction(callback, "clearLocal", "callback");
+    return settle(this.#core.clearLocal(), callback);
   }
 
   /**
@@ -1244,6 +1276,7 @@ class Core {
         keys: (peer, message) => void this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
+        clear: (peer, message) => this.#learnCleared(peer, message),
         fetch: (_peer, message) => this.#answerFetch(requireString(message, "key")),
         stats: () => ({ stats: this.localStats() }),
       },
@@ -1622,9 +1655,39 @@ class Core {
     return heldHere || acknowledgements.held.has(item);
   }
 
-  /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
+  /**
+   * Clears the whole cluster: drops every entry here and every directory record of a write older
+   * than the clear's version, then tells every peer to do the same (`clear`) and waits for their
+   * acknowledgements.
+   */
   async clear(): Promise<void> {
     await this.whenStarted("clear");
+    const version = this.directory.nextVersion();
+    this.#clearOlder(version, this.id);
+    const acknowledgements = new Acknowledgements(this.cluster);
+    acknowledgements.sendToAll("clear", version, 0);
+    await acknowledgements.settled();
+  }
+
+  /** Drops every write older than the clear (`version`, `writer`), and overtakes every get and fetch under way. */
+  #clearOlder(version: number, writer: string): void {
+    this.directory.clearOlder(version, writer);
+    this.near?.clear();
+    for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) this.overtake(key);
+  }
+
+  /** A peer cleared the cluster (`clear`): drop what is older here too. */
+  #learnCleared(peer: Peer, message: Message): Record<string, unknown> {
+    for (const version of requireArray(message, "keys")) {
+      if (!isVersion(version)) throw new ProtocolError(`"clear" needs versions`);
+      this.#clearOlder(version, peer.id);
+    }
+    return {};
+  }
+
+  /** Removes every local entry and tells the peers (`gone`), waiting for their acknowledgements. */
+  async clearLocal(): Promise<void> {
+    await this.whenStarted("clearLocal");
     const acknowledgements = new Acknowledgements(this.cluster);
     for (const entry of this.store.clear()) {
       // A copy kept for a member goes from here only: the directory points to that member again.
@@ -4200,6 +4263,8 @@ export class Directory {
   readonly #holderIn: Array<string | undefined> = [];
   readonly #changed: ((key: string) => void) | undefined;
   #lamport = 0;
+  /** The newest clear of the whole cluster seen, as (version, writer): older writes are refused. */
+  #cleared = { version: 0, writer: "" };
 
   /**
    * Makes the directory of one node.
@@ -4244,12 +4309,40 @@ export class Directory {
    */
   adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, copyOf?: string): boolean {
     this.#observe(version);
+    if (this.#clearedAway(version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
     this.#forget(key);
     this.#store.set(key, value, size, ttl, version, writer, copyOf);
     return true;
+  }
+
+  /** A new version for a change made here that is not a write of one key (a clear). */
+  nextVersion(): number {
+    return ++this.#lamport;
+  }
+
+  /**
+   * `writer` cleared the whole cluster at `version`: every local entry and known holder of an
+   * older write goes, and from now on older writes are refused (one announced before the clear
+   * may arrive after it). One pass over the local entries and one over the directory.
+   */
+  clearOlder(version: number, writer: string): void {
+    this.#observe(version);
+    if (newer(version, writer, this.#cleared.version, this.#cleared.writer)) this.#cleared = { version, writer };
+    for (const entry of [...this.#store.live()]) {
+      if (newer(version, writer, entry.version, entry.writer)) this.#store.delete(entry.key);
+    }
+    for (const key of [...this.#remote.keys()]) {
+      const known = this.#holding(key)!;
+      if (newer(version, writer, known.version, known.writer)) this.#forget(key);
+    }
+  }
+
+  /** Whether the write (`version`, `writer`) is older than the newest clear seen. */
+  #clearedAway(version: number, writer: string): boolean {
+    return !newer(version, writer, this.#cleared.version, this.#cleared.writer);
   }
 
   /** Removes a key here and from the directory; returns the version the removal carries. */
@@ -4266,6 +4359,7 @@ export class Directory {
    */
   own(key: string, holder: string, version: number, ttl: number, writer: string = holder): boolean {
     this.#observe(version);
+    if (this.#clearedAway(version, writer)) return false;
     const known = this.#store.peek(key) ?? this.holderOf(key);
     if (known !== undefined && !newer(version, writer, known.version, known.writer)) return false;
     this.#record(key, holder, version, ttl, writer);
@@ -4279,6 +4373,7 @@ export class Directory {
    */
   moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string): void {
     this.#observe(version);
+    if (this.#clearedAway(version, writer)) return;
     const local = this.#store.peek(key);
     const remote = local === undefined ? this.holderOf(key) : undefined;
     const known = local ?? remote;

@@ -219,14 +219,32 @@ describe("Batch and iteration API", () => {
     assert.equal(await a.get("k"), null);
   });
 
-  it("clear empties this node only and every peer forgets its keys", async () => {
+  it("clearLocal empties this node only and every peer forgets its keys", async () => {
     const [a, b] = await startCluster(2);
     await a.mset({ x: 1, y: 2 });
     await b.set("z", 3);
-    await a.clear();
+    await a.clearLocal();
     assert.equal(a.stats().entries, 0);
     assert.equal(b.stats().remoteKeys, 0);
     assert.equal(await a.get("z"), 3);
+  });
+
+  it("clear empties the whole cluster in one message per peer, and a write after it stays", async () => {
+    const nodes = await startCluster(3);
+    for (const [i, node] of nodes.entries()) await node.mset([[`a${i}`, i], [`b${i}`, i]]);
+    const served = nodes[2].stats().served;
+    await nodes[1].clear();
+    for (const node of nodes) {
+      assert.deepEqual(await node.mget(["a0", "b0", "a1", "b1", "a2", "b2"]), [null, null, null, null, null, null]);
+      assert.deepEqual([node.stats().entries, node.stats().remoteKeys], [0, 0]);
+    }
+    // The clear itself cost the third node one request (the mgets above asked it nothing: no holders).
+    assert.equal(nodes[2].stats().served, served + 1);
+    await nodes[0].set("after", 1);
+    await nodes[2].clear();
+    assert.equal(await nodes[1].get("after"), null);
+    await nodes[2].set("later", 2);
+    assert.equal(await nodes[0].get("later"), 2);
   });
 
   it("keys and for-await list the local live entries, least recently used first", async () => {

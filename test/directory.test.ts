@@ -22,6 +22,22 @@ function holderSeenBy(node: ReturnType<typeof nodeOf>, key: string): string | un
 }
 
 describe("Directory", () => {
+  it("a clear drops older local entries and holders, refuses older writes that arrive after it, and takes newer ones", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    a.directory.write("mine", 1, 5, 0);
+    a.directory.own("theirs", "b", 3, 0);
+    a.directory.clearOlder(10, "c");
+    assert.deepEqual([holderSeenBy(a, "mine"), holderSeenBy(a, "theirs")], [undefined, undefined]);
+    // An own sent before the clear and received after it is refused, as is a hand-over of such a write.
+    assert.equal(a.directory.own("late", "b", 9, 0), false);
+    assert.equal(a.directory.adopt("late", 1, 5, 0, 10, "b"), false);
+    assert.equal(holderSeenBy(a, "late"), undefined);
+    assert.equal(a.directory.own("newer", "b", 11, 0), true);
+    // A write made here after the clear takes a version above it.
+    assert.ok(a.directory.write("fresh", 1, 6, 0) > 10);
+  });
+
   it("a local write takes a version above every version seen from peers", () => {
     const clock = new ManualClock();
     const a = nodeOf("a", clock);

@@ -57,7 +57,7 @@ describe("Replicas", () => {
     await holder.mset(keys.map((key): [string, string] => [key, "v"]));
     assert.equal(keeper.stats().entries, 5);
     assert.deepEqual(await keeper.mget(keys), keys.map(() => "v"));
-    await keeper.clear();
+    await keeper.clearLocal();
     assert.equal(keeper.stats().entries, 0);
     assert.deepEqual(await keeper.mget(keys), keys.map(() => "v"));
   });
