@@ -1018,6 +1018,59 @@ export class Node {
   }
 
   /**
+   * Every live key of the whole cluster: those this node holds, then those its directory knows
+   * the other members to hold. Asks no one, and holds no list of its own: it walks the node's
+   * entries and directory as they are, so a key written or removed meanwhile may or may not be
+   * in it, and none comes twice.
+   *
+   * @returns An async iterator of keys.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const first = await Node.start();
+   * const second = await Node.start({ master: first.address });
+   * await first.set("a", 1);
+   * await second.set("b", 2);
+   * for await (const key of first.clusterKeys()) console.log(key); // a, then b
+   * await Promise.all([first.stop(), second.stop()]);
+   * ```
+   */
+  async *clusterKeys(): AsyncGenerator<string> {
+    await this.#core.whenStarted("clusterKeys");
+    for (const entry of this.#core.store.live()) yield entry.key;
+    yield* this.#core.directory.remoteKeys();
+  }
+
+  /**
+   * Every live entry of the whole cluster as `[key, value]` pairs: the keys of
+   * {@linkcode Node.clusterKeys}, read 1,000 at a time (one request to each member that holds
+   * some of them, as `mget` does), so that memory stays bounded. A key removed before its value
+   * is read is left out.
+   *
+   * @returns An async iterator of `[key, value]` pairs.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const first = await Node.start();
+   * const second = await Node.start({ master: first.address });
+   * await second.mset({ a: 1, b: 2 });
+   * for await (const [key, value] of first.clusterEntries()) console.log(key, value); // a 1, b 2
+   * await Promise.all([first.stop(), second.stop()]);
+   * ```
+   */
+  async *clusterEntries(): AsyncGenerator<[string, unknown]> {
+    const keys = this.clusterKeys();
+    for (let page = await take(keys, ITEMS_PER_BATCH); page.length > 0; page = await take(keys, ITEMS_PER_BATCH)) {
+      const values = await this.mget(page);
+      for (const [i, value] of values.entries()) if (value !== null) yield [page[i], value];
+    }
+  }
+
+  /**
    * Iterates the live entries this node holds as `[key, value]` pairs, with `for await`.
    *
    * @returns An async iterator of `[key, value]` pairs.
@@ -2341,6 +2394,17 @@ function quote(value: unknown): string {
 }
 
 /** A deep copy of a JSON value. */
+/** Up to `count` next items of an async iterator; fewer only at its end. */
+async function take<T>(iterator: AsyncIterator<T>, count: number): Promise<T[]> {
+  const items: T[] = [];
+  while (items.length < count) {
+    const next = await iterator.next();
+    if (next.done) break;
+    items.push(next.value);
+  }
+  return items;
+}
+
 function copyJson(value: unknown): unknown {
   return typeof value === "object" && value !== null ? JSON.parse(JSON.stringify(value)) : value;
 }
@@ -4284,6 +4348,15 @@ export class Directory {
   /** Keys known to be held by peers (expired ones included until looked up). */
   get remoteCount(): number {
     return this.#remote.size;
+  }
+
+  /** The keys of live entries held by peers, as the directory knows them. */
+  *remoteKeys(): Generator<string> {
+    const now = this.#clock.now();
+    for (const key of this.#remote.keys()) {
+      const expires = this.#expiries.size === 0 ? 0 : this.#expiries.get(key) ?? 0;
+      if (expires === 0 || expires > now) yield key;
+    }
   }
 
   /** The peer holding a live entry for `key`, if another node holds it. */

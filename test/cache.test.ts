@@ -247,6 +247,26 @@ describe("Batch and iteration API", () => {
     assert.equal(await nodes[0].get("later"), 2);
   });
 
+  it("clusterKeys and clusterEntries list every live key of the cluster once, copies and all, across pages", async () => {
+    const nodes = await startCluster(3, { replicas: 1 });
+    const written = new Map<string, number>();
+    for (const [n, node] of nodes.entries()) {
+      const entries = Array.from({ length: 900 }, (_, i): [string, number] => [`n${n}:${i}`, i]);
+      await node.mset(entries);
+      for (const [key, value] of entries) written.set(key, value);
+    }
+    await nodes[2].set("short", 1, { ttl: 1 });
+    await nodes[1].remove("n0:0");
+    written.delete("n0:0");
+    await waitFor("the entry with a ttl of 1 ms to expire", () => !nodes[2].has("short"), 1_000);
+    const keys: string[] = [];
+    for await (const key of nodes[0].clusterKeys()) keys.push(key);
+    assert.deepEqual(keys.slice().sort(), [...written.keys()].sort());
+    const entries = new Map<string, unknown>();
+    for await (const [key, value] of nodes[1].clusterEntries()) entries.set(key, value);
+    assert.deepEqual(entries, written);
+  });
+
   it("keys and for-await list the local live entries, least recently used first", async () => {
     const node = await startNode();
     await node.mset([["a", 1], ["b", 2], ["c", 3]]);
