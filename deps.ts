@@ -47,6 +47,15 @@ export const beforeEach: (body: Body) => void = runner.beforeEach;
 /** Runs after each test of the enclosing group, failed or not. */
 export const afterEach: (body: Body) => void = runner.afterEach;
 
+/**
+ * Jest's `expect`, for suites written against vitest's API (the Keyv test suite): the runner's
+ * own under vitest and Bun, the `expect` package under Deno, whose runner has none (Bun cannot
+ * load that package).
+ */
+export const expect: typeof import("expect").expect = runtime === "deno"
+  ? (await import("expect")).expect
+  : (runner as unknown as { expect: typeof import("expect").expect }).expect;
+
 /** A test; it fails if `body` throws, rejects or runs longer than `timeoutMs`. */
 export function it(name: string, body: Body, timeoutMs = 20_000): void {
   if (runtime === "deno") runner.it(name, { timeout: timeoutMs }, body);

@@ -1239,6 +1239,269 @@ function checkKey(key: unknown, operation: string, maxKeyLength: number): assert
 
 export default Node;
 
+// ─── KeyvStore: a node as a Keyv storage adapter ─────────────────────────────────────────────
+
+/**
+ * A node as a [Keyv](https://keyv.org) storage adapter, and so as a store of cache-manager v7,
+ * NestJS caching and `cacheable`. Needs no Keyv at run time: Keyv calls the methods below. The
+ * same class is exported as `kosyak/keyv` on npm and `@kosyak/core/keyv` on JSR.
+ *
+ * Keyv puts its namespace in front of every key (`namespace:key`); with one, `clear` removes
+ * only the keys of that namespace (one removal per key), without one the whole cluster (one
+ * message per peer). Keyv wires `iterator` only for the stores it knows by name; call it
+ * directly to walk every entry of the cluster.
+ *
+ * @example With Keyv and cache-manager
+ * ```ts
+ * import Keyv from "keyv";
+ * import { createCache } from "cache-manager";
+ * import { KeyvStore, Node } from "./mod.ts";
+ *
+ * const node = await Node.start();
+ * const cache = createCache({ stores: [new Keyv({ store: new KeyvStore(node) })] });
+ * await cache.set("user:1", { name: "Kosyak" }, 60_000);
+ * console.log(await cache.get("user:1")); // { name: "Kosyak" }
+ * await cache.disconnect(); // stops the node
+ * ```
+ */
+export class KeyvStore {
+  /** What Keyv reads of a store's settings. */
+  readonly opts: { dialect: string; url: string } = { dialect: "kosyak", url: "" };
+  /** The namespace Keyv puts in front of its keys (`namespace:key`); Keyv sets it. */
+  namespace: string | undefined;
+  /** The node the store reads and writes through. */
+  readonly node: Node;
+
+  /**
+   * Makes a store over a started (or starting) node.
+   *
+   * @param node Any member of the cluster.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.disconnect();
+   * ```
+   */
+  constructor(node: Node) {
+    if (!(node instanceof Node)) throw new TypeError(`Cannot create KeyvStore: node must be a Node: received ${quote(node)}`);
+    this.node = node;
+  }
+
+  /**
+   * The value of a key, or `undefined` where there is none.
+   *
+   * @param key The key, with Keyv's namespace in front.
+   * @returns A Promise of the value.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.set("k", "v");
+   * console.log(await store.get("k")); // "v"
+   * await store.disconnect();
+   * ```
+   */
+  async get(key: string): Promise<unknown> {
+    return (await this.node.get(key)) ?? undefined;
+  }
+
+  /**
+   * The values of several keys, `undefined` for each that has none; one request to each member
+   * holding some of them.
+   *
+   * @param keys The keys.
+   * @returns A Promise of the values, in the order of `keys`.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.set("a", 1);
+   * console.log(await store.getMany(["a", "b"])); // [1, undefined]
+   * await store.disconnect();
+   * ```
+   */
+  async getMany(keys: string[]): Promise<unknown[]> {
+    return (await this.node.mget(keys)).map((value) => value ?? undefined);
+  }
+
+  /**
+   * Writes a value, for `ttl` ms if given; resolves once every live member has acknowledged.
+   *
+   * @param key The key.
+   * @param value The value (Keyv gives its serialized text).
+   * @param ttl Milliseconds the entry lives; left out or 0, the node's `ttl`.
+   * @returns A Promise of `true`.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * console.log(await store.set("k", "v", 1_000)); // true
+   * await store.disconnect();
+   * ```
+   */
+  async set(key: string, value: unknown, ttl?: number): Promise<boolean> {
+    await this.node.set(key, value, typeof ttl === "number" && ttl > 0 ? { ttl } : {});
+    return true;
+  }
+
+  /**
+   * Removes a key from the cluster.
+   *
+   * @param key The key.
+   * @returns A Promise of whether a live entry of it was removed.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.set("k", "v");
+   * console.log(await store.delete("k"), await store.delete("k")); // true false
+   * await store.disconnect();
+   * ```
+   */
+  delete(key: string): Promise<boolean> {
+    return this.node.remove(key);
+  }
+
+  /**
+   * Removes several keys from the cluster.
+   *
+   * @param keys The keys.
+   * @returns A Promise of whether a live entry of every one of them was removed.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.set("a", 1);
+   * console.log(await store.deleteMany(["a"])); // true
+   * await store.disconnect();
+   * ```
+   */
+  async deleteMany(keys: string[]): Promise<boolean> {
+    const removed = await Promise.all(keys.map((key) => this.node.remove(key)));
+    return removed.every(Boolean);
+  }
+
+  /**
+   * Whether a live entry of the key exists on any member.
+   *
+   * @param key The key.
+   * @returns A Promise of whether it exists.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * console.log(await store.has("k")); // false
+   * await store.disconnect();
+   * ```
+   */
+  async has(key: string): Promise<boolean> {
+    return (await this.node.get(key)) !== null;
+  }
+
+  /**
+   * Without a namespace, removes every entry of the whole cluster ({@linkcode Node.clear}); with
+   * one, every key of the namespace, wherever it is held.
+   *
+   * @returns A Promise that resolves once every live member has acknowledged.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.set("k", "v");
+   * await store.clear();
+   * console.log(await store.get("k")); // undefined
+   * await store.disconnect();
+   * ```
+   */
+  async clear(): Promise<void> {
+    if (this.namespace === undefined) return this.node.clear();
+    const prefix = `${this.namespace}:`;
+    const keys = this.node.clusterKeys();
+    for (let page = await take(keys, ITEMS_PER_BATCH); page.length > 0; page = await take(keys, ITEMS_PER_BATCH)) {
+      await Promise.all(page.filter((key) => key.startsWith(prefix)).map((key) => this.node.remove(key)));
+    }
+  }
+
+  /**
+   * Every entry of the cluster as `[key, value]`, only those of `namespace` if given
+   * ({@linkcode Node.clusterEntries}).
+   *
+   * @param namespace Keyv's namespace, whose keys start with `namespace:`.
+   * @returns An async iterator of `[key, value]` pairs.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.set("ns:a", 1);
+   * for await (const [key, value] of store.iterator("ns")) console.log(key, value); // ns:a 1
+   * await store.disconnect();
+   * ```
+   */
+  async *iterator(namespace?: string): AsyncGenerator<[string, unknown]> {
+    for await (const [key, value] of this.node.clusterEntries()) {
+      if (namespace === undefined || key.startsWith(`${namespace}:`)) yield [key, value];
+    }
+  }
+
+  /**
+   * Listens to the node's `error` event, as Keyv does with every store; other events are not
+   * the node's to give.
+   *
+   * @param event The event's name: `error`.
+   * @param listener Called with each error.
+   * @returns This store.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start()).on("error", (error) => console.error(error));
+   * await store.disconnect();
+   * ```
+   */
+  on(event: string, listener: (error: Error) => void): this {
+    if (event === "error") this.node.on("error", listener);
+    return this;
+  }
+
+  /**
+   * Stops the node (handing its entries to the other members), as Keyv's and cache-manager's
+   * `disconnect` ask.
+   *
+   * @returns A Promise that resolves once the node has stopped.
+   *
+   * @example
+   * ```ts
+   * import { KeyvStore, Node } from "./mod.ts";
+   *
+   * const store = new KeyvStore(await Node.start());
+   * await store.disconnect();
+   * ```
+   */
+  disconnect(): Promise<void> {
+    return this.node.stop();
+  }
+}
+
 // ─── The Node's engine: lifecycle, request paths, and the answers to peers ─────────────────
 
 type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped";

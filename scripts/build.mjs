@@ -39,9 +39,29 @@ declare const Node: typeof kosyak.Node & {
   readonly DEFAULTS: typeof kosyak.DEFAULTS;
   readonly Directory: typeof kosyak.Directory;
   readonly Store: typeof kosyak.Store;
+  readonly KeyvStore: typeof kosyak.KeyvStore;
 };
 type Node = kosyak.Node;
 export = Node;
+`,
+);
+
+// `kosyak/keyv` names the KeyvStore class of the same build, as keyv.ts does for Deno.
+writeFileSync(`${root}/dist/keyv.js`, `export { KeyvStore, KeyvStore as default } from "./mod.js";\n`);
+writeFileSync(`${root}/dist/keyv.d.ts`, `export { KeyvStore, KeyvStore as default } from "./mod.js";\n`);
+writeFileSync(
+  `${root}/dist/keyv.cjs`,
+  `"use strict";\nconst { KeyvStore } = require("./mod.cjs");\nmodule.exports = KeyvStore;\nmodule.exports.KeyvStore = KeyvStore;\nmodule.exports.default = KeyvStore;\n`,
+);
+writeFileSync(
+  `${root}/dist/keyv.d.cts`,
+  `import type * as kosyak from "./mod.js";
+declare const KeyvStore: typeof kosyak.KeyvStore & {
+  readonly KeyvStore: typeof kosyak.KeyvStore;
+  readonly default: typeof kosyak.KeyvStore;
+};
+type KeyvStore = kosyak.KeyvStore;
+export = KeyvStore;
 `,
 );
 

@@ -21,7 +21,7 @@ function run(title, command, args) {
 
 const checks = [
   ["type check (tsc)", bin("tsc"), ["--noEmit", "-p", "."]],
-  ["type check (deno)", bin("deno"), ["check", "mod.ts", "cli.ts", "deps.ts", "test/", "examples/deno-server.ts"]],
+  ["type check (deno)", bin("deno"), ["check", "mod.ts", "cli.ts", "keyv.ts", "deps.ts", "test/", "examples/deno-server.ts"]],
   ["type check of the @example blocks", bin("deno"), ["check", "--doc", "mod.ts"]],
   ["documentation lint (JSR)", bin("deno"), ["doc", "--lint", "mod.ts"]],
   ["JSR publish dry run", bin("deno"), ["publish", "--dry-run", "--allow-dirty"]],

@@ -41,7 +41,10 @@ describe("npm package", () => {
   it("packs only what users need, installs, and runs the seed's example with require and with import", async () => {
     const dir = temporaryFolder("kosyak-package-");
     const files = installPacked(dir, "commonjs");
-    assert.deepEqual(files, ["LICENSE", "README.md", "dist/cli.js", "dist/mod.cjs", "dist/mod.d.cts", "dist/mod.d.ts", "dist/mod.js", "package.json"]);
+    assert.deepEqual(files, [
+      "LICENSE", "README.md", "dist/cli.js", "dist/keyv.cjs", "dist/keyv.d.cts", "dist/keyv.d.ts", "dist/keyv.js", "dist/mod.cjs", "dist/mod.d.cts",
+      "dist/mod.d.ts", "dist/mod.js", "package.json",
+    ]);
     const manifest = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
     assert.equal(manifest.dependencies, undefined, "no runtime dependencies");
     assert.equal(manifest.engines.node, ">=20");
@@ -57,6 +60,10 @@ describe("npm package", () => {
     writeFileSync(join(dir, "seed.mjs"), imported);
     node("seed.mjs");
     assert.match(execFileSync("node", ["node_modules/.bin/kosyak", "--help"], { cwd: dir, encoding: "utf8" }), /Usage:/);
+    // kosyak/keyv, required and imported, is the KeyvStore class of the package's own build.
+    writeFileSync(join(dir, "keyv.cjs"), `const KeyvStore = require("kosyak/keyv"); console.log(KeyvStore === require("kosyak").KeyvStore && KeyvStore === KeyvStore.default);`);
+    writeFileSync(join(dir, "keyv.mjs"), `import KeyvStore from "kosyak/keyv"; import { KeyvStore as Named } from "kosyak"; console.log(KeyvStore === Named);`);
+    assert.deepEqual([node("keyv.cjs").trim(), node("keyv.mjs").trim()], ["true", "true"]);
   }, 90_000);
 
   it("type-checks a TypeScript consumer, ESM and CommonJS", () => {
@@ -64,6 +71,8 @@ describe("npm package", () => {
     installPacked(dir, "module");
     writeFileSync(join(dir, "esm.ts"), `
 import { KosyakError, Node, type NodeOptions, type NodeStats } from "kosyak";
+import KeyvStore from "kosyak/keyv";
+export const store: KeyvStore = new KeyvStore(new Node());
 const options: NodeOptions = { port: 0, ttl: 1000, master: [{ port: 7000 }] };
 const node: Node = new Node(options).init();
 export async function use(): Promise<number | null> {
