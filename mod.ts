@@ -79,6 +79,22 @@ export interface NodeOptions {
    */
   master?: Seed | Seed[];
   /**
+   * Finds members to join besides `master`: called once the node listens, and then every ten
+   * heartbeats (every 10 s by default). Each address it gives that is not a member's is joined,
+   * with that member's cluster, so that nodes that all restarted at once find each other again,
+   * and two clusters that find each other become one. What it throws, or an address that cannot
+   * be reached, is no failure: it is asked again later. For a Kubernetes headless service or a
+   * Docker Compose service, a `master` with the service's host name may be enough: every address
+   * a host name resolves to is tried (see `resolve`).
+   */
+  discover?: () => Seed[] | Promise<Seed[]>;
+  /**
+   * Turns the host name of a `master` or of a discovered address into the addresses to try, in
+   * order. By default the system's resolver gives every address of the name (DNS, /etc/hosts).
+   * @default {the system resolver}
+   */
+  resolve?: (host: string) => string[] | Promise<string[]>;
+  /**
    * Options handed to the runtime's socket when this node connects to another: `net.connect` on
    * Node.js, `Deno.connect` on Deno, `Bun.connect` on Bun.
    */
@@ -2430,6 +2446,8 @@ interface ResolvedOptions {
   host: string;
   port: number;
   seeds: Address[];
+  discover: (() => Seed[] | Promise<Seed[]>) | undefined;
+  resolve: (host: string) => string[] | Promise<string[]>;
   socket: Record<string, unknown>;
   server: Record<string, unknown>;
   stringify: boolean;
@@ -2456,7 +2474,7 @@ interface ResolvedOptions {
 }
 
 const KNOWN_OPTIONS = new Set([
-  "host", "addr", "port", "master", "socket", "server", "stringify", "fetch", "connectDelay",
+  "host", "addr", "port", "master", "discover", "resolve", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
   "maxValueBytes", "maxQueueBytes", "replicas", "nearCache", "clock",
@@ -2496,6 +2514,9 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     fail("stringify must be a boolean", options.stringify);
   }
   if (options.fetch !== undefined && typeof options.fetch !== "function") fail("fetch must be a function", options.fetch);
+  for (const name of ["discover", "resolve"] as const) {
+    if (options[name] !== undefined && typeof options[name] !== "function") fail(`${name} must be a function`, options[name]);
+  }
   const connectDelay = options.connectDelay ?? DEFAULTS.connectDelay;
   if (typeof connectDelay !== "number" || !(connectDelay >= 0) || !Number.isFinite(connectDelay)) {
     fail("connectDelay must be a number of milliseconds, 0 or more", connectDelay, RangeError);
@@ -2559,6 +2580,8 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     host: chosenHost,
     port,
     seeds,
+    discover: options.discover,
+    resolve: options.resolve ?? resolveHost,
     socket: options.socket ?? {},
     server: options.server ?? {},
     stringify: options.stringify ?? false,
@@ -2834,6 +2857,12 @@ interface Conn {
 
 /** How long a closing connection may take to hand over its last bytes before it is cut. */
 const CLOSE_GRACE_MS = 1000;
+
+/** Every address the system's resolver gives for `host` (node:dns, which all three runtimes have). */
+async function resolveHost(host: string): Promise<string[]> {
+  const { promises: dns } = await import("node:dns");
+  return (await dns.lookup(host, { all: true })).map((found) => found.address);
+}
 
 interface Listener {
   readonly port: number;
@@ -3255,7 +3284,7 @@ function bunTransport(bun: BunApi): Transport {
 
 /** The protocol version both ends must speak; sent in every handshake. */
 const PROTOCOL_VERSION = 3;
-/** Heartbeat checks between two attempts to reach the members lost without a goodbye. */
+/** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
 const LOST_RETENTION_MS = 10 * 60 * 1000;
@@ -3788,6 +3817,8 @@ class Cluster {
   readonly #missing = new Map<string, number>();
   #marks = 0;
   #recheckingMissing = false;
+  /** Whether a call of the `discover` option is under way. */
+  #discovering = false;
   /** Until when the members' answers vouch for this node (see vouchedFor); -Infinity: work it out again. */
   #vouchedUntil = -Infinity;
   /** Heartbeat checks so far, to dial lost members every LOST_RETRY_CHECKS of them. */
@@ -3907,10 +3938,52 @@ class Cluster {
     this.#timers.every(heartbeatInterval, () => this.#checkPeers());
     try {
       if (this.#stopping) throw this.stoppedError();
-      if (seeds.length > 0) await this.#joinVia(await this.#dialSeeds(seeds));
+      if (seeds.length > 0) await this.#joinVia(await this.#dialSeeds(await this.#addressesOf(seeds)));
     } catch (error) {
       await this.#closeAll();
       throw error;
+    }
+    await this.#discover();
+  }
+
+  /** Every address the seeds' host names resolve to, seed by seed; a name that does not resolve stays as it is (connecting then says why). */
+  async #addressesOf(seeds: Address[]): Promise<Address[]> {
+    const lists = await Promise.all(seeds.map(async (seed): Promise<Address[]> => {
+      try {
+        const hosts = await this.#options.resolve(seed.host);
+        return Array.isArray(hosts) && hosts.length > 0 ? hosts.map((host) => ({ host: String(host), port: seed.port })) : [seed];
+      } catch {
+        return [seed];
+      }
+    }));
+    return lists.flat();
+  }
+
+  /**
+   * Asks the `discover` option for addresses, and joins, through each that is not a member's,
+   * its cluster. Never throws: a failing `discover` is reported as an `error` event, and an
+   * address that cannot be reached is tried again at the next discovery.
+   */
+  async #discover(): Promise<void> {
+    const { discover } = this.#options;
+    if (discover === undefined || this.#discovering || this.#stopping) return;
+    this.#discovering = true;
+    try {
+      const found = await discover();
+      if (!Array.isArray(found)) throw new TypeError(`discover must give a list of { host, port }: received ${quote(found)}`);
+      const seeds = found.filter((seed) => typeof seed === "object" && seed !== null && isPort(seed.port, 1))
+        .map((seed) => ({ host: typeof seed.host === "string" && seed.host !== "" ? seed.host : DEFAULTS.host, port: seed.port }));
+      const known = new Set([...this.#peers.values()].map((peer) => peer.listening && `${peer.listening.host}:${peer.listening.port}`));
+      known.add(`${this.#options.host}:${this.#port}`);
+      for (const address of await this.#addressesOf(seeds)) {
+        if (known.has(`${address.host}:${address.port}`) || this.#stopping) continue;
+        // This node itself, or a member under another address, refuses or settles as any redial.
+        await this.#connect(address).then((peer) => this.#joinVia(peer), () => {});
+      }
+    } catch (cause) {
+      this.#host.emit("error", new KosyakError("ERR_CONNECT", `discover failed: ${describe(cause)}`, { cause }));
+    } finally {
+      this.#discovering = false;
     }
   }
 
@@ -4207,7 +4280,10 @@ class Cluster {
   #checkPeers(): void {
     const { heartbeatInterval, peerTimeout } = this.#options;
     const now = this.#clock.now();
-    if (++this.#checks % LOST_RETRY_CHECKS === 0) this.#dialLost(now);
+    if (++this.#checks % LOST_RETRY_CHECKS === 0) {
+      this.#dialLost(now);
+      void this.#discover();
+    }
     // Only a near cache depends on which members are missing (see vouchedFor).
     if (this.#options.nearCache && this.#missing.size > 0) void this.#recheckMissing();
     // After this process was busy for a while, timers run before the data that waits in the
