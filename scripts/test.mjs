@@ -1,9 +1,11 @@
 // `npm test`: type-checks (the code and its doc examples), lints the docs, dry-runs the JSR
-// publish, builds, then runs the one shared suite under Node.js (vitest), Deno and
-// Bun, one runtime after another. Prints a summary per runtime and, as its very last line, the
+// publish, builds, then runs the one shared suite under Node.js (vitest; the Node.js that runs
+// this script, then Node.js 22 and 24 from the npm packages node22 and node24), Deno and Bun,
+// one runtime after another. Prints a summary per runtime and, as its very last line, the
 // totals as "N passed, N failed". Exits non-zero if a step fails or a runtime runs no test.
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { delimiter } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -12,9 +14,15 @@ const results = `${root}.test-results`;
 rmSync(results, { recursive: true, force: true });
 mkdirSync(results, { recursive: true });
 
+/** Node.js of the version an npm package (node22, node24) installed. */
+const nodeOf = (name) => `${root}node_modules/${name}/bin/node`;
+// npm puts node_modules/.bin first on PATH, and there `node` is Node.js 22 or 24 (the node22 and
+// node24 packages link it): without it, "node" stays the machine's own, for the suite too.
+const env = { ...process.env, PATH: (process.env.PATH ?? "").split(delimiter).filter((dir) => !dir.endsWith("node_modules/.bin")).join(delimiter) };
+
 function run(title, command, args) {
   console.log(`\n=== ${title}: ${[command, ...args].join(" ")}`);
-  const { status, error } = spawnSync(command, args, { cwd: root, stdio: "inherit" });
+  const { status, error } = spawnSync(command, args, { cwd: root, stdio: "inherit", env });
   if (error) console.error(error.message);
   return status === 0;
 }
@@ -31,7 +39,8 @@ let checksPassed = true;
 for (const [title, command, args] of checks) checksPassed = run(title, command, args) && checksPassed;
 
 const suites = [
-  ["node", bin("vitest"), ["run", "--reporter=default", "--reporter=junit", `--outputFile.junit=${results}/node.xml`]],
+  ...[["node", process.execPath], ["node22", nodeOf("node22")], ["node24", nodeOf("node24")]].map(([name, node]) =>
+    [name, node, [`${root}node_modules/vitest/vitest.mjs`, "run", "--reporter=default", "--reporter=junit", `--outputFile.junit=${results}/${name}.xml`]]),
   ["deno", bin("deno"), ["test", "-A", `--junit-path=${results}/deno.xml`, "test/"]],
   ["bun", bin("bun"), ["test", "--reporter=junit", `--reporter-outfile=${results}/bun.xml`, "test/"]],
 ];
