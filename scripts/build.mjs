@@ -28,23 +28,20 @@ execFileSync(
   { stdio: "inherit" },
 );
 
-// `require('kosyak')` is the Node class itself, with the named exports as its properties.
-writeFileSync(
-  `${root}/dist/mod.d.cts`,
-  `import type * as kosyak from "./mod.js";
-declare const Node: typeof kosyak.Node & {
-  readonly Node: typeof kosyak.Node;
-  readonly default: typeof kosyak.Node;
-  readonly KosyakError: typeof kosyak.KosyakError;
-  readonly DEFAULTS: typeof kosyak.DEFAULTS;
-  readonly Directory: typeof kosyak.Directory;
-  readonly Store: typeof kosyak.Store;
-  readonly KeyvStore: typeof kosyak.KeyvStore;
+/**
+ * The declarations of a CommonJS entry whose module is the class `name` itself, with that class,
+ * `default`, and the other exports `also` as its properties.
+ */
+const classModuleTypes = (name, also) => `import type * as kosyak from "./mod.js";
+declare const ${name}: typeof kosyak.${name} & {
+${[name, ...also].map((other) => `  readonly ${other}: typeof kosyak.${other};\n`).join("")}  readonly default: typeof kosyak.${name};
 };
-type Node = kosyak.Node;
-export = Node;
-`,
-);
+type ${name} = kosyak.${name};
+export = ${name};
+`;
+
+// `require('kosyak')` is the Node class itself, with the named exports as its properties.
+writeFileSync(`${root}/dist/mod.d.cts`, classModuleTypes("Node", ["KosyakError", "DEFAULTS", "Directory", "Store", "KeyvStore"]));
 
 // `kosyak/keyv` names the KeyvStore class of the same build, as keyv.ts does for Deno.
 writeFileSync(`${root}/dist/keyv.js`, `export { KeyvStore, KeyvStore as default } from "./mod.js";\n`);
@@ -53,17 +50,7 @@ writeFileSync(
   `${root}/dist/keyv.cjs`,
   `"use strict";\nconst { KeyvStore } = require("./mod.cjs");\nmodule.exports = KeyvStore;\nmodule.exports.KeyvStore = KeyvStore;\nmodule.exports.default = KeyvStore;\n`,
 );
-writeFileSync(
-  `${root}/dist/keyv.d.cts`,
-  `import type * as kosyak from "./mod.js";
-declare const KeyvStore: typeof kosyak.KeyvStore & {
-  readonly KeyvStore: typeof kosyak.KeyvStore;
-  readonly default: typeof kosyak.KeyvStore;
-};
-type KeyvStore = kosyak.KeyvStore;
-export = KeyvStore;
-`,
-);
+writeFileSync(`${root}/dist/keyv.d.cts`, classModuleTypes("KeyvStore", []));
 
 await build({ ...common, entryPoints: [`${root}/cli.ts`], bundle: true, format: "esm", outfile: `${root}/dist/cli.js` });
 chmodSync(`${root}/dist/cli.js`, 0o755);
