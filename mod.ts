@@ -10,11 +10,11 @@
  * The same file runs on Node.js (>= 20, through the npm build), Deno and Bun, each on its own
  * native sockets.
  *
- * The file, top-down: public types; `Node`, the public API; `Core`, its engine (lifecycle, the
- * request paths, the handlers of peers' requests); `Replication` (hand-over on stop, copies on
- * other members); `Acknowledgements` (what a change waits for); options; utilities (clock,
- * timers, retries);
- * the runtime adapter (the only code that touches `node:net`, `Deno` or `Bun`); the protocol
+ * The file, top-down: public types; `Node`, the public API; `KeyvStore`, a node as a Keyv
+ * storage adapter; `Core`, the node's engine (lifecycle, the request paths, the handlers of
+ * peers' requests); `Replication` (hand-over on stop, copies on other members);
+ * `Acknowledgements` (what a change waits for); metrics; options; utilities (clock, timers,
+ * retries); the runtime adapter (the only code that touches `node:net`, `Deno` or `Bun`); the protocol
  * codec; `Peer`, one connection; `Cluster`, membership; `Handshake`; `Directory`, who holds what
  * (the only place that compares versions); `Store`, the local entries; `NearCache`, values read
  * from peers (`nearCache`), which the Directory drops whenever what it knows of their key changes.
