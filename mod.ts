@@ -1997,7 +1997,7 @@ class Core {
     const version = this.directory.nextVersion();
     this.#clearOlder(version, this.id);
     const acknowledgements = new Acknowledgements(this.cluster);
-    acknowledgements.sendToAll("clear", version, 0);
+    acknowledgements.sendToAll("clear", [version, this.id], 0);
     await acknowledgements.settled();
   }
 
@@ -2008,11 +2008,12 @@ class Core {
     for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) this.overtake(key);
   }
 
-  /** A peer cleared the cluster (`clear`): drop what is older here too. */
-  #learnCleared(peer: Peer, message: Message): Record<string, unknown> {
-    for (const version of requireArray(message, "keys")) {
-      if (!isVersion(version)) throw new ProtocolError(`"clear" needs versions`);
-      this.#clearOlder(version, peer.id);
+  /** The cluster was cleared (`clear`: by the peer, or by a node the peer heard it from): drop what is older here too. */
+  #learnCleared(_peer: Peer, message: Message): Record<string, unknown> {
+    for (const item of requireArray(message, "keys")) {
+      const [version, writer] = Array.isArray(item) ? item : [];
+      if (!isVersion(version) || !isNodeId(writer)) throw new ProtocolError(`"clear" needs [version, writer] items`);
+      this.#clearOlder(version, writer);
     }
     return {};
   }
@@ -2050,9 +2051,13 @@ class Core {
 
   /**
    * Tells a newly admitted peer every key this node holds, ending with `done`; the writer only
-   * of entries another node wrote, and no copy kept for another member.
+   * of entries another node wrote, and no copy kept for another member. The newest clear of the
+   * cluster this node has seen goes first, so that a peer that missed it (cut off, or stopped)
+   * drops what it held from before it rather than keeping it apart from everyone else.
    */
   #tellKeys(peer: Peer): void {
+    const cleared = this.directory.lastClear;
+    if (cleared !== undefined) peer.request({ op: "clear", keys: [[cleared.version, cleared.writer]] }).catch(() => {});
     let batch: unknown[] = [];
     let units = 0;
     for (const entry of this.store.live()) {
@@ -4750,6 +4755,11 @@ export class Directory {
       const known = this.#holding(key)!;
       if (newer(version, writer, known.version, known.writer)) this.#forget(key);
     }
+  }
+
+  /** The newest clear of the whole cluster seen, if any. */
+  get lastClear(): { readonly version: number; readonly writer: string } | undefined {
+    return this.#cleared.version === 0 ? undefined : this.#cleared;
   }
 
   /** Whether the write (`version`, `writer`) is older than the newest clear seen. */
