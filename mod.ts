@@ -79,8 +79,8 @@ export interface NodeOptions {
    */
   master?: Seed | Seed[];
   /**
-   * Finds members to join besides `master`: called once the node listens, and then every ten
-   * heartbeats (every 10 s by default). Each address it gives that is not a member's is joined,
+   * Finds members to join besides `master`: called in the background once the node listens, and
+   * then every ten heartbeats (every 10 s by default), for at most `requestTimeout` each time. Each address it gives that is not a member's is joined,
    * with that member's cluster, so that nodes that all restarted at once find each other again,
    * and two clusters that find each other become one. What it throws, or an address that cannot
    * be reached, is no failure: it is asked again later. For a Kubernetes headless service or a
@@ -91,6 +91,7 @@ export interface NodeOptions {
   /**
    * Turns the host name of a `master` or of a discovered address into the addresses to try, in
    * order. By default the system's resolver gives every address of the name (DNS, /etc/hosts).
+   * Not used with `tls`, whose certificates name hosts, not addresses.
    * @default {the system resolver}
    */
   resolve?: (host: string) => string[] | Promise<string[]>;
@@ -684,7 +685,8 @@ export class Node {
     }
     const started = this.#core.start();
     if (callback) started.then(() => callLater(callback, null), (err) => callLater(callback, err));
-    else started.catch((err: Error) => this.#core.emit("error", err));
+    // Stopped before it started: the caller who stopped it knows.
+    else started.catch((err: Error) => (err instanceof KosyakError && err.code === "ERR_STOPPED") || this.#core.emit("error", err));
     return this;
   }
 
@@ -1034,10 +1036,10 @@ export class Node {
   }
 
   /**
-   * Every live key of the whole cluster: those this node holds, then those its directory knows
-   * the other members to hold. Asks no one, and holds no list of its own: it walks the node's
-   * entries and directory as they are, so a key written or removed meanwhile may or may not be
-   * in it, and none comes twice.
+   * Every live key of the whole cluster: those this node holds (their names copied first, since
+   * reads reorder a bounded node's entries), then those its directory knows the other members to
+   * hold, walked as it is. Asks no one. A key written or removed meanwhile may or may not be in
+   * it, and one that moves from this node to a peer meanwhile may come twice.
    *
    * @returns An async iterator of keys.
    *
@@ -1055,7 +1057,7 @@ export class Node {
    */
   async *clusterKeys(): AsyncGenerator<string> {
     await this.#core.whenStarted("clusterKeys");
-    for (const entry of this.#core.store.live()) yield entry.key;
+    yield* Array.from(this.#core.store.live(), (entry) => entry.key);
     yield* this.#core.directory.remoteKeys();
   }
 
@@ -1998,7 +2000,10 @@ class Core {
     this.#clearOlder(version, this.id);
     const acknowledgements = new Acknowledgements(this.cluster);
     acknowledgements.sendToAll("clear", [version, this.id], 0);
-    await acknowledgements.settled();
+    // A member that did not confirm may still return older values: say so.
+    for (const failure of await acknowledgements.settled()) {
+      throw new KosyakError("ERR_TIMEOUT", `Cannot clear the cluster: member ${failure.peer.id} did not confirm: ${describe(failure.error)}`);
+    }
   }
 
   /** Drops every write older than the clear (`version`, `writer`), and overtakes every get and fetch under way. */
@@ -2863,6 +2868,12 @@ interface Conn {
 /** How long a closing connection may take to hand over its last bytes before it is cut. */
 const CLOSE_GRACE_MS = 1000;
 
+/** This machine's network addresses (node:os, which all three runtimes have), loopback included. */
+async function localAddresses(): Promise<string[]> {
+  const { networkInterfaces } = await import("node:os");
+  return Object.values(networkInterfaces()).flatMap((addresses) => (addresses ?? []).map((address) => address.address));
+}
+
 /** Every address the system's resolver gives for `host` (node:dns, which all three runtimes have). */
 async function resolveHost(host: string): Promise<string[]> {
   const { promises: dns } = await import("node:dns");
@@ -3288,7 +3299,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 3;
+const PROTOCOL_VERSION = 4;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -3948,15 +3959,22 @@ class Cluster {
       await this.#closeAll();
       throw error;
     }
-    await this.#discover();
+    // In the background: what discover names may not answer yet, and must not hold up the start.
+    void this.#discover();
   }
 
-  /** Every address the seeds' host names resolve to, seed by seed; a name that does not resolve stays as it is (connecting then says why). */
+  /**
+   * Every address the seeds' host names resolve to, seed by seed; a name that does not resolve
+   * stays as it is (connecting then says why). With `tls` the names stay as they are: the other
+   * node's certificate names its host, not its address.
+   */
   async #addressesOf(seeds: Address[]): Promise<Address[]> {
+    if (this.#options.tls !== undefined) return seeds;
     const lists = await Promise.all(seeds.map(async (seed): Promise<Address[]> => {
       try {
         const hosts = await this.#options.resolve(seed.host);
-        return Array.isArray(hosts) && hosts.length > 0 ? hosts.map((host) => ({ host: String(host), port: seed.port })) : [seed];
+        const valid = Array.isArray(hosts) ? hosts.filter((host) => typeof host === "string" && host !== "") : [];
+        return valid.length > 0 ? valid.map((host) => ({ host, port: seed.port })) : [seed];
       } catch {
         return [seed];
       }
@@ -3965,31 +3983,65 @@ class Cluster {
   }
 
   /**
-   * Asks the `discover` option for addresses, and joins, through each that is not a member's,
-   * its cluster. Never throws: a failing `discover` is reported as an `error` event, and an
-   * address that cannot be reached is tried again at the next discovery.
+   * Asks the `discover` option for addresses, and joins, through each that is neither a member's
+   * nor this node's, its cluster, all at once. Never throws: a `discover` that fails, gives
+   * something else than a list of { host, port }, or takes longer than `requestTimeout` (with
+   * its resolving), is reported as an `error` event; an address that cannot be reached is tried
+   * again at the next discovery.
    */
   async #discover(): Promise<void> {
-    const { discover } = this.#options;
+    const { discover, requestTimeout } = this.#options;
     if (discover === undefined || this.#discovering || this.#stopping) return;
     this.#discovering = true;
+    let cancel = () => {};
     try {
-      const found = await discover();
-      if (!Array.isArray(found)) throw new TypeError(`discover must give a list of { host, port }: received ${quote(found)}`);
-      const seeds = found.filter((seed) => typeof seed === "object" && seed !== null && isPort(seed.port, 1))
-        .map((seed) => ({ host: typeof seed.host === "string" && seed.host !== "" ? seed.host : DEFAULTS.host, port: seed.port }));
-      const known = new Set([...this.#peers.values()].map((peer) => peer.listening && `${peer.listening.host}:${peer.listening.port}`));
-      known.add(`${this.#options.host}:${this.#port}`);
-      for (const address of await this.#addressesOf(seeds)) {
-        if (known.has(`${address.host}:${address.port}`) || this.#stopping) continue;
-        // This node itself, or a member under another address, refuses or settles as any redial.
-        await this.#connect(address).then((peer) => this.#joinVia(peer), () => {});
-      }
+      const late = new Promise<never>((_, reject) => {
+        cancel = this.#timers.after(requestTimeout, () => reject(new Error(`it took longer than requestTimeout (${requestTimeout} ms)`)));
+      });
+      const addresses = await Promise.race([this.#discovered(discover), late]);
+      cancel();
+      const known = await this.#knownAddresses();
+      await Promise.all(addresses.filter((address) => !known.has(`${address.host}:${address.port}`)).map(async (address) => {
+        try {
+          await this.#joinVia(await this.#connect(address));
+        } catch {
+          // Not reachable, or a member after all: the next discovery sees.
+        }
+      }));
     } catch (cause) {
       this.#host.emit("error", new KosyakError("ERR_CONNECT", `discover failed: ${describe(cause)}`, { cause }));
     } finally {
+      cancel();
       this.#discovering = false;
     }
+  }
+
+  /** The addresses `discover` gives, resolved; throws for anything but a list of { host, port }. */
+  async #discovered(discover: () => Seed[] | Promise<Seed[]>): Promise<Address[]> {
+    const found = await discover();
+    const valid = (seed: unknown): seed is Seed =>
+      typeof seed === "object" && seed !== null && isPort((seed as Seed).port, 1) &&
+      ((seed as Seed).host === undefined || (typeof (seed as Seed).host === "string" && (seed as Seed).host !== ""));
+    if (!Array.isArray(found) || !found.every(valid)) {
+      throw new TypeError(`discover must give a list of { host, port }: received ${quote(found)}`);
+    }
+    return this.#addressesOf(found.map((seed) => ({ host: seed.host ?? DEFAULTS.host, port: seed.port })));
+  }
+
+  /**
+   * Where this node and its members are known to listen, as host:port: the hosts they announced,
+   * the addresses their connections come from, and every address of this machine with this
+   * node's port (a discovered list usually names this node too).
+   */
+  async #knownAddresses(): Promise<Set<string>> {
+    const known = new Set<string>();
+    for (const peer of this.#peers.values()) {
+      if (peer.listening === undefined) continue;
+      known.add(`${peer.listening.host}:${peer.listening.port}`);
+      known.add(`${peer.remoteHost}:${peer.listening.port}`);
+    }
+    for (const host of [this.#options.host, ...(await localAddresses())]) known.add(`${host}:${this.#port}`);
+    return known;
   }
 
   /** Tells every peer that this node is stopping, so that none hands entries over to it. */

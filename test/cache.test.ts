@@ -7,7 +7,7 @@ afterEach(stopAll);
 /** A raw connection that has done the handshake with `node` and told it it holds nothing. */
 async function handshaken(node: Node): Promise<RawClient> {
   const raw = await rawConnect(node.address);
-  raw.socket.write(frame({ op: "hello", version: 3, id: "raw-peer", host: "127.0.0.1", port: 9 }));
+  raw.socket.write(frame({ op: "hello", version: 4, id: "raw-peer", host: "127.0.0.1", port: 9 }));
   assert.equal((await raw.next()).op, "welcome");
   assert.equal((await raw.next()).op, "keys");
   raw.socket.write(frame({ op: "keys", keys: [], done: true }));
@@ -266,6 +266,14 @@ describe("Batch and iteration API", () => {
     const entries = new Map<string, unknown>();
     for await (const [key, value] of nodes[1].clusterEntries()) entries.set(key, value);
     assert.deepEqual(entries, written);
+  });
+
+  it("clusterEntries ends on a bounded node too, whose reads reorder its entries", async () => {
+    const [node] = await startCluster(1, { maxEntries: 5_000 });
+    await node.mset(Array.from({ length: 2_500 }, (_, i): [string, number] => [`k${i}`, i]));
+    let count = 0;
+    for await (const _entry of node.clusterEntries()) if (++count > 2_500) break;
+    assert.equal(count, 2_500);
   });
 
   it("keys and for-await list the local live entries, least recently used first", async () => {

@@ -37,6 +37,22 @@ describe("Discovery", () => {
     assert.ok(error instanceof KosyakError && /discover failed: registry unreachable/.test(error.message), String(error));
   });
 
+  it("a discover that never answers holds up neither the start nor the stop, and is reported once requestTimeout is up", async () => {
+    const node = track(new Node({ port: 0, requestTimeout: 200, discover: () => new Promise<Seed[]>(() => {}) }));
+    const reported = new Promise<Error>((resolve) => node.on("error", resolve));
+    await within("the start", node.init().ready());
+    const error = await within("the error event", reported);
+    assert.match(error.message, /discover failed: it took longer than requestTimeout \(200 ms\)/);
+    await within("the stop", node.stop());
+  });
+
+  it("a discover that gives something else than a list of { host, port } is reported as an error event", async () => {
+    const node = track(new Node({ port: 0, discover: () => [{ host: 7, port: 1 }] as never }));
+    const reported = new Promise<Error>((resolve) => node.on("error", resolve));
+    await node.init().ready();
+    assert.match((await within("the error event", reported)).message, /discover must give a list of \{ host, port \}/);
+  });
+
   it("Node rejects a discover or resolve that is not a function", () => {
     assert.throws(() => new Node({ discover: [] as never }), /discover must be a function: received an array/);
     assert.throws(() => new Node({ resolve: "dns" as never }), /resolve must be a function: received "dns"/);
