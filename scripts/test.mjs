@@ -51,22 +51,24 @@ for (const [name, command, args] of suites) {
 }
 
 /**
- * Counts the tests in a JUnit report. Deno also reports each describe() as a test case of its
- * own, whose steps are the real tests, so a case that has sub-cases ("name > ...") is not counted.
+ * Counts the tests in a JUnit report: passed, failed, and skipped (a test whose runtime cannot run
+ * it, which says why in the log). Deno also reports each describe() as a test case of its own,
+ * whose steps are the real tests, so a case that has sub-cases ("name > ...") is not counted.
  */
 function countJUnit(path) {
   let xml;
   try {
     xml = readFileSync(path, "utf8");
   } catch {
-    return { passed: 0, failed: 0, missing: true };
+    return { passed: 0, failed: 0, skipped: 0, missing: true };
   }
   const cases = [...xml.matchAll(/<testcase\b[^>]*?\bname="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g)].map(
-    (match) => ({ name: match[1], failed: /<(failure|error)\b/.test(match[3] ?? "") }),
+    (match) => ({ name: match[1], failed: /<(failure|error)\b/.test(match[3] ?? ""), skipped: /<skipped\b/.test(match[3] ?? "") }),
   );
   const leaves = cases.filter((c) => !cases.some((other) => other.name.startsWith(`${c.name} &gt; `)));
   const failed = leaves.filter((c) => c.failed).length;
-  return { passed: leaves.length - failed, failed, missing: false };
+  const skipped = leaves.filter((c) => c.skipped && !c.failed).length;
+  return { passed: leaves.length - failed - skipped, failed, skipped, missing: false };
 }
 
 console.log("\n=== summary");
@@ -82,7 +84,8 @@ for (const suite of summary) {
   if (suite.missing) problems.push("no report");
   else if (suite.passed + suite.failed === 0) problems.push("ran no test");
   if (problems.length > 0) ok = false;
-  console.log(`${suite.name}: ${suite.passed} passed, ${suite.failed} failed${problems.length ? ` (${problems.join(", ")})` : ""}`);
+  const skipped = suite.skipped > 0 ? `, ${suite.skipped} skipped` : "";
+  console.log(`${suite.name}: ${suite.passed} passed, ${suite.failed} failed${skipped}${problems.length ? ` (${problems.join(", ")})` : ""}`);
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exitCode = ok && failed === 0 ? 0 : 1;
