@@ -1738,6 +1738,8 @@ class Core {
       let peer = holding && this.cluster.peer(holding.holder);
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
       const askedAt = this.options.clock.now();
+      // A value asked while the members did not vouch for this node may predate a change it missed.
+      const keepable = this.near !== undefined && this.cluster.vouchedFor(askedAt, this.#nearLease);
       const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found === undefined) {
         // The holder's connection closed while it was asked: the directory has moved on since
@@ -1752,7 +1754,7 @@ class Core {
         if (!this.#followMoved(key, fetched.moved)) break;
       } else if ("value" in found) {
         this.counters.remoteHits++;
-        if (this.near !== undefined) this.#keepNear(key, found as Held, holding!, askedAt);
+        if (keepable) this.#keepNear(key, found as Held, holding!, askedAt);
         return found.value;
       } else {
         this.directory.gone(key, holding!.holder, holding!.version);
@@ -2352,6 +2354,8 @@ class Acknowledgements {
   readonly #sent = new Map<Promise<Message>, { peer: Peer; op: string; items: Array<[unknown, number, number]> }>();
   /** The items for members whose connection is closed, by member and op, until it is replaced. */
   readonly #waiting = new Map<Peer, Map<string, Array<[unknown, number]>>>();
+  /** The items sent to every member, with the members left out, for members admitted meanwhile. */
+  readonly #toAll: Array<{ op: string; item: unknown; units: number; except: string[] }> = [];
 
   constructor(cluster: Cluster) {
     this.#cluster = cluster;
@@ -2373,8 +2377,9 @@ class Acknowledgements {
     sent.items.push([item, units, index]);
   }
 
-  /** Sends `item` to every member but those in `except`. */
+  /** Sends `item` to every member but those in `except`, and to those admitted before it settles. */
   sendToAll(op: string, item: unknown, units: number, except: Peer[] = []): void {
+    this.#toAll.push({ op, item, units, except: except.map((peer) => peer.id) });
     for (const peer of this.#cluster.peers()) if (!except.includes(peer)) this.send(peer, op, item, units);
   }
 
@@ -2394,6 +2399,7 @@ class Acknowledgements {
       return failures;
     };
     const failures = await Promise.all([
+      this.#tellAdmitted(retries),
       ...Array.from(this.#sent, ([answer, { peer, op, items }]) =>
         answer.then(
           (message): Failure[] => {
@@ -2408,6 +2414,28 @@ class Acknowledgements {
       ...Array.from(this.#waiting, ([peer, byOp]) => Promise.all(Array.from(byOp, ([op, items]) => again(peer, op, items))).then((lists) => lists.flat())),
     ]);
     return failures.flat();
+  }
+
+  /**
+   * Once every answer is in, sends what went to every member to the members admitted meanwhile,
+   * and waits for them too: no member that is here when a change completes has missed it (a
+   * member that reconnected while a removal was under way would otherwise keep the removed key
+   * in its directory, and serve it from its near cache).
+   */
+  async #tellAdmitted(retries: number): Promise<Failure[]> {
+    if (this.#toAll.length === 0) return [];
+    await Promise.allSettled(this.#sent.keys());
+    const told = new Set([...this.#sent.values()].map(({ peer }) => peer.id));
+    for (const peer of this.#waiting.keys()) told.add(peer.id);
+    const late = [...this.#cluster.peers()].filter((peer) => !told.has(peer.id));
+    if (late.length === 0 || retries === 0) return [];
+    const next = new Acknowledgements(this.#cluster);
+    for (const peer of late) {
+      for (const { op, item, units, except } of this.#toAll) if (!except.includes(peer.id)) next.send(peer, op, item, units);
+    }
+    const failures = await next.settled(retries - 1);
+    for (const item of next.held) this.held.add(item);
+    return failures;
   }
 }
 
