@@ -380,7 +380,15 @@ export interface RawClient {
   closed: Promise<void>;
   /** Everything the node has sent, as text. */
   text(): string;
+  /**
+   * Ends the handshake's key lists: answers the node's, up to the last, which it returns, then
+   * sends `keys` as this side's list and waits for the node's answer to it.
+   */
+  exchangeKeys(keys?: unknown[]): Promise<Record<string, unknown>>;
 }
+
+/** The rid of a raw client's key list; its other requests use small ones. */
+const RAW_KEYS_RID = 1_000_000;
 
 /** Connects to a node with a plain socket that splits what the node sends into messages. */
 export async function rawConnect(address: Address): Promise<RawClient> {
@@ -404,15 +412,27 @@ export async function rawConnect(address: Address): Promise<RawClient> {
       unread = unread.slice(4 + length);
     }
   });
+  const next = async () => {
+    await waitFor("a message from the node", () => messages.length > taken);
+    return messages[taken++];
+  };
   return {
     socket,
     messages,
     closed: new Promise<void>((resolve) => socket.once("close", () => resolve())),
-    async next() {
-      await waitFor("a message from the node", () => messages.length > taken);
-      return messages[taken++];
-    },
+    next,
     text: () => received.map((chunk) => new TextDecoder().decode(chunk)).join(""),
+    async exchangeKeys(keys = []) {
+      let list: Record<string, unknown>;
+      do {
+        list = await next();
+        assert.equal(list.op, "keys", `a key list, not ${JSON.stringify(list)}`);
+        socket.write(frame({ op: "ok", rid: list.rid }));
+      } while (list.done !== true);
+      socket.write(frame({ op: "keys", rid: RAW_KEYS_RID, keys, done: true }));
+      assert.deepEqual(await next(), { op: "ok", rid: RAW_KEYS_RID });
+      return list;
+    },
   };
 }
 

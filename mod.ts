@@ -261,6 +261,13 @@ export interface NodeOptions {
    * @default {Date.now with the runtime's setTimeout and clearTimeout}
    */
   clock?: Clock;
+  /**
+   * How the node listens and connects. Give another {@linkcode Transport} to run nodes over
+   * something else than TCP: `npm run simulate` runs hundreds of them in one process over an
+   * in-memory one, with a clock it moves by hand.
+   * @default {the runtime's TCP and TLS: node:net and node:tls, Deno.listen, or Bun.listen}
+   */
+  transport?: Transport;
 }
 
 /**
@@ -295,6 +302,104 @@ export interface NearCacheOptions {
   maxEntries?: number;
   /** Most bytes of values kept, as `maxBytes` counts them. @default {16777216} */
   maxBytes?: number;
+}
+
+/**
+ * How a node listens and connects, for {@linkcode NodeOptions.transport}. The default is the
+ * runtime's TCP and TLS; another transport carries the same byte streams over something else.
+ * `npm run simulate` runs hundreds of nodes in one process over an in-memory one.
+ *
+ * @example A transport that passes everything to another and counts the connections it opens
+ * ```ts
+ * function counting(inner: Transport, counts: { dialled: number }): Transport {
+ *   return {
+ *     listen: (address, options, accept) => inner.listen(address, options, accept),
+ *     connect: (address, options) => (counts.dialled++, inner.connect(address, options)),
+ *   };
+ * }
+ * ```
+ */
+export interface Transport {
+  /** Listens at `address` (port 0: any free port) and hands each connection made to it to `accept`. */
+  listen(address: Address, options: TransportOptions, accept: (conn: Conn) => void): Promise<Listener>;
+  /** Opens a connection to a node listening at `address`; rejects if none does. */
+  connect(address: Address, options: TransportOptions): Promise<Conn>;
+}
+
+/**
+ * What a {@linkcode Transport} listens and connects with: the node's `socket` or `server`
+ * option, and its `tls` settings.
+ *
+ * @example
+ * ```ts
+ * const options: TransportOptions = { native: { keepAlive: true }, tls: undefined };
+ * ```
+ */
+export interface TransportOptions {
+  /** The `socket` option when connecting, the `server` option when listening. */
+  native: Record<string, unknown>;
+  /** The `tls` option: a transport must encrypt with these when they are given. */
+  tls: TlsOptions | undefined;
+}
+
+/**
+ * Where a {@linkcode Transport} listens.
+ *
+ * @example Which port the system picks
+ * ```ts
+ * async function freePort(transport: Transport, options: TransportOptions): Promise<number> {
+ *   const listener: Listener = await transport.listen({ host: "127.0.0.1", port: 0 }, options, (conn) => conn.close());
+ *   await listener.close();
+ *   return listener.port;
+ * }
+ * ```
+ */
+export interface Listener {
+  /** The port listened on, chosen by the system when 0 was asked. */
+  readonly port: number;
+  /** Stops accepting; resolves once the port is free again. */
+  close(): Promise<void>;
+}
+
+/**
+ * One connection of a {@linkcode Transport}: an ordered, reliable byte stream.
+ *
+ * @example Echoing what arrives
+ * ```ts
+ * function echo(conn: Conn): void {
+ *   conn.start({ data: (chunk) => conn.write(chunk), close: () => console.log("closed") });
+ * }
+ * ```
+ */
+export interface Conn {
+  /** The address the other end connects from. */
+  readonly remoteHost: string;
+  /** Starts delivering data and the close event to `handlers`. */
+  start(handlers: ConnHandlers): void;
+  /** Queues bytes; the connection writes them in order as fast as the other end reads. */
+  write(bytes: Uint8Array): void;
+  /** Bytes written but not yet taken by the other end, because it is slow. */
+  buffered(): number;
+  /**
+   * Closes once queued bytes are written, or soon after if the other end does not take them;
+   * `close` is then reported once. A pending forced close never keeps the process alive.
+   */
+  close(): void;
+}
+
+/**
+ * What a {@linkcode Conn} tells its owner.
+ *
+ * @example
+ * ```ts
+ * const handlers: ConnHandlers = { data: (chunk) => console.log(chunk.byteLength), close: () => {} };
+ * ```
+ */
+export interface ConnHandlers {
+  /** Bytes that arrived, in order. */
+  data(chunk: Uint8Array): void;
+  /** The connection is closed, by either end; called once. */
+  close(): void;
 }
 
 /** TLS settings of {@linkcode NodeOptions.tls}, in PEM. */
@@ -420,8 +525,16 @@ export interface NodeStats {
   evictions: number;
   /** Entries removed because their time was up. */
   expirations: number;
-  /** Requests from peers that this node answered. */
+  /** Requests for data from peers that this node answered (not key lists or heartbeats). */
   served: number;
+  /** Protocol messages this node sent to peers, handshakes and heartbeats included. */
+  messagesSent: number;
+  /** Protocol messages this node received from peers. */
+  messagesReceived: number;
+  /** Bytes this node wrote to its connections (frames, before TLS). */
+  bytesSent: number;
+  /** Bytes this node read from its connections (frames, after TLS). */
+  bytesReceived: number;
   /** Milliseconds since `init` completed (0 before). */
   uptime: number;
 }
@@ -1607,7 +1720,7 @@ class Core {
         own: (peer, message) => this.#learn(peer, message),
         moved: (peer, message) => this.#learnMoved(peer, message),
         handover: (peer, message) => this.#replication.adopt(peer, message),
-        keys: (peer, message) => void this.#learn(peer, message),
+        keys: (peer, message) => this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
         clear: (peer, message) => this.#learnCleared(peer, message),
@@ -1617,7 +1730,7 @@ class Core {
       admitted: (peer) => {
         // What it removed while apart reaches no directory here: keep nothing read before.
         this.near?.clear();
-        this.#tellKeys(peer);
+        void this.#tellKeys(peer);
       },
       lost: (peerId) => {
         // A member this node cannot hear may write without it: keep nothing read before.
@@ -2061,25 +2174,44 @@ class Core {
    * of entries another node wrote, and no copy kept for another member. The newest clear of the
    * cluster this node has seen goes first, so that a peer that missed it (cut off, or stopped)
    * drops what it held from before it rather than keeping it apart from everyone else.
+   *
+   * The list goes as requests, at most KEY_LISTS_IN_FLIGHT of them unanswered, so that a node
+   * holding millions of keys never queues more for a joiner than the joiner takes (queued all at
+   * once, they passed `maxQueueBytes` and the joiner was cut off as stalled). Each batch reads
+   * the entries when it is sent, so it never contradicts a change sent to the peer before it. A
+   * peer that does not answer one in time is closed, to connect and be told again.
    */
-  #tellKeys(peer: Peer): void {
+  async #tellKeys(peer: Peer): Promise<void> {
     const cleared = this.directory.lastClear;
     if (cleared !== undefined) peer.request({ op: "clear", keys: [[cleared.version, cleared.writer]] }).catch(() => {});
-    let batch: unknown[] = [];
-    let units = 0;
-    for (const entry of this.store.live()) {
-      // Copies kept for other members are not announced: the directories point to their holders.
-      if (entry.copyOf !== undefined) continue;
-      if (batch.length === ITEMS_PER_BATCH || !fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) {
-        peer.send({ op: "keys", keys: batch });
-        batch = [];
-        units = 0;
-      }
-      const item = [entry.key, entry.version, this.store.ttlOf(entry)];
-      batch.push(entry.writer === this.id ? item : [...item, entry.writer]);
-      units += entry.key.length;
+    // The keys as they are now: reads of a bounded store move entries to the back, so walking
+    // the store itself across the waits could meet an entry twice, or never end.
+    const held = Array.from(this.store.live(), (entry) => entry.key);
+    const unanswered: Array<Promise<Message>> = [];
+    let next = 0;
+    try {
+      do {
+        const batch: unknown[] = [];
+        let units = 0;
+        for (; next < held.length && batch.length < ITEMS_PER_BATCH; next++) {
+          const entry = this.store.peek(held[next]);
+          // Copies kept for other members are not announced: the directories point to their holders.
+          if (entry === undefined || entry.copyOf !== undefined) continue;
+          if (!fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) break;
+          const item = [entry.key, entry.version, this.store.ttlOf(entry)];
+          batch.push(entry.writer === this.id ? item : [...item, entry.writer]);
+          units += entry.key.length;
+        }
+        const last = next === held.length;
+        const answer = peer.request(last ? { op: "keys", keys: batch, done: true } : { op: "keys", keys: batch });
+        answer.catch(() => {}); // Seen by the await below; this only keeps a failure from going unhandled meanwhile.
+        unanswered.push(answer);
+        if (last) await Promise.all(unanswered);
+        else if (unanswered.length === KEY_LISTS_IN_FLIGHT) await unanswered.shift();
+      } while (next < held.length && !peer.closed);
+    } catch {
+      peer.close("timeout");
     }
-    peer.send({ op: "keys", keys: batch, done: true });
   }
 
   /**
@@ -2150,6 +2282,7 @@ class Core {
       evictions: this.store.evictions,
       expirations: this.store.expirations,
       served: this.cluster.served,
+      ...this.cluster.traffic,
       uptime: this.#startedAt === 0 ? 0 : this.options.clock.now() - this.#startedAt,
     };
   }
@@ -2192,14 +2325,21 @@ class Replication {
     this.#core.counters.handedOver = items.length;
     const refused = new Set<string>();
     for (let round = 0; round < MAX_HOPS && items.length > 0; round++) {
-      const acknowledgements = new Acknowledgements(this.#core.cluster);
-      for (const [item, units] of items) {
-        const heir = this.#core.cluster.heirOf((item as [string])[0], refused);
-        if (heir !== undefined) acknowledgements.send(heir, "handover", item, units);
+      const failed: Array<[unknown, number]> = [];
+      // A part at a time, each acknowledged before the next, so that no heir is sent more than
+      // it takes (sent all at once, they passed maxQueueBytes and the heir was cut off as stalled).
+      for (const part of partsWithin(items, this.#core.options.maxQueueBytes / 4)) {
+        const acknowledgements = new Acknowledgements(this.#core.cluster);
+        for (const [item, units] of part) {
+          const heir = this.#core.cluster.heirOf((item as [string])[0], refused);
+          if (heir !== undefined) acknowledgements.send(heir, "handover", item, units);
+        }
+        for (const failure of await acknowledgements.settled()) {
+          refused.add(failure.peer.id);
+          for (const [item, units] of failure.items) failed.push([item, units]);
+        }
       }
-      const failures = await acknowledgements.settled();
-      for (const failure of failures) refused.add(failure.peer.id);
-      items = failures.flatMap((failure) => failure.items.map(([item, units]): [unknown, number] => [item, units]));
+      items = failed;
     }
   }
 
@@ -2325,6 +2465,22 @@ class Replication {
     if (size > this.#core.options.maxBytes) return undefined;
     return { stored: this.#core.options.stringify ? json : value, size };
   }
+}
+
+/** Consecutive parts of `items` ([item, size]), each of at most `budget` in size or of a single item. */
+function* partsWithin<T>(items: ReadonlyArray<[T, number]>, budget: number): Generator<Array<[T, number]>> {
+  let part: Array<[T, number]> = [];
+  let size = 0;
+  for (const item of items) {
+    if (part.length > 0 && size + item[1] > budget) {
+      yield part;
+      part = [];
+      size = 0;
+    }
+    part.push(item);
+    size += item[1];
+  }
+  if (part.length > 0) yield part;
 }
 
 /** A request of a change that its member did not acknowledge, though it stayed a member. */
@@ -2466,6 +2622,10 @@ const METRICS: ReadonlyArray<[stat: keyof NodeStats, name: string, type: "counte
   ["evictions", "kosyak_evictions_total", "counter", "Entries evicted to stay within maxEntries and maxBytes."],
   ["expirations", "kosyak_expirations_total", "counter", "Entries removed because their time was up."],
   ["served", "kosyak_served_total", "counter", "Requests from peers answered."],
+  ["messagesSent", "kosyak_messages_sent_total", "counter", "Protocol messages sent to peers."],
+  ["messagesReceived", "kosyak_messages_received_total", "counter", "Protocol messages received from peers."],
+  ["bytesSent", "kosyak_sent_bytes_total", "counter", "Bytes written to peer connections."],
+  ["bytesReceived", "kosyak_received_bytes_total", "counter", "Bytes read from peer connections."],
   ["uptime", "kosyak_uptime_seconds", "gauge", "Time since init completed.", 1 / 1000],
 ];
 
@@ -2509,13 +2669,14 @@ interface ResolvedOptions {
   replicas: number;
   nearCache: { maxEntries: number; maxBytes: number } | undefined;
   clock: Clock;
+  transport: Transport;
 }
 
 const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "discover", "resolve", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
-  "maxValueBytes", "maxQueueBytes", "replicas", "nearCache", "clock",
+  "maxValueBytes", "maxQueueBytes", "replicas", "nearCache", "clock", "transport",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -2611,6 +2772,10 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   if (typeof clock !== "object" || clock === null || (["now", "setTimeout", "clearTimeout"] as const).some((name) => typeof clock[name] !== "function")) {
     fail("clock must be an object with now, setTimeout and clearTimeout functions", clock);
   }
+  const { transport = currentTransport() } = options;
+  if (typeof transport !== "object" || transport === null || typeof transport.listen !== "function" || typeof transport.connect !== "function") {
+    fail("transport must be an object with listen and connect functions", transport);
+  }
   if (peerTimeout < 2 * heartbeatInterval) {
     fail(`peerTimeout must be at least twice heartbeatInterval (${heartbeatInterval} ms)`, peerTimeout, RangeError);
   }
@@ -2643,6 +2808,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     replicas: whole("replicas", 0),
     nearCache: resolveNearCache(options.nearCache, fail),
     clock,
+    transport,
   };
   if (resolved.nearCache && nearLease(resolved) <= heartbeatInterval) {
     fail(`nearCache needs min(peerTimeout, requestTimeout) - heartbeatInterval / 2 above heartbeatInterval (${heartbeatInterval} ms)`, nearLease(resolved), RangeError);
@@ -2870,29 +3036,6 @@ async function retry<T>(
 // The only section that touches Deno, Bun, node:net or node:tls. Everything else sees Transport
 // and Conn.
 
-/** What a connection tells its owner. */
-interface ConnHandlers {
-  data(chunk: Uint8Array): void;
-  close(): void;
-}
-
-/** One TCP (or TLS) connection, whatever the runtime. */
-interface Conn {
-  /** The address the other end connects from. */
-  readonly remoteHost: string;
-  /** Starts delivering data and the close event to `handlers`. */
-  start(handlers: ConnHandlers): void;
-  /** Queues bytes; the connection writes them in order as fast as the other end reads. */
-  write(bytes: Uint8Array): void;
-  /** Bytes written but not yet taken by the operating system, because the other end is slow. */
-  buffered(): number;
-  /**
-   * Closes once queued bytes are written, or after `CLOSE_GRACE_MS` if the other end does not
-   * take them; `close` is then reported once. A pending forced close never keeps the process alive.
-   */
-  close(): void;
-}
-
 /** How long a closing connection may take to hand over its last bytes before it is cut. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -2908,30 +3051,13 @@ async function resolveHost(host: string): Promise<string[]> {
   return (await dns.lookup(host, { all: true })).map((found) => found.address);
 }
 
-interface Listener {
-  readonly port: number;
-  /** Stops accepting; resolves once the port is free again. */
-  close(): Promise<void>;
-}
-
-/** How a transport listens and connects: the user's socket options and TLS settings. */
-interface TransportOptions {
-  native: Record<string, unknown>;
-  tls: TlsOptions | undefined;
-}
-
-interface Transport {
-  listen(address: Address, options: TransportOptions, accept: (conn: Conn) => void): Promise<Listener>;
-  connect(address: Address, options: TransportOptions): Promise<Conn>;
-}
-
-let transport: Transport | undefined;
+let runtimeTransport: Transport | undefined;
 
 /** The transport of the runtime this file runs in; Deno and Bun are checked before Node.js, since both define `process`. */
 function currentTransport(): Transport {
   const runtime = globalThis as { Deno?: DenoApi; Bun?: BunApi };
-  transport ??= runtime.Deno ? denoTransport(runtime.Deno) : runtime.Bun ? bunTransport(runtime.Bun) : nodeTransport();
-  return transport;
+  runtimeTransport ??= runtime.Deno ? denoTransport(runtime.Deno) : runtime.Bun ? bunTransport(runtime.Bun) : nodeTransport();
+  return runtimeTransport;
 }
 
 const NO_HANDLERS: ConnHandlers = { data() {}, close() {} };
@@ -3327,7 +3453,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 4;
+const PROTOCOL_VERSION = 5;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -3343,6 +3469,8 @@ const MAX_VERSION = 2 ** 50;
  * a frame too (see fitsInFrame).
  */
 const ITEMS_PER_BATCH = 1000;
+/** Batches of a key list (see Core.#tellKeys) sent to a peer ahead of its answers. */
+const KEY_LISTS_IN_FLIGHT = 4;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
 const MAX_HOPS = 16;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */
@@ -3567,6 +3695,14 @@ function isSame(a: Holding | undefined, b: Holding | undefined): boolean {
 /** The options a connection obeys. */
 type PeerLimits = Pick<ResolvedOptions, "requestTimeout" | "maxFrameBytes" | "maxQueueBytes">;
 
+/** Messages and bytes that a node's connections carried, counted by each of its Peers. */
+interface Traffic {
+  messagesSent: number;
+  messagesReceived: number;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
 interface PendingRequest {
   resolve: (answer: Message) => void;
   reject: (error: Error) => void;
@@ -3620,6 +3756,7 @@ class Peer {
   readonly #decoder: FrameDecoder;
   readonly #limits: PeerLimits;
   readonly #clock: Clock;
+  readonly #traffic: Traffic;
   readonly #pending = new Map<number, PendingRequest>();
   #nextRid = 1;
   #outgoing: Message[] = [];
@@ -3629,10 +3766,11 @@ class Peer {
   #onMessage: (message: Message) => void = () => {};
   #onClose: (reason: PeerDownReason) => void = () => {};
 
-  constructor(conn: Conn, limits: PeerLimits, clock: Clock, dialled: boolean) {
+  constructor(conn: Conn, limits: PeerLimits, clock: Clock, traffic: Traffic, dialled: boolean) {
     this.#conn = conn;
     this.#limits = limits;
     this.#clock = clock;
+    this.#traffic = traffic;
     // Until the handshake is done, nobody may make this node hold a large frame.
     this.#decoder = new FrameDecoder(Math.min(HANDSHAKE_FRAME_BYTES, limits.maxFrameBytes));
     this.dialled = dialled;
@@ -3667,8 +3805,12 @@ class Peer {
       data: (chunk) => {
         if (this.#closed) return;
         this.lastHeard = this.#clock.now();
+        this.#traffic.bytesReceived += chunk.byteLength;
         try {
-          this.#decoder.push(chunk, (message) => this.#receive(message));
+          this.#decoder.push(chunk, (message) => {
+            this.#traffic.messagesReceived++;
+            this.#receive(message);
+          });
         } catch (error) {
           this.error = error instanceof Error ? error : new Error(String(error));
           this.close("protocol-error");
@@ -3771,7 +3913,10 @@ class Peer {
     // A value changed after set (say, a BigInt added) must fail one answer, not the process.
     const failInstead = (message: Message, problem: string): Message | undefined =>
       message.op === "ok" ? { op: "fail", rid: message.rid, code: "ERR_REMOTE", message: problem } : undefined;
-    this.#conn.write(encodeFrames(messages, this.#limits.maxFrameBytes, failInstead));
+    const frames = encodeFrames(messages, this.#limits.maxFrameBytes, failInstead);
+    this.#traffic.messagesSent += messages.length;
+    this.#traffic.bytesSent += frames.byteLength;
+    this.#conn.write(frames);
     // A peer that stops reading is let go, rather than buffered for without limit.
     if (this.#conn.buffered() > this.#limits.maxQueueBytes) this.close("stalled");
   }
@@ -3833,8 +3978,10 @@ interface ClusterHost {
  * goodbye is dialled again by both nodes. Knows nothing of keys: the Node's handlers do.
  */
 class Cluster {
-  /** Data requests (the host's handlers') from peers answered so far. */
+  /** Data requests (the host's handlers', key lists left out) from peers answered so far. */
   served = 0;
+  /** What every connection of this node carried so far. */
+  readonly traffic: Traffic = { messagesSent: 0, messagesReceived: 0, bytesSent: 0, bytesReceived: 0 };
 
   readonly #id: string;
   readonly #options: ResolvedOptions;
@@ -3974,7 +4121,7 @@ class Cluster {
     const { host, port, seeds, server, heartbeatInterval } = this.#options;
     try {
       const options = { native: server, tls: this.#options.tls };
-      this.#listener = await currentTransport().listen({ host, port }, options, (conn) => this.#accept(conn));
+      this.#listener = await this.#options.transport.listen({ host, port }, options, (conn) => this.#accept(conn));
       this.#port = this.#listener.port;
     } catch (cause) {
       throw new KosyakError("ERR_LISTEN", `Cannot listen on ${host}:${port}: ${describe(cause)}`, { cause });
@@ -4261,12 +4408,12 @@ class Cluster {
   /** Opens a connection and completes the dialling side of the handshake. */
   async #connect(address: Address): Promise<Peer> {
     if (this.#stopping) throw this.stoppedError();
-    const conn = await currentTransport().connect(address, { native: this.#options.socket, tls: this.#options.tls });
+    const conn = await this.#options.transport.connect(address, { native: this.#options.socket, tls: this.#options.tls });
     if (this.#stopping) {
       conn.close();
       throw this.stoppedError();
     }
-    const peer = new Peer(conn, this.#options, this.#clock, true);
+    const peer = new Peer(conn, this.#options, this.#clock, this.traffic, true);
     this.#connections.add(peer);
     return this.#handshake.dial(peer);
   }
@@ -4280,7 +4427,7 @@ class Cluster {
       const error = new KosyakError("ERR_LIMIT", `Refused a connection from ${conn.remoteHost}: maxConnections (${maxConnections}) reached`);
       return this.#host.emit("error", error);
     }
-    const peer = new Peer(conn, this.#options, this.#clock, false);
+    const peer = new Peer(conn, this.#options, this.#clock, this.traffic, false);
     this.#connections.add(peer);
     this.#handshake.accept(peer);
   }
@@ -4344,7 +4491,8 @@ class Cluster {
     if (fields === undefined) return;
     if (message.rid === undefined) throw new ProtocolError(`"${message.op}" needs a rid`);
     const rid = message.rid;
-    if (Object.hasOwn(this.#host.handlers, message.op)) this.served++;
+    // Key lists are the joining's, not requests for data, though the host answers them.
+    if (Object.hasOwn(this.#host.handlers, message.op) && message.op !== "keys") this.served++;
     if (!(fields instanceof Promise)) return peer.reply(rid, fields);
     fields.then((answer) => peer.reply(rid, answer), (error) => peer.fail(rid, error));
   }

@@ -7,10 +7,9 @@ afterEach(stopAll);
 /** A raw connection that has done the handshake with `node` and told it it holds nothing. */
 async function handshaken(node: Node): Promise<RawClient> {
   const raw = await rawConnect(node.address);
-  raw.socket.write(frame({ op: "hello", version: 4, id: "raw-peer", host: "127.0.0.1", port: 9 }));
+  raw.socket.write(frame({ op: "hello", version: 5, id: "raw-peer", host: "127.0.0.1", port: 9 }));
   assert.equal((await raw.next()).op, "welcome");
-  assert.equal((await raw.next()).op, "keys");
-  raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+  await raw.exchangeKeys();
   return raw;
 }
 
@@ -329,6 +328,31 @@ describe("Batch and iteration API", () => {
 });
 
 describe("Stats", () => {
+  it("count the messages and bytes each node sends to and receives from its peers", async () => {
+    // No heartbeats while the test runs, so that only the set and the get travel.
+    const [a, b] = await startCluster(2, { heartbeatInterval: 1e9, peerTimeout: 2e9 });
+    const traffic = (node: Node) => {
+      const { messagesSent, messagesReceived, bytesSent, bytesReceived } = node.stats();
+      return { messagesSent, messagesReceived, bytesSent, bytesReceived };
+    };
+    const balanced = () => {
+      const [x, y] = [traffic(a), traffic(b)];
+      return x.bytesSent === y.bytesReceived && y.bytesSent === x.bytesReceived && x.messagesSent === y.messagesReceived;
+    };
+    await waitFor("the answers to the key lists to arrive", balanced);
+    const before = [traffic(a), traffic(b)];
+    assert.ok(before[0].messagesSent >= 2 && before[0].bytesSent > 0, "the handshake and the key list count");
+    await a.set("k", "v"); // an own request to b, and b's answer
+    assert.equal(await b.get("k"), "v"); // a get request to a, and a's answer
+    assert.ok(balanced(), "what one node sent, the other received");
+    const [aDelta, bDelta] = [traffic(a), traffic(b)].map((now, i) =>
+      Object.fromEntries(Object.entries(now).map(([name, count]) => [name, count - before[i][name as keyof typeof now]]))
+    );
+    assert.deepEqual([aDelta.messagesSent, aDelta.messagesReceived, bDelta.messagesSent, bDelta.messagesReceived], [2, 2, 2, 2]);
+    // Each frame is a 4-byte length and JSON that names the key.
+    assert.ok(aDelta.bytesSent > 2 * (4 + '{"op":"ok"}'.length) && aDelta.bytesSent < 400, `a sent ${aDelta.bytesSent} bytes`);
+  });
+
   it("count entries, bytes, sets, hits, remote hits, misses, fetches, evictions and served requests", async () => {
     let fail = false;
     const fetch = (key: string, done: FetchDone) => (fail ? done(new Error("no")) : done(null, key));

@@ -25,6 +25,26 @@ describe("Cluster membership", () => {
     assert.equal(third.stats().remoteHits, 1);
   });
 
+  it("a node holding a key list far larger than maxQueueBytes admits a joiner and tells it every key", async () => {
+    // 200,000 keys of about 50 characters list as about 12 MB, twelve times maxQueueBytes and
+    // more than the kernel's socket buffer takes at once: queued all at once, they stalled the joiner.
+    const keys = 200_000;
+    const holder = await startNode({ maxQueueBytes: 1024 * 1024 });
+    const padding = "a key long enough that its list fills megabytes: ";
+    for (let start = 0; start < keys; start += 1000) {
+      const batch: Record<string, number> = {};
+      for (let i = start; i < start + 1000; i++) batch[padding + i] = i;
+      await holder.mset(batch);
+    }
+    const downs: unknown[] = [];
+    holder.on("peerDown", (peer) => downs.push(peer));
+    const joiner = await startNode({ master: holder.address });
+    assert.equal(joiner.stats().remoteKeys, keys);
+    assert.deepEqual(downs, []);
+    assert.equal(await joiner.get(padding + (keys - 1)), keys - 1);
+    assert.ok(joiner.stats().bytesReceived > 10 * 1024 * 1024, `the joiner read ${joiner.stats().bytesReceived} bytes`);
+  }, 60_000);
+
   it("nodes joining at the same time through one master end in one full mesh", async () => {
     const master = await startNode();
     const joiners = await Promise.all([1, 2, 3, 4].map(() => startNode({ master: master.address })));

@@ -20,9 +20,9 @@ const GUARD = "a key no fuzzed message names: 7c1f0d";
  */
 async function handshaken(address: Address, id: string) {
   const raw = await rawConnect(address);
-  raw.socket.write(frame({ op: "hello", version: 4, id, host: "127.0.0.1", port: 9, nonce: "0".repeat(32) }));
-  raw.socket.write(frame({ op: "keys", keys: [], done: true }));
-  await waitFor("welcome and keys", () => raw.messages.some((m) => m.op === "keys" && m.done));
+  raw.socket.write(frame({ op: "hello", version: 5, id, host: "127.0.0.1", port: 9, nonce: "0".repeat(32) }));
+  assert.equal((await raw.next()).op, "welcome");
+  await raw.exchangeKeys();
   const start = raw.messages.length;
   return { socket: raw.socket, answers: () => raw.messages.slice(start).filter((m) => m.op === "ok" || m.op === "fail") };
 }

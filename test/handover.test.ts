@@ -41,6 +41,20 @@ describe("Hand-over on stop", () => {
     }
   });
 
+  it("a node holding far more than maxQueueBytes hands every entry over without stalling its heir", async () => {
+    // 40,000 values of 300 characters come to about 13 MB, twelve times maxQueueBytes: sent all
+    // at once, the heir was cut off as stalled and its share was lost.
+    const limits = { maxQueueBytes: 1024 * 1024 };
+    const a = await startNode(limits);
+    const b = await startNode({ ...limits, master: a.address });
+    const keys = keysOf(40_000);
+    const value = (key: string) => key.padEnd(300, ".");
+    for (let start = 0; start < keys.length; start += 1000) await a.mset(keys.slice(start, start + 1000).map((key): [string, string] => [key, value(key)]));
+    await a.stop();
+    assert.equal(b.stats().adopted, keys.length);
+    assert.deepEqual(await b.mget(keys), keys.map(value));
+  }, 60_000);
+
   it("handed-over entries keep their remaining TTL, on the node that takes them and in every directory", async () => {
     const clock = new ManualClock();
     const [a, b, c] = await startCluster(3, { clock, ...QUIET });

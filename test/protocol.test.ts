@@ -4,7 +4,7 @@ import { afterEach, assert, describe, frame, it, rawConnect, startCluster, start
 afterEach(stopAll);
 
 const hello = (extra: Record<string, unknown> = {}) => ({
-  op: "hello", version: 4, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+  op: "hello", version: 5, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
 });
 
 describe("Protocol", () => {
@@ -15,7 +15,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello()));
     const welcome = await raw.next();
     assert.equal(welcome.op, "welcome");
-    assert.equal(welcome.version, 4);
+    assert.equal(welcome.version, 5);
     assert.equal(welcome.id, node.id);
     assert.equal(welcome.port, node.address.port);
     const keys = await raw.next();
@@ -34,7 +34,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello({ version: 99 })));
     const refusal = await raw.next();
     assert.equal(refusal.op, "refuse");
-    assert.match(String(refusal.reason), /protocol version 99 is not 4/);
+    assert.match(String(refusal.reason), /protocol version 99 is not 5/);
     await within("the node to close the connection", raw.closed);
   });
 
@@ -74,8 +74,7 @@ describe("Protocol", () => {
     const raw = await rawConnect(node.address);
     raw.socket.write(frame(hello()));
     assert.equal((await raw.next()).op, "welcome");
-    await raw.next();
-    raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+    await raw.exchangeKeys();
     // The raw peer says another connection replaces this one, then closes it and sends none.
     raw.socket.write(frame({ op: "duplicate" }));
     raw.socket.end();
@@ -90,8 +89,7 @@ describe("Protocol", () => {
     const raw = await rawConnect(node.address);
     raw.socket.write(frame(hello()));
     assert.equal((await raw.next()).op, "welcome");
-    await raw.next();
-    raw.socket.write(frame({ op: "keys", keys: [["k", 5, 0]], done: true }));
+    await raw.exchangeKeys([["k", 5, 0]]);
     await waitFor("the node to know that the raw peer holds k", () => node.has("k"));
     const answers = [[[null, "raw-peer", 1e300, 0]], [null], [[1, 2]], [[1, -1, 2]], [[1, 0, "2"]], "not a list", [[null, node.id, -1, 0]]];
     for (const values of answers) {
@@ -120,8 +118,7 @@ describe("Protocol", () => {
     const raw = await rawConnect(node.address);
     raw.socket.write(frame(hello()));
     assert.equal((await raw.next()).op, "welcome");
-    await raw.next();
-    raw.socket.write(frame({ op: "keys", keys: [], done: true }));
+    await raw.exchangeKeys();
     const stats = node.clusterStats();
     const request = await raw.next();
     assert.equal(request.op, "stats");
