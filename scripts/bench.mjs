@@ -4,7 +4,8 @@
 // ports (those that are installed), gathers the results, and
 // writes bench/results.json (every measurement), bench/results.md (the table, with the targets)
 // and bench/chart.svg. Options: --quick (fewer and shorter rounds, a 100,000-key join),
-// --runtimes node,deno,bun.
+// --runtimes node,deno,bun. With --scale it runs scripts/bench-scale.mjs instead: what a node
+// pays as the cluster grows (see docs/scale.md).
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
@@ -25,6 +26,10 @@ const commands = {
 };
 
 execFileSync(process.execPath, [`${root}scripts/build.mjs`], { stdio: "inherit" });
+if (args.includes("--scale")) {
+  const scale = spawn(process.execPath, ["--expose-gc", `${root}scripts/bench-scale.mjs`, ...args.filter((a) => a !== "--scale")], { stdio: "inherit" });
+  process.exit(await new Promise((resolve) => scale.once("exit", (code) => resolve(code ?? 1))));
+}
 
 // ─── Redis ────────────────────────────────────────────────────────────────────────────────────
 

@@ -1,0 +1,220 @@
+// `npm run simulate`: clusters of 16 to 256 kosyak nodes (and more, with --nodes) in this one
+// process, running the real protocol code over the in-memory network of memory-network.mjs with
+// a clock that jumps from timer to timer: 0.1 ms one-way latency, a 1 Gbit/s link per node. For
+// each size it forms the cluster one join at a time, fills it, lets it idle, adds one node, and
+// runs writes and reads, reporting per node: directory memory, connections, heartbeat load,
+// messages and bytes per write and per read, join time and CPU. CPU is this process's, spent on
+// all nodes at once, less the cost of the simulated network itself (measured first).
+// It writes bench/simulation.json and the table and verdict between the `simulation` markers
+// of docs/scale.md. Options: --nodes=16,32,64,128,256  --keys=200 (per node)  --quick (8,16,32).
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { MemoryNetwork, VirtualClock } from "./memory-network.mjs";
+import { writeSection } from "./scale-doc.mjs";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const args = process.argv.slice(2);
+const option = (name, fallback) => args.find((arg) => arg.startsWith(`--${name}=`))?.split("=")[1] ?? fallback;
+const quick = args.includes("--quick");
+const sizes = option("nodes", quick ? "8,16,32" : "16,32,64,128,256").split(",").map(Number);
+const keysPerNode = Number(option("keys", "200"));
+const LATENCY_MS = 0.1;
+const BYTES_PER_MS = 125_000; // 1 Gbit/s
+const LONE_WRITES = 200;
+const WRITES = 2_000;
+const READS = 2_000;
+const IDLE_MS = 10_000;
+
+if (typeof globalThis.gc !== "function") throw new Error("run with --expose-gc (npm run simulate does)");
+execFileSync(process.execPath, [`${root}scripts/build.mjs`], { stdio: "inherit" });
+const { Node } = await import("kosyak");
+
+const results = [];
+const overheadUs = await networkOverhead();
+console.log(`the simulated network costs ${overheadUs.toFixed(2)} µs of CPU per delivery; it is taken off every CPU figure`);
+for (const size of sizes) {
+  const row = await simulate(size);
+  results.push(row);
+  console.log(JSON.stringify(row));
+}
+writeFileSync(`${root}bench/simulation.json`, JSON.stringify({ keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results }, null, 2) + "\n");
+writeSection("simulation", table(results));
+console.log("wrote bench/simulation.json and the simulation section of docs/scale.md");
+
+/** One cluster of `size` nodes, measured phase by phase. */
+async function simulate(size) {
+  const clock = new VirtualClock();
+  const network = new MemoryNetwork({ clock, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS });
+  const deliveries = countDeliveries(network);
+  const nodes = [];
+  const start = async (index, extra = {}) => {
+    const host = `10.${index >> 16}.${(index >> 8) & 255}.${index & 255}`;
+    const options = { host, port: 0, clock, transport: network.transport(host), resolve: async (name) => [name], ...extra };
+    if (index > 0) options.master = { host: "10.0.0.0", port: 1 };
+    return clock.runUntil(Node.start(options), 600_000);
+  };
+  const traffic = () => sum(nodes, (node) => node.stats().messagesSent);
+  const bytes = () => sum(nodes, (node) => node.stats().bytesSent);
+  /** Runs `phase`, and returns what it cost: CPU less the network's, virtual ms, messages, bytes. */
+  const measure = async (phase) => {
+    const [messages0, bytes0, deliveries0, at0] = [traffic(), bytes(), deliveries.count, clock.now()];
+    const cpu0 = process.cpuUsage();
+    await phase();
+    const cpu = process.cpuUsage(cpu0);
+    const cpuUs = cpu.user + cpu.system - (deliveries.count - deliveries0) * overheadUs;
+    return { cpuUs, ms: clock.now() - at0, messages: traffic() - messages0, bytes: bytes() - bytes0 };
+  };
+
+  // Forming: one join after another, each through the first node; the last one is reported.
+  const formed = performance.now();
+  let lastJoin;
+  for (let index = 0; index < size; index++) {
+    lastJoin = await measure(async () => nodes.push(await start(index)));
+  }
+  const formSeconds = (performance.now() - formed) / 1000;
+  await clock.run(100);
+
+  // Filling: every node writes keysPerNode keys, 100 at a time, all nodes at once.
+  gc();
+  const heapBefore = process.memoryUsage().heapUsed;
+  const fill = await measure(async () => {
+    for (let start = 0; start < keysPerNode; start += 100) {
+      await clock.runUntil(Promise.all(nodes.map((node, index) => {
+        const batch = [];
+        for (let k = start; k < Math.min(start + 100, keysPerNode); k++) batch.push([`n${index}:k${k}`, k]);
+        return node.mset(batch);
+      })), 60_000);
+    }
+  });
+  gc();
+  const heapPerNode = (process.memoryUsage().heapUsed - heapBefore) / size;
+  const clusterKeys = size * keysPerNode;
+
+  // Idle: heartbeats only.
+  const idle = await measure(() => clock.run(IDLE_MS));
+
+  // A join into the filled cluster: every member lists its keys to the joiner.
+  const join = await measure(async () => nodes.push(await start(size)));
+  const joiner = nodes.pop();
+  await clock.runUntil(joiner.stop({ handover: false }), 60_000);
+  await clock.run(100);
+
+  // Writes and reads of random keys on random nodes: one at a time, then 100 in flight.
+  const random = seeded(size);
+  const randomKey = () => `n${Math.floor(random() * size)}:k${Math.floor(random() * keysPerNode)}`;
+  const lone = await measure(async () => {
+    for (let done = 0; done < LONE_WRITES; done++) await clock.runUntil(nodes[Math.floor(random() * size)].set(randomKey(), done), 60_000);
+  });
+  const write = await measure(async () => {
+    for (let done = 0; done < WRITES; done += 100) {
+      await clock.runUntil(Promise.all(Array.from({ length: 100 }, () => nodes[Math.floor(random() * size)].set(randomKey(), done))), 60_000);
+    }
+  });
+  const read = await measure(async () => {
+    for (let done = 0; done < READS; done += 100) {
+      await clock.runUntil(Promise.all(Array.from({ length: 100 }, () => nodes[Math.floor(random() * size)].get(randomKey()))), 60_000);
+    }
+  });
+  const connections = sum(nodes, (node) => node.stats().connections) / size;
+  const remoteKeys = sum(nodes, (node) => node.stats().remoteKeys) / size;
+  await clock.runUntil(Promise.all(nodes.map((node) => node.stop({ handover: false }))), 600_000);
+  return {
+    nodes: size,
+    clusterKeys,
+    connectionsPerNode: connections,
+    remoteKeysPerNode: remoteKeys,
+    heapPerNodeBytes: Math.round(heapPerNode),
+    heapPerClusterKeyBytes: round(heapPerNode / clusterKeys, 1),
+    formSeconds: round(formSeconds, 1),
+    lastJoinOfEmpty: { ms: round(lastJoin.ms, 1), messages: lastJoin.messages, cpuMs: round(lastJoin.cpuUs / 1000, 1) },
+    fillCpuUsPerWrite: round(fill.cpuUs / clusterKeys, 1),
+    idlePerNodePerSecond: {
+      messages: round(idle.messages / size / (IDLE_MS / 1000), 1),
+      bytes: Math.round(idle.bytes / size / (IDLE_MS / 1000)),
+      cpuShare: round(idle.cpuUs / size / (IDLE_MS * 1000), 5),
+    },
+    joinOfFilled: { ms: round(join.ms, 1), bytes: join.bytes, messages: join.messages, cpuMs: round(join.cpuUs / 1000, 1) },
+    perLoneWrite: { messages: round(lone.messages / LONE_WRITES, 1), bytes: Math.round(lone.bytes / LONE_WRITES), cpuUs: round(lone.cpuUs / LONE_WRITES, 1), ms: round(lone.ms / LONE_WRITES, 2) },
+    perWrite: { messages: round(write.messages / WRITES, 1), bytes: Math.round(write.bytes / WRITES), cpuUs: round(write.cpuUs / WRITES, 1), ms: round(write.ms / (WRITES / 100), 2) },
+    perRead: { messages: round(read.messages / READS, 2), bytes: Math.round(read.bytes / READS), cpuUs: round(read.cpuUs / READS, 1) },
+  };
+}
+
+/** Counts the network's deliveries (each a timer of the clock that runs node code). */
+function countDeliveries(network) {
+  const counter = { count: 0 };
+  const at = network.at.bind(network);
+  network.at = (callback, time) => {
+    counter.count++;
+    at(callback, time);
+  };
+  return counter;
+}
+
+/**
+ * The CPU, in µs, that the simulated network and clock spend per delivery without any node:
+ * a write, its timer, and the turn of the event loop before it.
+ */
+function networkOverhead() {
+  const clock = new VirtualClock();
+  const network = new MemoryNetwork({ clock, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS });
+  const deliveries = 20_000;
+  return new Promise((resolve) => {
+    const transport = network.transport("10.255.0.1");
+    transport.listen({ host: "10.255.0.1", port: 0 }, { native: {}, tls: undefined }, (conn) => conn.start({ data() {}, close() {} }))
+      .then(() => clock.runUntil(transport.connect({ host: "10.255.0.1", port: 1 }, { native: {}, tls: undefined }), 1000))
+      .then(async (conn) => {
+        conn.start({ data() {}, close() {} });
+        const bytes = new Uint8Array(64);
+        const cpu0 = process.cpuUsage();
+        for (let i = 0; i < deliveries; i++) {
+          conn.write(bytes);
+          await clock.run(1);
+        }
+        const cpu = process.cpuUsage(cpu0);
+        resolve((cpu.user + cpu.system) / deliveries);
+      });
+  });
+}
+
+// ─── The report ──────────────────────────────────────────────────────────────────────────────
+
+function table(rows) {
+  const header = [
+    "| nodes | cluster keys | connections per node | heap per node | heap per cluster key | idle messages per node per s | idle CPU per node | join of an empty node: messages (cluster) | join into the filled cluster: ms at 1 Gbit/s, MB to the joiner, CPU ms | messages per write | CPU per write (cluster) | messages per read | CPU per read | forming took (real s) |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
+  const lines = rows.map((r) =>
+    `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.bytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.cpuMs} ms | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
+  );
+  return [
+    `Measured by \`npm run simulate\` (${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is this machine's, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
+    "",
+    ...header,
+    ...lines,
+  ].join("\n");
+}
+
+// ─── Small helpers ───────────────────────────────────────────────────────────────────────────
+
+function sum(items, value) {
+  return items.reduce((total, item) => total + value(item), 0);
+}
+
+function round(value, digits) {
+  return Number(value.toFixed(digits));
+}
+
+/** A seeded random number generator (mulberry32), so that every run does the same operations. */
+function seeded(seed) {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
