@@ -28,9 +28,10 @@ if (typeof globalThis.gc !== "function") throw new Error("run with --expose-gc (
 const rows = [];
 for (const size of IN_PROCESS) rows.push(await measure("one process", size, await inProcess(size)));
 for (const size of SEPARATE) rows.push(await measure("processes", size, await separateProcesses(size)));
-writeFileSync(`${root}bench/scale.json`, JSON.stringify({ keysPerNode: KEYS_PER_NODE, windowMs: WINDOW_MS, rows }, null, 2) + "\n");
-writeFileSync(`${root}bench/scale.svg`, chart(rows));
-writeSection("scale", report(rows));
+const model = fitModel(rows.filter((row) => row.mode === "processes"));
+writeFileSync(`${root}bench/scale.json`, JSON.stringify({ keysPerNode: KEYS_PER_NODE, windowMs: WINDOW_MS, model, rows }, null, 2) + "\n");
+writeFileSync(`${root}bench/scale.svg`, chart(rows, model));
+writeSection("scale", report(rows, model));
 console.log("wrote bench/scale.json, bench/scale.svg and the scale section of docs/scale.md");
 
 /**
@@ -176,9 +177,30 @@ function spawnMember(settings) {
   };
 }
 
+// ─── The model's constants ───────────────────────────────────────────────────────────────────
+
+/**
+ * The model's two lines, fitted (least squares) to the separate processes, where nothing is
+ * shared between nodes: CPU per write = ackUs · (N − 1) + baseUs, and heap per node per key it
+ * writes = entryBytes + directoryBytes · (N − 1).
+ */
+function fitModel(rows) {
+  const cpu = fitLine(rows.map((r) => [r.nodes - 1, r.writes.cpuUsPerOp]));
+  const heap = fitLine(rows.map((r) => [r.nodes - 1, r.heapPerNodeKeyBytes]));
+  return { ackUs: round(cpu.slope, 2), baseUs: round(cpu.intercept, 2), directoryBytes: round(heap.slope, 1), entryBytes: round(heap.intercept, 1) };
+}
+
+function fitLine(points) {
+  const n = points.length;
+  const meanX = sumOf(points.map(([x]) => x)) / n;
+  const meanY = sumOf(points.map(([, y]) => y)) / n;
+  const slope = sumOf(points.map(([x, y]) => (x - meanX) * (y - meanY))) / sumOf(points.map(([x]) => (x - meanX) ** 2));
+  return { slope, intercept: meanY - slope * meanX };
+}
+
 // ─── The report ──────────────────────────────────────────────────────────────────────────────
 
-function report(rows) {
+function report(rows, model) {
   const lines = [
     `Measured by \`npm run bench -- --scale\` (Node.js ${process.version}, ${KEYS_PER_NODE.toLocaleString("en")} keys per node, ${WINDOW_MS} ms windows, 64 operations in flight per node, loopback; this machine has 2 cores, so the rates of large clusters are what 2 cores do for all of them, and the CPU per operation is the figure to read):`,
     "",
@@ -188,16 +210,18 @@ function report(rows) {
       `| ${r.mode} | ${r.nodes} | ${r.connectionsPerNode} | ${r.heapPerNodeKeyBytes} B | ${r.idleMessagesPerNodePerSecond} | ${r.writes.opsPerSecond.toLocaleString("en")} | ${r.writes.cpuUsPerOp} µs | ${r.nodes > 1 ? round(r.writes.cpuUsPerOp / (r.nodes - 1), 1) : "-"} µs | ${r.writes.messagesSentPerNodePerSecond.toLocaleString("en")} | ${(r.writes.bytesSentPerNodePerSecond / 1e6).toFixed(2)} MB | ${r.reads.opsPerSecond.toLocaleString("en")} | ${r.reads.cpuUsPerOp} µs |`
     ),
     "",
+    `Fitted to the separate processes (nothing shared between nodes): CPU per write ≈ ${model.ackUs} µs · (N − 1) ${model.baseUs < 0 ? "−" : "+"} ${Math.abs(model.baseUs)} µs, so each member spends about ${model.ackUs} µs taking and acknowledging a write; heap per node ≈ ${model.entryBytes} B per key it holds + ${model.directoryBytes} B per key each other member holds (a directory record; keys of about 10 characters). In one process nodes share short key strings, so the directory looks cheaper there. The dashed lines are these fits.`,
+    "",
     "![CPU per write and heap per node against cluster size](../bench/scale.svg)",
   ];
   return lines.join("\n");
 }
 
-/** Two panels against the number of nodes (log scale): CPU per write, and heap per cluster key. */
-function chart(rows) {
+/** Two panels against the number of nodes (log scale): CPU per write, and heap per node per key; the model dashed. */
+function chart(rows, model) {
   const panels = [
-    { title: "CPU per write, whole cluster (µs)", value: (r) => r.writes.cpuUsPerOp },
-    { title: "heap per node / keys per node (bytes)", value: (r) => r.heapPerNodeKeyBytes },
+    { title: "CPU per write, whole cluster (µs)", value: (r) => r.writes.cpuUsPerOp, model: (n) => model.ackUs * (n - 1) + model.baseUs },
+    { title: "heap per node / keys per node (bytes)", value: (r) => r.heapPerNodeKeyBytes, model: (n) => model.entryBytes + model.directoryBytes * (n - 1) },
   ];
   const modes = [["one process", "#1f77b4"], ["processes", "#d62728"]];
   const width = 420;
@@ -206,7 +230,7 @@ function chart(rows) {
   const sizes = [...new Set(rows.map((r) => r.nodes))].sort((a, b) => a - b);
   const x = (n) => pad + (Math.log2(n) - Math.log2(sizes[0])) / (Math.log2(sizes.at(-1)) - Math.log2(sizes[0])) * (width - 2 * pad);
   const parts = panels.map((panel, p) => {
-    const top = Math.max(...rows.map(panel.value)) * 1.1;
+    const top = Math.max(...rows.map(panel.value), ...sizes.map(panel.model)) * 1.1;
     const y = (v) => height - pad - (v / top) * (height - 2 * pad);
     const ox = p * width;
     const axis = [
@@ -217,6 +241,8 @@ function chart(rows) {
       `<text x="${ox + width / 2}" y="${height - 10}" text-anchor="middle">nodes</text>`,
       ...[0, 0.5, 1].map((f) => `<text x="${ox + pad - 6}" y="${y(top * f) + 4}" text-anchor="end">${Math.round(top * f)}</text>`),
     ];
+    const fitted = sizes.map((n) => `${ox + x(n)},${y(panel.model(n))}`).join(" ");
+    axis.push(`<polyline fill="none" stroke="#888" stroke-dasharray="5,4" stroke-width="1.5" points="${fitted}"/>`);
     const lines = modes.map(([mode, color]) => {
       const points = rows.filter((r) => r.mode === mode).map((r) => `${ox + x(r.nodes)},${y(panel.value(r))}`);
       return `<polyline fill="none" stroke="${color}" stroke-width="2" points="${points.join(" ")}"/>` +
@@ -224,7 +250,8 @@ function chart(rows) {
     });
     return [...axis, ...lines].join("");
   });
-  const legend = modes.map(([mode, color], i) => `<rect x="${pad + i * 140}" y="${height + 4}" width="12" height="12" fill="${color}"/><text x="${pad + 18 + i * 140}" y="${height + 14}">${mode}</text>`).join("");
+  const legend = modes.map(([mode, color], i) => `<rect x="${pad + i * 140}" y="${height + 4}" width="12" height="12" fill="${color}"/><text x="${pad + 18 + i * 140}" y="${height + 14}">${mode}</text>`).join("") +
+    `<line x1="${pad + 280}" y1="${height + 10}" x2="${pad + 300}" y2="${height + 10}" stroke="#888" stroke-dasharray="5,4" stroke-width="1.5"/><text x="${pad + 306}" y="${height + 14}">model, fitted to the processes</text>`;
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * width}" height="${height + 24}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>${parts.join("")}${legend}</svg>\n`;
 }
 

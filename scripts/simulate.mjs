@@ -8,7 +8,7 @@
 // It writes bench/simulation.json and the table and verdict between the `simulation` markers
 // of docs/scale.md. Options: --nodes=16,32,64,128,256  --keys=200 (per node)  --quick (8,16,32).
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { MemoryNetwork, VirtualClock } from "./memory-network.mjs";
@@ -28,8 +28,13 @@ const READS = 2_000;
 const IDLE_MS = 10_000;
 
 if (typeof globalThis.gc !== "function") throw new Error("run with --expose-gc (npm run simulate does)");
+// All the nodes share this process's heap, which grows with the square of their number; the
+// collector's helper threads then take a share of the CPU no real node would. So CPU is this
+// thread's where the runtime can say (Node.js 23.9 and later; npm run simulate uses Node.js 24).
+const threadCpu = typeof process.threadCpuUsage === "function";
+const cpuUsage = (previous) => (threadCpu ? process.threadCpuUsage(previous) : process.cpuUsage(previous));
 execFileSync(process.execPath, [`${root}scripts/build.mjs`], { stdio: "inherit" });
-const { Node } = await import("kosyak");
+const { DEFAULTS, Node } = await import("kosyak");
 
 const results = [];
 const overheadUs = await networkOverhead();
@@ -41,7 +46,8 @@ for (const size of sizes) {
 }
 writeFileSync(`${root}bench/simulation.json`, JSON.stringify({ keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results }, null, 2) + "\n");
 writeSection("simulation", table(results));
-console.log("wrote bench/simulation.json and the simulation section of docs/scale.md");
+writeSection("verdict", verdict(results.at(-1)));
+console.log("wrote bench/simulation.json and the simulation and verdict sections of docs/scale.md");
 
 /** One cluster of `size` nodes, measured phase by phase. */
 async function simulate(size) {
@@ -49,9 +55,9 @@ async function simulate(size) {
   const network = new MemoryNetwork({ clock, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS });
   const deliveries = countDeliveries(network);
   const nodes = [];
-  const start = async (index, extra = {}) => {
+  const start = async (index, transport) => {
     const host = `10.${index >> 16}.${(index >> 8) & 255}.${index & 255}`;
-    const options = { host, port: 0, clock, transport: network.transport(host), resolve: async (name) => [name], ...extra };
+    const options = { host, port: 0, clock, transport: transport?.(network.transport(host)) ?? network.transport(host), resolve: async (name) => [name] };
     if (index > 0) options.master = { host: "10.0.0.0", port: 1 };
     return clock.runUntil(Node.start(options), 600_000);
   };
@@ -60,9 +66,9 @@ async function simulate(size) {
   /** Runs `phase`, and returns what it cost: CPU less the network's, virtual ms, messages, bytes. */
   const measure = async (phase) => {
     const [messages0, bytes0, deliveries0, at0] = [traffic(), bytes(), deliveries.count, clock.now()];
-    const cpu0 = process.cpuUsage();
+    const cpu0 = cpuUsage();
     await phase();
-    const cpu = process.cpuUsage(cpu0);
+    const cpu = cpuUsage(cpu0);
     const cpuUs = cpu.user + cpu.system - (deliveries.count - deliveries0) * overheadUs;
     return { cpuUs, ms: clock.now() - at0, messages: traffic() - messages0, bytes: bytes() - bytes0 };
   };
@@ -96,7 +102,8 @@ async function simulate(size) {
   const idle = await measure(() => clock.run(IDLE_MS));
 
   // A join into the filled cluster: every member lists its keys to the joiner.
-  const join = await measure(async () => nodes.push(await start(size)));
+  const joinerCpu = { us: 0 };
+  const join = await measure(async () => nodes.push(await start(size, (inner) => timed(inner, joinerCpu))));
   const joiner = nodes.pop();
   await clock.runUntil(joiner.stop({ handover: false }), 60_000);
   await clock.run(100);
@@ -135,10 +142,38 @@ async function simulate(size) {
       bytes: Math.round(idle.bytes / size / (IDLE_MS / 1000)),
       cpuShare: round(idle.cpuUs / size / (IDLE_MS * 1000), 5),
     },
-    joinOfFilled: { ms: round(join.ms, 1), bytes: join.bytes, messages: join.messages, cpuMs: round(join.cpuUs / 1000, 1) },
+    joinOfFilled: { ms: round(join.ms, 1), bytes: join.bytes, messages: join.messages, cpuMs: round(join.cpuUs / 1000, 1), joinerReadingMs: round(joinerCpu.us / 1000, 1) },
     perLoneWrite: { messages: round(lone.messages / LONE_WRITES, 1), bytes: Math.round(lone.bytes / LONE_WRITES), cpuUs: round(lone.cpuUs / LONE_WRITES, 1), ms: round(lone.ms / LONE_WRITES, 2) },
     perWrite: { messages: round(write.messages / WRITES, 1), bytes: Math.round(write.bytes / WRITES), cpuUs: round(write.cpuUs / WRITES, 1), ms: round(write.ms / (WRITES / 100), 2) },
     perRead: { messages: round(read.messages / READS, 2), bytes: Math.round(read.bytes / READS), cpuUs: round(read.cpuUs / READS, 1) },
+  };
+}
+
+/**
+ * `inner`, with the time its connections' data handlers take added to `spent.us`: what a node
+ * spends reading, decoding and applying what arrives (its answers go out later, uncounted).
+ */
+function timed(inner, spent) {
+  const time = (conn) => ({
+    get remoteHost() {
+      return conn.remoteHost;
+    },
+    start: (handlers) =>
+      conn.start({
+        data: (chunk) => {
+          const started = performance.now();
+          handlers.data(chunk);
+          spent.us += (performance.now() - started) * 1000;
+        },
+        close: () => handlers.close(),
+      }),
+    write: (bytes) => conn.write(bytes),
+    buffered: () => conn.buffered(),
+    close: () => conn.close(),
+  });
+  return {
+    listen: (address, options, accept) => inner.listen(address, options, (conn) => accept(time(conn))),
+    connect: async (address, options) => time(await inner.connect(address, options)),
   };
 }
 
@@ -168,12 +203,12 @@ function networkOverhead() {
       .then(async (conn) => {
         conn.start({ data() {}, close() {} });
         const bytes = new Uint8Array(64);
-        const cpu0 = process.cpuUsage();
+        const cpu0 = cpuUsage();
         for (let i = 0; i < deliveries; i++) {
           conn.write(bytes);
           await clock.run(1);
         }
-        const cpu = process.cpuUsage(cpu0);
+        const cpu = cpuUsage(cpu0);
         resolve((cpu.user + cpu.system) / deliveries);
       });
   });
@@ -190,11 +225,52 @@ function table(rows) {
     `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.bytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.cpuMs} ms | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
   );
   return [
-    `Measured by \`npm run simulate\` (${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is this machine's, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
+    `Measured by \`npm run simulate\` (Node.js ${process.version}, ${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
     "",
     ...header,
     ...lines,
   ].join("\n");
+}
+
+/**
+ * What breaks first: the constants of the largest simulated cluster, carried to a deployment of
+ * N nodes with K keys and w writes per second each, against budgets per node: 1 GiB of heap for
+ * keys, 30 s for a join, half a core for applying writes, a tenth of a core for heartbeats. The
+ * heap per key comes from `npm run bench -- --scale` (bench/scale.json) where it has run: in
+ * this one process the nodes share short key strings, which separate processes cannot.
+ */
+function verdict(largest) {
+  const n = largest.nodes;
+  const measured = existsSync(`${root}bench/scale.json`) ? JSON.parse(readFileSync(`${root}bench/scale.json`, "utf8")).model : undefined;
+  const heapPerKey = measured?.directoryBytes ?? largest.heapPerClusterKeyBytes;
+  const heapSource = measured ? "separate processes, bench/scale.json" : "this simulation, which understates it";
+  const joinBytesPerKey = largest.joinOfFilled.bytes / largest.clusterKeys;
+  const joinCpuUsPerKey = (largest.joinOfFilled.joinerReadingMs * 1000) / largest.clusterKeys;
+  const writeCpuUsPerNode = largest.perLoneWrite.cpuUs / n;
+  const heartbeatSharePerPeer = largest.idlePerNodePerSecond.cpuShare / (n - 1);
+  const limits = (k, w) => ({
+    memory: Math.floor(2 ** 30 / (k * heapPerKey)),
+    join: Math.floor(Math.min(30_000 * BYTES_PER_MS / (k * joinBytesPerKey), 30e6 / (k * joinCpuUsPerKey))),
+    writes: Math.floor(0.5e6 / (w * writeCpuUsPerNode)),
+    heartbeats: Math.floor(0.1 / heartbeatSharePerPeer) + 1,
+    connections: DEFAULTS.maxConnections + 1,
+  });
+  const lines = [
+    `From the ${n}-node simulation: ${heapPerKey} B of heap per key of the cluster on each node (${heapSource}); a joiner receives ${joinBytesPerKey.toFixed(0)} B per key of the cluster and spends ${joinCpuUsPerKey.toFixed(2)} µs of CPU per key reading them; a write one at a time costs each node ${writeCpuUsPerNode.toFixed(1)} µs of CPU; heartbeats cost ${(heartbeatSharePerPeer * 1e6).toFixed(1)} µs of CPU per peer per second.`,
+    "",
+    "Largest N within each budget (per node: 1 GiB of heap for keys; a join within 30 s, at 1 Gbit/s or by the joiner's CPU, whichever is slower; half a core applying writes; a tenth of a core on heartbeats; no more connections than \`maxConnections\`, ${DEFAULTS.maxConnections} by default, and the process's file descriptor limit allow). K: keys each node writes; w: writes per second each node makes, one at a time:",
+    "",
+    "| K per node | w per node | memory | join | writes | heartbeats | connections | first to break |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+  ];
+  for (const k of [10_000, 100_000, 1_000_000]) {
+    for (const w of [10, 100, 1_000]) {
+      const limit = limits(k, w);
+      const first = Object.entries(limit).sort((a, b) => a[1] - b[1])[0];
+      lines.push(`| ${k.toLocaleString("en")} | ${w.toLocaleString("en")} | ${limit.memory.toLocaleString("en")} | ${limit.join.toLocaleString("en")} | ${limit.writes.toLocaleString("en")} | ${limit.heartbeats.toLocaleString("en")} | ${limit.connections.toLocaleString("en")} | ${first[0]}, at N = ${first[1].toLocaleString("en")} |`);
+    }
+  }
+  return lines.join("\n");
 }
 
 // ─── Small helpers ───────────────────────────────────────────────────────────────────────────
