@@ -2393,9 +2393,10 @@ class Replication {
   /**
    * Sends a copy of every entry this node holds to the members that should keep one, in the
    * background: after a member died, to all of them; after `joined` joined, to it alone, for
-   * the keys it now keeps copies of. 1,000 entries at a time, each batch acknowledged before the
-   * next, with a turn of the event loop between, so that serving requests comes first. A change
-   * during a pass starts another once it ends.
+   * the keys it now keeps copies of. 1,000 entries at a time, or fewer if their values come to a
+   * quarter of `maxQueueBytes` (more at once would make a keeper seem stalled), each batch
+   * acknowledged before the next, with a turn of the event loop between, so that serving
+   * requests comes first. A change during a pass starts another once it ends.
    */
   restoreCopies(joined?: Peer): void {
     if (this.#core.options.replicas === 0) return;
@@ -2410,12 +2411,15 @@ class Replication {
         this.#restoreTo.clear();
         const keys = Array.from(this.#core.store.live(), (entry) => entry.key);
         this.#core.counters.copiesPending = keys.length;
-        for (let from = 0; from < keys.length && this.#core.lifecycle === "ready"; from += ITEMS_PER_BATCH) {
+        let next = 0;
+        while (next < keys.length && this.#core.lifecycle === "ready") {
           const acknowledgements = new Acknowledgements(this.#core.cluster);
-          for (const key of keys.slice(from, from + ITEMS_PER_BATCH)) {
+          for (let size = 0, count = 0; next < keys.length && count < ITEMS_PER_BATCH && size < this.#core.options.maxQueueBytes / 4; count++) {
+            const key = keys[next++];
             this.#core.counters.copiesPending--;
             const entry = this.#core.store.peek(key);
             if (entry === undefined || entry.copyOf !== undefined) continue;
+            size += entry.size;
             const item = [key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value)]];
             for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
               if (only !== undefined && !only.has(peer)) continue;

@@ -1,6 +1,6 @@
 // Replicas: every entry also kept on `replicas` other members, so that a node that dies without a
 // goodbye takes nothing with it.
-import { afterEach, assert, describe, it, runtime, startCluster, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
+import { afterEach, assert, describe, it, runtime, startCluster, startNode, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
 import { Node } from "../mod.ts";
 import { assertCoherent, check, cluster, FAST, now, peersAre, workload } from "./workloads.ts";
 
@@ -61,6 +61,20 @@ describe("Replicas", () => {
     assert.equal(keeper.stats().entries, 0);
     assert.deepEqual(await keeper.mget(keys), keys.map(() => "v"));
   });
+
+  it("copies restored to a member that joins go a part at a time, however much more than maxQueueBytes they come to", async () => {
+    // 300 values of 50,000 characters: about 15 MB, fifteen times maxQueueBytes.
+    const limits = { replicas: 1, maxQueueBytes: 1024 * 1024 };
+    const holder = await startNode(limits);
+    const keys = keysOf(300);
+    await holder.mset(keys.map((key): [string, string] => [key, key.padEnd(50_000, ".")]));
+    const downs: string[] = [];
+    holder.on("peerDown", (peer) => downs.push(peer.reason));
+    const keeper = await startNode({ ...limits, master: holder.address });
+    await waitFor("the joiner to keep a copy of every entry", () => keeper.stats().copies === keys.length, 15_000);
+    assert.deepEqual(downs, []);
+    assert.equal(keeper.stats().peers, 1);
+  }, 30_000);
 
   it("replicas must be a whole number", () => {
     assert.throws(() => new Node({ replicas: 1.5 }), { name: "RangeError", message: /replicas must be an integer of 0 or more/ });
