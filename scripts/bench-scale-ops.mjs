@@ -1,5 +1,6 @@
 // What the in-process and the separate-process members of `npm run bench -- --scale` both do:
 // which keys each member writes, random keys of the whole cluster, and a timed loop of operations.
+import { seededRandom } from "./seeded-random.mjs";
 
 /** The keys member `index` writes when the cluster is filled. */
 export function memberKeys(index, keysPerNode) {
@@ -8,15 +9,7 @@ export function memberKeys(index, keysPerNode) {
 
 /** A function that returns a random key of a cluster of `members` filled members (seeded). */
 export function randomClusterKey(members, keysPerNode, seed) {
-  let state = seed >>> 0;
-  const random = () => {
-    // mulberry32
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = seededRandom(seed);
   return () => `n${Math.floor(random() * members)}:k${Math.floor(random() * keysPerNode)}`;
 }
 

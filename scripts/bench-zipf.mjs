@@ -13,6 +13,7 @@ import { createInterface } from "node:readline";
 import Redis from "ioredis";
 import { createClient } from "redis";
 import { Node } from "kosyak";
+import { seededRandom } from "./seeded-random.mjs";
 
 const { system, cacheEntries, index, port, keys, inFlight, windowMs, members } = JSON.parse(process.argv[2]);
 const print = (message) => process.stdout.write(JSON.stringify(message) + "\n");
@@ -80,15 +81,7 @@ function sampler(n, s, seed) {
   const cumulative = new Float64Array(n);
   let total = 0;
   for (let k = 0; k < n; k++) cumulative[k] = total += 1 / Math.pow(k + 1, s);
-  let state = seed >>> 0;
-  const random = () => {
-    // mulberry32
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = seededRandom(seed);
   return () => {
     const target = random() * total;
     let low = 0;

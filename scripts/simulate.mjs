@@ -13,6 +13,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { MemoryNetwork, VirtualClock } from "./memory-network.mjs";
 import { writeSection } from "./scale-doc.mjs";
+import { seededRandom } from "./seeded-random.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const args = process.argv.slice(2);
@@ -109,7 +110,7 @@ async function simulate(size) {
   await clock.run(100);
 
   // Writes and reads of random keys on random nodes: one at a time, then 100 in flight.
-  const random = seeded(size);
+  const random = seededRandom(size);
   const randomKey = () => `n${Math.floor(random() * size)}:k${Math.floor(random() * keysPerNode)}`;
   const lone = await measure(async () => {
     for (let done = 0; done < LONE_WRITES; done++) await clock.runUntil(nodes[Math.floor(random() * size)].set(randomKey(), done), 60_000);
@@ -281,16 +282,4 @@ function sum(items, value) {
 
 function round(value, digits) {
   return Number(value.toFixed(digits));
-}
-
-/** A seeded random number generator (mulberry32), so that every run does the same operations. */
-function seeded(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
