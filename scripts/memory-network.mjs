@@ -145,6 +145,8 @@ function earlier(a, b) {
  * that host takes as its `transport` option; addresses are "host:port", ports counted from 1.
  */
 export class MemoryNetwork {
+  /** Deliveries scheduled so far: writes, and the closes that follow them. */
+  deliveries = 0;
   /** @type {Map<string, (conn: Conn) => void>} */
   #listening = new Map();
   /** @type {Map<string, { port: number, sendFree: number, receiveFree: number }>} */
@@ -240,8 +242,9 @@ export class MemoryNetwork {
     return this.#clock.now();
   }
 
-  /** @param {() => void} callback @param {number} at */
+  /** Calls `callback` at time `at` of the clock: a delivery. @param {() => void} callback @param {number} at */
   at(callback, at) {
+    this.deliveries++;
     this.#clock.setTimeout(callback, at - this.#clock.now());
   }
 }
