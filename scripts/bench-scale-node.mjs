@@ -1,7 +1,7 @@
 // One member of a separate-process cluster of `npm run bench -- --scale` (scripts/bench-scale.mjs
 // starts it under Node.js). The argument is JSON {index, port, keysPerNode, members}; port is
-// the first member's, absent for the first member itself. The process prints {"port": P} once
-// its node has joined, then answers each line of standard input with one line of JSON:
+// the first member's, absent for the first member itself. The process prints {"port": P,
+// "joinMs": T} once its node has joined (T: how long joining took), then answers each line of standard input with one line of JSON:
 //   "fill"        writes its keysPerNode keys and prints {"filled": true}
 //   "snapshot"    prints its CPU (µs) and its node's stats
 //   "heap"        prints its heap after a full collection
@@ -15,8 +15,9 @@ import { measureOps, memberKeys, randomClusterKey } from "./bench-scale-ops.mjs"
 
 const { index, port, keysPerNode, members } = JSON.parse(process.argv[2]);
 const print = (message) => process.stdout.write(JSON.stringify(message) + "\n");
+const started = performance.now();
 const node = await Node.start({ host: "127.0.0.1", port: 0, master: port === undefined ? undefined : { host: "127.0.0.1", port } });
-print({ port: node.address.port });
+print({ port: node.address.port, joinMs: performance.now() - started });
 
 const key = randomClusterKey(members, keysPerNode, index + 1);
 const commands = {

@@ -28,15 +28,16 @@ if (typeof globalThis.gc !== "function") throw new Error("run with --expose-gc (
 const rows = [];
 for (const size of IN_PROCESS) rows.push(await measure("one process", size, await inProcess(size)));
 for (const size of SEPARATE) rows.push(await measure("processes", size, await separateProcesses(size)));
-const model = fitModel(rows.filter((row) => row.mode === "processes"));
+const model = fitModel(rows);
 writeFileSync(`${root}bench/scale.json`, JSON.stringify({ keysPerNode: KEYS_PER_NODE, windowMs: WINDOW_MS, model, rows }, null, 2) + "\n");
 writeFileSync(`${root}bench/scale.svg`, chart(rows, model));
 writeSection("scale", report(rows, model));
 console.log("wrote bench/scale.json, bench/scale.svg and the scale section of docs/scale.md");
 
 /**
- * Measures one cluster: its heap (all processes together), and its members, each of which can
- * fill its keys, take a snapshot (CPU, stats), and run timed writes or reads; then stops it.
+ * Measures one cluster: its heap (all processes together), how long one more node takes to
+ * join it, and its members, each of which can fill its keys, take a snapshot (CPU, stats), and
+ * run timed writes or reads; then stops it.
  */
 async function measure(mode, size, cluster) {
   const snapshot = () => Promise.all(cluster.members.map((member) => member.snapshot()));
@@ -66,6 +67,7 @@ async function measure(mode, size, cluster) {
     const heapPerNode = (await cluster.heap() - empty) / size;
     const filled = await snapshot();
     const clusterKeys = size * KEYS_PER_NODE;
+    const joinMs = await cluster.join();
     const idle = await phase(async () => {
       await new Promise((resolve) => setTimeout(resolve, IDLE_MS)); // a measuring window, not a wait for an event
       return 0;
@@ -80,6 +82,7 @@ async function measure(mode, size, cluster) {
       remoteKeysPerNode: filled[0].stats.remoteKeys,
       heapPerNodeBytes: Math.round(heapPerNode),
       heapPerNodeKeyBytes: round(heapPerNode / KEYS_PER_NODE, 1),
+      joinMs: round(joinMs, 1),
       idleMessagesPerNodePerSecond: idle.messagesSentPerNodePerSecond,
       idleCpuShare: idle.cpuShare,
       writes,
@@ -121,6 +124,13 @@ async function inProcess(size) {
         run: (what, ms) => measureOps(ms, what === "write" ? (n) => node.set(key(), n) : () => node.get(key())),
       };
     }),
+    join: async () => {
+      const started = performance.now();
+      const joiner = await Node.start({ host: "127.0.0.1", port: 0, master: nodes[0].address });
+      const ms = performance.now() - started;
+      await joiner.stop({ handover: false });
+      return ms;
+    },
     stop: () => Promise.all(nodes.map((node) => node.stop({ handover: false }))),
   };
 }
@@ -132,8 +142,8 @@ async function separateProcesses(size) {
     for (const member of members) member.child.stdin.end();
     await Promise.all(members.map((member) => member.exited));
   };
+  let port;
   try {
-    let port;
     for (let index = 0; index < size; index++) {
       const member = spawnMember({ index, port, keysPerNode: KEYS_PER_NODE, members: size });
       members.push(member);
@@ -152,6 +162,15 @@ async function separateProcesses(size) {
       snapshot: () => member.ask("snapshot"),
       run: async (what, ms) => (await member.ask(`${what} ${ms}`)).ops,
     })),
+    join: async () => {
+      const joiner = spawnMember({ index: size, port, keysPerNode: KEYS_PER_NODE, members: size });
+      try {
+        return (await joiner.next()).joinMs;
+      } finally {
+        joiner.child.stdin.end();
+        await joiner.exited;
+      }
+    },
     stop,
   };
 }
@@ -182,12 +201,21 @@ function spawnMember(settings) {
 /**
  * The model's two lines, fitted (least squares) to the separate processes, where nothing is
  * shared between nodes: CPU per write = ackUs · (N − 1) + baseUs, and heap per node per key it
- * writes = entryBytes + directoryBytes · (N − 1).
+ * writes = entryBytes + directoryBytes · (N − 1); and the keys per second a joiner takes in,
+ * from the join of the largest cluster (the one with the most keys, so the least latency-bound).
  */
 function fitModel(rows) {
-  const cpu = fitLine(rows.map((r) => [r.nodes - 1, r.writes.cpuUsPerOp]));
-  const heap = fitLine(rows.map((r) => [r.nodes - 1, r.heapPerNodeKeyBytes]));
-  return { ackUs: round(cpu.slope, 2), baseUs: round(cpu.intercept, 2), directoryBytes: round(heap.slope, 1), entryBytes: round(heap.intercept, 1) };
+  const separate = rows.filter((r) => r.mode === "processes");
+  const cpu = fitLine(separate.map((r) => [r.nodes - 1, r.writes.cpuUsPerOp]));
+  const heap = fitLine(separate.map((r) => [r.nodes - 1, r.heapPerNodeKeyBytes]));
+  const largest = rows.reduce((a, b) => (b.clusterKeys > a.clusterKeys ? b : a));
+  return {
+    ackUs: round(cpu.slope, 2),
+    baseUs: round(cpu.intercept, 2),
+    directoryBytes: round(heap.slope, 1),
+    entryBytes: round(heap.intercept, 1),
+    joinKeysPerSecond: Math.round(largest.clusterKeys / (largest.joinMs / 1000)),
+  };
 }
 
 function fitLine(points) {
@@ -204,13 +232,13 @@ function report(rows, model) {
   const lines = [
     `Measured by \`npm run bench -- --scale\` (Node.js ${process.version}, ${KEYS_PER_NODE.toLocaleString("en")} keys per node, ${WINDOW_MS} ms windows, 64 operations in flight per node, loopback; this machine has 2 cores, so the rates of large clusters are what 2 cores do for all of them, and the CPU per operation is the figure to read):`,
     "",
-    "| cluster | nodes | connections per node | heap per node / keys per node | idle messages sent per node per s | writes/s | CPU per write (cluster) | CPU per write / (N − 1) | messages sent per node per s (writes) | bytes sent per node per s (writes) | reads/s | CPU per read |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| cluster | nodes | connections per node | heap per node / keys per node | one more node joins in | idle messages sent per node per s | writes/s | CPU per write (cluster) | CPU per write / (N − 1) | messages sent per node per s (writes) | bytes sent per node per s (writes) | reads/s | CPU per read |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...rows.map((r) =>
-      `| ${r.mode} | ${r.nodes} | ${r.connectionsPerNode} | ${r.heapPerNodeKeyBytes} B | ${r.idleMessagesPerNodePerSecond} | ${r.writes.opsPerSecond.toLocaleString("en")} | ${r.writes.cpuUsPerOp} µs | ${r.nodes > 1 ? round(r.writes.cpuUsPerOp / (r.nodes - 1), 1) : "-"} µs | ${r.writes.messagesSentPerNodePerSecond.toLocaleString("en")} | ${(r.writes.bytesSentPerNodePerSecond / 1e6).toFixed(2)} MB | ${r.reads.opsPerSecond.toLocaleString("en")} | ${r.reads.cpuUsPerOp} µs |`
+      `| ${r.mode} | ${r.nodes} | ${r.connectionsPerNode} | ${r.heapPerNodeKeyBytes} B | ${r.joinMs} ms | ${r.idleMessagesPerNodePerSecond} | ${r.writes.opsPerSecond.toLocaleString("en")} | ${r.writes.cpuUsPerOp} µs | ${r.nodes > 1 ? round(r.writes.cpuUsPerOp / (r.nodes - 1), 1) : "-"} µs | ${r.writes.messagesSentPerNodePerSecond.toLocaleString("en")} | ${(r.writes.bytesSentPerNodePerSecond / 1e6).toFixed(2)} MB | ${r.reads.opsPerSecond.toLocaleString("en")} | ${r.reads.cpuUsPerOp} µs |`
     ),
     "",
-    `Fitted to the separate processes (nothing shared between nodes): CPU per write ≈ ${model.ackUs} µs · (N − 1) ${model.baseUs < 0 ? "−" : "+"} ${Math.abs(model.baseUs)} µs, so each member spends about ${model.ackUs} µs taking and acknowledging a write; heap per node ≈ ${model.entryBytes} B per key it holds + ${model.directoryBytes} B per key each other member holds (a directory record; keys of about 10 characters). In one process nodes share short key strings, so the directory looks cheaper there. The dashed lines are these fits.`,
+    `Fitted to the separate processes (nothing shared between nodes): CPU per write ≈ ${model.ackUs} µs · (N − 1) ${model.baseUs < 0 ? "−" : "+"} ${Math.abs(model.baseUs)} µs, so each member spends about ${model.ackUs} µs taking and acknowledging a write; heap per node ≈ ${model.entryBytes} B per key it holds + ${model.directoryBytes} B per key each other member holds (a directory record; keys of about 10 characters); the largest cluster's joiner took in ${model.joinKeysPerSecond.toLocaleString("en")} keys per second, sharing 2 cores with every member (\`npm run bench\`'s join of one holder's 1,000,000 keys shows what one core reads alone). In one process nodes share short key strings, so the directory looks cheaper there. The dashed lines are these fits.`,
     "",
     "![CPU per write and heap per node against cluster size](../bench/scale.svg)",
   ];

@@ -6,7 +6,8 @@
 // messages and bytes per write and per read, join time and CPU. CPU is this process's, spent on
 // all nodes at once, less the cost of the simulated network itself (measured first).
 // It writes bench/simulation.json and the table and verdict between the `simulation` markers
-// of docs/scale.md. Options: --nodes=16,32,64,128,256  --keys=200 (per node)  --quick (8,16,32).
+// of docs/scale.md. Options: --nodes=16,32,64,128,256  --keys=200 (per node)  --quick (8,16,32)
+// --report-only (rewrite the sections from bench/simulation.json, after a new scale benchmark).
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
@@ -37,21 +38,26 @@ const cpuUsage = (previous) => (threadCpu ? process.threadCpuUsage(previous) : p
 execFileSync(process.execPath, [`${root}scripts/build.mjs`], { stdio: "inherit" });
 const { DEFAULTS, Node } = await import("kosyak");
 
-const results = [];
-const overheadUs = await networkOverhead();
-console.log(`the simulated network costs ${overheadUs.toFixed(2)} µs of CPU per delivery; it is taken off every CPU figure`);
-for (const size of sizes) {
-  const row = await simulate(size);
-  results.push(row);
-  console.log(JSON.stringify(row));
+let run;
+if (args.includes("--report-only")) {
+  run = JSON.parse(readFileSync(`${root}bench/simulation.json`, "utf8"));
+} else {
+  const overheadUs = await networkOverhead();
+  console.log(`the simulated network costs ${overheadUs.toFixed(2)} µs of CPU per delivery; it is taken off every CPU figure`);
+  run = { runtime: `Node.js ${process.version}`, threadCpu, keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results: [] };
+  for (const size of sizes) {
+    const row = await simulate(size, overheadUs);
+    run.results.push(row);
+    console.log(JSON.stringify(row));
+  }
+  writeFileSync(`${root}bench/simulation.json`, JSON.stringify(run, null, 2) + "\n");
 }
-writeFileSync(`${root}bench/simulation.json`, JSON.stringify({ keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results }, null, 2) + "\n");
-writeSection("simulation", table(results));
-writeSection("verdict", verdict(results));
-console.log("wrote bench/simulation.json and the simulation and verdict sections of docs/scale.md");
+writeSection("simulation", table(run));
+writeSection("verdict", verdict(run.results));
+console.log("wrote the simulation and verdict sections of docs/scale.md");
 
-/** One cluster of `size` nodes, measured phase by phase. */
-async function simulate(size) {
+/** One cluster of `size` nodes, measured phase by phase; `overheadUs` is the network's CPU per delivery. */
+async function simulate(size, overheadUs) {
   const clock = new VirtualClock();
   const network = new MemoryNetwork({ clock, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS });
   const nodes = [];
@@ -206,7 +212,7 @@ function networkOverhead() {
 
 // ─── The report ──────────────────────────────────────────────────────────────────────────────
 
-function table(rows) {
+function table({ runtime, threadCpu, keysPerNode, overheadUs, results: rows }) {
   const header = [
     "| nodes | cluster keys | connections per node | heap per node | heap per cluster key | idle messages per node per s | idle CPU per node | join of an empty node: messages (cluster) | join into the filled cluster: ms at 1 Gbit/s, MB the joiner read, its CPU reading them | messages per write | CPU per write (cluster) | messages per read | CPU per read | forming took (real s) |",
     "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -215,7 +221,7 @@ function table(rows) {
     `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.joinerBytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.joinerReadingMs} ms | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
   );
   return [
-    `Measured by \`npm run simulate\` (Node.js ${process.version}, ${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
+    `Measured by \`npm run simulate\` (${runtime}, ${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
     "",
     ...header,
     ...lines,
@@ -237,6 +243,7 @@ function verdict(results) {
   const entryBytes = measured?.entryBytes ?? 0;
   const writeUs = measured?.ackUs ?? median(results.map((r) => r.perLoneWrite.cpuUs / r.nodes));
   const joinBytesPerKey = median(results.map((r) => r.joinOfFilled.joinerBytes / r.clusterKeys));
+  // The joiner's own CPU: on this 2-core machine a measured join shares the cores with every member.
   const joinUsPerKey = median(results.map((r) => (r.joinOfFilled.joinerReadingMs * 1000) / r.clusterKeys));
   const heartbeatUsPerPeer = median(results.map((r) => (r.idlePerNodePerSecond.cpuShare * 1e6) / (r.nodes - 1)));
   const limits = (k, w) => ({
@@ -248,7 +255,7 @@ function verdict(results) {
   });
   const source = measured ? "separate processes, bench/scale.json" : "this simulation; run npm run bench -- --scale for separate processes";
   const lines = [
-    `Constants: ${directoryBytes} B of heap per key of the cluster and ${entryBytes} B per key held, and ${writeUs} µs of each node's CPU per write (${source}); a joiner receives ${joinBytesPerKey.toFixed(0)} B per key of the cluster and reads ${(1 / joinUsPerKey).toFixed(2)} million keys per second of CPU; heartbeats cost ${heartbeatUsPerPeer.toFixed(1)} µs of CPU per peer per second (medians of the simulation).`,
+    `Constants: ${directoryBytes} B of heap per key of the cluster and ${entryBytes} B per key held, and ${writeUs} µs of each node's CPU per write (${source}); a joiner receives ${joinBytesPerKey.toFixed(0)} B per key of the cluster and reads ${(1 / joinUsPerKey).toFixed(2)} million keys per second with its own CPU, and heartbeats cost ${heartbeatUsPerPeer.toFixed(1)} µs of CPU per peer per second (medians of the simulation).`,
     "",
     `Largest N within each budget per node: 1 GiB of heap for keys; a join within 30 s, at 1 Gbit/s or by the joiner's CPU, whichever is slower; half a core applying writes; a tenth of a core on heartbeats; no more connections than \`maxConnections\` (${DEFAULTS.maxConnections} by default; the process's file descriptor limit too). K: keys each node writes; w: writes per second each node makes:`,
     "",
