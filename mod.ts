@@ -159,8 +159,9 @@ export interface NodeOptions {
    */
   connectAttempts?: number;
   /**
-   * How long to wait for a peer to answer a request (handshake, get, set, stats), in
-   * milliseconds. A peer that does not answer in time is treated as not holding the key.
+   * How long to wait for a peer to answer a request (handshake, get, set, stats), and for a
+   * connection to open, in milliseconds. A peer that does not answer in time is treated as not
+   * holding the key.
    * @default {5000}
    */
   requestTimeout?: number;
@@ -4412,7 +4413,7 @@ class Cluster {
   /** Opens a connection and completes the dialling side of the handshake. */
   async #connect(address: Address): Promise<Peer> {
     if (this.#stopping) throw this.stoppedError();
-    const conn = await this.#options.transport.connect(address, { native: this.#options.socket, tls: this.#options.tls });
+    const conn = await this.#open(address);
     if (this.#stopping) {
       conn.close();
       throw this.stoppedError();
@@ -4420,6 +4421,39 @@ class Cluster {
     const peer = new Peer(conn, this.#options, this.#clock, this.traffic, true);
     this.#connections.add(peer);
     return this.#handshake.dial(peer);
+  }
+
+  /**
+   * Opens a connection within `requestTimeout`. An address whose packets are dropped (a
+   * firewall that drops rather than refuses) would otherwise hold a dial for the system's own
+   * timeout, about two minutes on Linux, and `init` for several. One that opens too late is closed.
+   */
+  #open(address: Address): Promise<Conn> {
+    const { requestTimeout } = this.#options;
+    const opening = this.#options.transport.connect(address, { native: this.#options.socket, tls: this.#options.tls });
+    return new Promise((resolve, reject) => {
+      let gaveUp = false;
+      const giveUp = (error: Error) => {
+        gaveUp = true;
+        reject(error);
+      };
+      const cancel = this.#timers.after(
+        requestTimeout,
+        () => giveUp(new KosyakError("ERR_TIMEOUT", `No connection to ${address.host}:${address.port} opened within ${requestTimeout} ms`)),
+        () => giveUp(this.stoppedError()),
+      );
+      opening.then(
+        (conn) => {
+          if (gaveUp) return conn.close();
+          cancel();
+          resolve(conn);
+        },
+        (error) => {
+          cancel();
+          reject(error);
+        },
+      );
+    });
   }
 
   /** Takes a connection another node opened, unless stopping or at `maxConnections`. */

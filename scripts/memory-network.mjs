@@ -151,6 +151,8 @@ export class MemoryNetwork {
   #listening = new Map();
   /** @type {Map<string, { port: number, sendFree: number, receiveFree: number }>} */
   #hosts = new Map();
+  /** Hosts that drop every packet, so that a connection to them never opens (see blackhole). */
+  #silent = new Set();
   #clock;
   #latencyMs;
   #bytesPerMs;
@@ -163,6 +165,15 @@ export class MemoryNetwork {
     this.#clock = clock;
     this.#latencyMs = latencyMs;
     this.#bytesPerMs = bytesPerMs;
+  }
+
+  /**
+   * Makes `host` drop every packet sent to it, as a firewall that drops rather than refuses
+   * does: a connection to it neither opens nor fails (a real one fails after about two minutes).
+   * @param {string} host
+   */
+  blackhole(host) {
+    this.#silent.add(host);
   }
 
   /**
@@ -184,6 +195,7 @@ export class MemoryNetwork {
         };
       },
       connect: (address) => {
+        if (this.#silent.has(address.host)) return new Promise(() => {});
         return new Promise((resolve, reject) => {
           // A connection takes a round trip to open, or to be refused.
           this.#clock.setTimeout(() => {

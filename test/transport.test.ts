@@ -11,6 +11,19 @@ describe("Transport", () => {
     }
   });
 
+  it("a master whose firewall drops packets fails the start after requestTimeout per attempt, not the system's minutes", async () => {
+    const clock = new VirtualClock();
+    const network = new MemoryNetwork({ clock, latencyMs: 0.1 });
+    network.blackhole("10.0.0.9");
+    const started = clock.now();
+    const options = { connectAttempts: 2, connectDelay: 100, requestTimeout: 500 };
+    const start = Node.start({ host: "10.0.0.1", port: 0, clock, transport: network.transport("10.0.0.1"), master: { host: "10.0.0.9", port: 1 }, ...options });
+    await assert.rejects(clock.runUntil(start, 60_000), { code: "ERR_CONNECT", message: /after 2 attempts: No connection to 10\.0\.0\.9:1 opened within 500 ms/ });
+    // Two attempts of 500 ms, and the delay of 100 ms between them.
+    assert.equal(clock.now() - started, 1_100);
+    assert.equal(clock.pending, 0, "the failed node keeps no timer");
+  });
+
   it("three nodes on an in-memory network form a cluster, read each other's writes, hand over on stop, and leave no timer behind", async () => {
     const clock = new VirtualClock();
     const network = new MemoryNetwork({ clock, latencyMs: 0.1, bytesPerMs: 125_000 });
