@@ -4056,7 +4056,7 @@ class Cluster {
         return undefined;
       },
       member: (_peer, message) => void this.#meet(message),
-      peers: (peer) => ({ peers: this.#members(peer) }),
+      peers: (peer, message) => ({ peers: this.#members(peer, message.ids === undefined ? undefined : new Set(requireArray(message, "ids"))) }),
       bye: (peer) => {
         this.#forgetPeer(peer, "left");
         return {};
@@ -4535,11 +4535,11 @@ class Cluster {
     fields.then((answer) => peer.reply(rid, answer), (error) => peer.fail(rid, error));
   }
 
-  /** The other members a joining node should connect to. */
-  #members(asking: Peer): Array<Address & { id: string }> {
+  /** The other members a joining node should connect to; of `only`, those that are members. */
+  #members(asking: Peer, only?: Set<unknown>): Array<Address & { id: string }> {
     const members: Array<Address & { id: string }> = [];
     for (const peer of this.#peers.values()) {
-      if (peer !== asking && peer.listening) members.push({ id: peer.id, ...peer.listening });
+      if (peer !== asking && peer.listening && (only === undefined || only.has(peer.id))) members.push({ id: peer.id, ...peer.listening });
     }
     return members;
   }
@@ -4615,8 +4615,11 @@ class Cluster {
     if (this.#recheckingMissing) return;
     this.#recheckingMissing = true;
     const startedAt = this.#marks;
+    // Only whether they have the missing ones: a whole member list from every member at every
+    // heartbeat would cost each node N² bytes a second while a member is missing.
+    const ids = [...this.#missing.keys()];
     try {
-      const lists = await Promise.all(Array.from(this.#peers.values(), (peer) => peer.request({ op: "peers" }).then((answer) => answer.peers, () => undefined)));
+      const lists = await Promise.all(Array.from(this.#peers.values(), (peer) => peer.request({ op: "peers", ids }).then((answer) => answer.peers, () => undefined)));
       // A member that does not answer may have one: decide nothing this time.
       if (!lists.every(Array.isArray)) return;
       const reached = new Set(lists.flat().map((member) => (member as { id?: unknown } | null)?.id));

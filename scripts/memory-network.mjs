@@ -132,6 +132,11 @@ export class VirtualClock {
   }
 }
 
+/** The name of the link between two hosts, the same both ways. @param {string} a @param {string} b */
+function link(a, b) {
+  return a < b ? `${a} ${b}` : `${b} ${a}`;
+}
+
 /**
  * @param {{ at: number, sequence: number }} a
  * @param {{ at: number, sequence: number }} b
@@ -153,6 +158,10 @@ export class MemoryNetwork {
   #hosts = new Map();
   /** Hosts that drop every packet, so that a connection to them never opens (see blackhole). */
   #silent = new Set();
+  /** Links cut (see cut), as "a b" with a < b. */
+  #cuts = new Set();
+  /** @type {Set<MemoryConn>} connections holding what arrived while their link was cut */
+  #holding = new Set();
   #clock;
   #latencyMs;
   #bytesPerMs;
@@ -177,6 +186,41 @@ export class MemoryNetwork {
   }
 
   /**
+   * Cuts the link between hosts `a` and `b`, as a partition does: what either sends the other
+   * is held, as TCP holds it for a link that comes back, until `heal(a, b)`; a connection
+   * between them neither opens nor fails meanwhile.
+   * @param {string} a
+   * @param {string} b
+   */
+  cut(a, b) {
+    this.#cuts.add(link(a, b));
+  }
+
+  /**
+   * Heals the link between `a` and `b`: what it held arrives, in order, after the latency.
+   * @param {string} a
+   * @param {string} b
+   */
+  heal(a, b) {
+    this.#cuts.delete(link(a, b));
+    for (const conn of this.#holding) {
+      if (this.isCut(conn.remoteHost, conn.host)) continue;
+      this.#holding.delete(conn);
+      this.at(() => conn.release(), this.now + this.#latencyMs);
+    }
+  }
+
+  /** Whether what `from` sends `to` is held now. @param {string} from @param {string} to */
+  isCut(from, to) {
+    return this.#cuts.has(link(from, to));
+  }
+
+  /** `conn` holds what arrived on a cut link, until heal releases it. @param {MemoryConn} conn */
+  hold(conn) {
+    this.#holding.add(conn);
+  }
+
+  /**
    * The transport of a node on `host`.
    * @param {string} host
    * @returns {Transport}
@@ -195,7 +239,7 @@ export class MemoryNetwork {
         };
       },
       connect: (address) => {
-        if (this.#silent.has(address.host)) return new Promise(() => {});
+        if (this.#silent.has(address.host) || this.isCut(host, address.host)) return new Promise(() => {});
         return new Promise((resolve, reject) => {
           // A connection takes a round trip to open, or to be refused.
           this.#clock.setTimeout(() => {
@@ -269,6 +313,8 @@ class MemoryConn {
   #handlers;
   /** @type {Uint8Array[]} what arrived before start */
   #early = [];
+  /** @type {Array<Uint8Array | null>} what arrived while the link was cut: bytes, and null for the other end's close */
+  #held = [];
   #closed = false;
   #peerClosed = false;
   #closeReported = false;
@@ -286,6 +332,11 @@ class MemoryConn {
     this.remoteHost = remoteHost;
   }
 
+  /** The host this end is on. */
+  get host() {
+    return this.#host;
+  }
+
   /** @param {ConnHandlers} handlers */
   start(handlers) {
     this.#handlers = handlers;
@@ -301,7 +352,7 @@ class MemoryConn {
     this.#leaving.push({ left, bytes: copy.byteLength });
     this.#lastArrival = arrived;
     const other = this.other;
-    this.#network.at(() => other.receive(copy), arrived);
+    this.#network.at(() => other.arrive(copy), arrived);
   }
 
   buffered() {
@@ -315,20 +366,33 @@ class MemoryConn {
     this.#closed = true;
     const other = this.other;
     // The other end hears of it after the last bytes written, as over TCP.
-    if (other !== undefined) this.#network.at(() => other.hangUp(), this.#lastArrival);
+    if (other !== undefined) this.#network.at(() => other.arrive(null), this.#lastArrival);
     this.#reportClose();
   }
 
-  /** @param {Uint8Array} chunk */
-  receive(chunk) {
-    if (this.#closed) return;
-    if (this.#handlers === undefined) this.#early.push(chunk);
-    else this.#handlers.data(chunk);
+  /**
+   * Bytes from the other end, or its close (null): taken now, or held while the link is cut
+   * (and after anything held before them).
+   * @param {Uint8Array | null} chunk
+   */
+  arrive(chunk) {
+    if (this.#held.length > 0 || this.#network.isCut(this.remoteHost, this.#host)) {
+      this.#held.push(chunk);
+      this.#network.hold(this);
+      return;
+    }
+    if (chunk === null) {
+      this.#peerClosed = true;
+      if (this.#handlers !== undefined) this.#reportClose();
+    } else if (!this.#closed) {
+      if (this.#handlers === undefined) this.#early.push(chunk);
+      else this.#handlers.data(chunk);
+    }
   }
 
-  hangUp() {
-    this.#peerClosed = true;
-    if (this.#handlers !== undefined) this.#reportClose();
+  /** The link is healed: what it held arrives, unless it was cut again meanwhile. */
+  release() {
+    for (const chunk of this.#held.splice(0)) this.arrive(chunk);
   }
 
   #reportClose() {

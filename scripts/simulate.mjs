@@ -1,13 +1,17 @@
 // `npm run simulate`: clusters of 16 to 256 kosyak nodes (and more, with --nodes) in this one
 // process, running the real protocol code over the in-memory network of memory-network.mjs with
 // a clock that jumps from timer to timer: 0.1 ms one-way latency, a 1 Gbit/s link per node. For
-// each size it forms the cluster one join at a time, fills it, lets it idle, adds one node, and
-// runs writes and reads, reporting per node: directory memory, connections, heartbeat load,
-// messages and bytes per write and per read, join time and CPU. CPU is this process's, spent on
-// all nodes at once, less the cost of the simulated network itself (measured first).
-// It writes bench/simulation.json and the table and verdict between the `simulation` markers
+// each size it forms the cluster one join at a time, fills it, lets it idle, adds one node, runs
+// writes and reads, then cuts one member off from all but one for 10 s and heals the cut,
+// reporting per node: directory memory, connections, heartbeat load, messages and bytes per
+// write and per read, join time and CPU, the partition's load, and how long the mesh takes to
+// close again. CPU is this process's main thread's, spent on all nodes at once, less the cost of
+// the simulated network itself (measured first).
+// It writes bench/simulation.json and the tables between the `simulation` and `verdict` markers
 // of docs/scale.md. Options: --nodes=16,32,64,128,256  --keys=200 (per node)  --quick (8,16,32)
-// --report-only (rewrite the sections from bench/simulation.json, after a new scale benchmark).
+// --near (a near cache on every node: writes bench/simulation-near.json and the
+// `simulation-near` section)  --report-only (rewrite the sections from the saved results, after
+// a new scale benchmark).
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
@@ -28,6 +32,10 @@ const LONE_WRITES = 200;
 const WRITES = 2_000;
 const READS = 2_000;
 const IDLE_MS = 10_000;
+const PARTITION_MS = 10_000;
+// With --near every node has a near cache, which changes its heartbeats and what a partition costs.
+const near = args.includes("--near");
+const saved = `${root}bench/simulation${near ? "-near" : ""}.json`;
 
 if (typeof globalThis.gc !== "function") throw new Error("run with --expose-gc (npm run simulate does)");
 // All the nodes share this process's heap, which grows with the square of their number; the
@@ -40,21 +48,25 @@ const { DEFAULTS, Node } = await import("kosyak");
 
 let run;
 if (args.includes("--report-only")) {
-  run = JSON.parse(readFileSync(`${root}bench/simulation.json`, "utf8"));
+  run = JSON.parse(readFileSync(saved, "utf8"));
 } else {
   const overheadUs = await networkOverhead();
   console.log(`the simulated network costs ${overheadUs.toFixed(2)} µs of CPU per delivery; it is taken off every CPU figure`);
-  run = { runtime: `Node.js ${process.version}`, threadCpu, keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results: [] };
+  run = { runtime: `Node.js ${process.version}`, threadCpu, near, keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results: [] };
   for (const size of sizes) {
     const row = await simulate(size, overheadUs);
     run.results.push(row);
     console.log(JSON.stringify(row));
   }
-  writeFileSync(`${root}bench/simulation.json`, JSON.stringify(run, null, 2) + "\n");
+  writeFileSync(saved, JSON.stringify(run, null, 2) + "\n");
 }
-writeSection("simulation", table(run));
-writeSection("verdict", verdict(run.results));
-console.log("wrote the simulation and verdict sections of docs/scale.md");
+if (near) {
+  writeSection("simulation-near", table(run));
+} else {
+  writeSection("simulation", table(run));
+  writeSection("verdict", verdict(run.results));
+}
+console.log(`wrote the ${near ? "simulation-near section" : "simulation and verdict sections"} of docs/scale.md`);
 
 /** One cluster of `size` nodes, measured phase by phase; `overheadUs` is the network's CPU per delivery. */
 async function simulate(size, overheadUs) {
@@ -63,7 +75,7 @@ async function simulate(size, overheadUs) {
   const nodes = [];
   const start = async (index, transport) => {
     const host = `10.${index >> 16}.${(index >> 8) & 255}.${index & 255}`;
-    const options = { host, port: 0, clock, transport: transport?.(network.transport(host)) ?? network.transport(host), resolve: async (name) => [name] };
+    const options = { host, port: 0, clock, nearCache: near, transport: transport?.(network.transport(host)) ?? network.transport(host), resolve: async (name) => [name] };
     if (index > 0) options.master = { host: "10.0.0.0", port: 1 };
     return clock.runUntil(Node.start(options), 600_000);
   };
@@ -131,6 +143,17 @@ async function simulate(size, overheadUs) {
       await clock.runUntil(Promise.all(Array.from({ length: 100 }, () => nodes[Math.floor(random() * size)].get(randomKey()))), 60_000);
     }
   });
+  // A partial partition: the second node cut off from every member but the first, which still
+  // reaches it; then healed, and timed until every node has every other again.
+  const hosts = nodes.map((node) => node.address.host);
+  const partition = await measure(async () => {
+    for (const host of hosts.slice(2)) network.cut(hosts[1], host);
+    await clock.run(PARTITION_MS);
+  });
+  for (const host of hosts.slice(2)) network.heal(hosts[1], host);
+  const healedAt = clock.now();
+  for (let second = 0; second < 60 && nodes.some((node) => node.stats().peers < size - 1); second++) await clock.run(1_000);
+  const meshAgainMs = nodes.every((node) => node.stats().peers === size - 1) ? clock.now() - healedAt : undefined;
   const connections = sum(nodes, (node) => node.stats().connections) / size;
   const remoteKeys = sum(nodes, (node) => node.stats().remoteKeys) / size;
   await clock.runUntil(Promise.all(nodes.map((node) => node.stop({ handover: false }))), 600_000);
@@ -152,6 +175,12 @@ async function simulate(size, overheadUs) {
     joinOfFilled: { ms: round(join.ms, 1), joinerBytes, messages: join.messages, cpuMs: round(join.cpuUs / 1000, 1), joinerReadingMs: round(joinerCpu.us / 1000, 1) },
     perLoneWrite: { messages: round(lone.messages / LONE_WRITES, 1), bytes: Math.round(lone.bytes / LONE_WRITES), cpuUs: round(lone.cpuUs / LONE_WRITES, 1), ms: round(lone.ms / LONE_WRITES, 2) },
     perWrite: { messages: round(write.messages / WRITES, 1), bytes: Math.round(write.bytes / WRITES), cpuUs: round(write.cpuUs / WRITES, 1), ms: round(write.ms / (WRITES / 100), 2) },
+    partitionPerNodePerSecond: {
+      messages: round(partition.messages / size / (PARTITION_MS / 1000), 1),
+      bytes: Math.round(partition.bytes / size / (PARTITION_MS / 1000)),
+      cpuShare: round(partition.cpuUs / size / (PARTITION_MS * 1000), 5),
+    },
+    meshAgainMs,
     perRead: { messages: round(read.messages / READS, 2), bytes: Math.round(read.bytes / READS), cpuUs: round(read.cpuUs / READS, 1) },
   };
 }
@@ -212,16 +241,16 @@ function networkOverhead() {
 
 // ─── The report ──────────────────────────────────────────────────────────────────────────────
 
-function table({ runtime, threadCpu, keysPerNode, overheadUs, results: rows }) {
+function table({ runtime, threadCpu, near, keysPerNode, overheadUs, results: rows }) {
   const header = [
-    "| nodes | cluster keys | connections per node | heap per node | heap per cluster key | idle messages per node per s | idle CPU per node | join of an empty node: messages (cluster) | join into the filled cluster: ms at 1 Gbit/s, MB the joiner read, its CPU reading them | messages per write | CPU per write (cluster) | messages per read | CPU per read | forming took (real s) |",
-    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| nodes | cluster keys | connections per node | heap per node | heap per cluster key | idle messages per node per s | idle CPU per node | one member cut off from all but one: messages, bytes per node per s, CPU per node | full mesh again after the heal | join of an empty node: messages (cluster) | join into the filled cluster: ms at 1 Gbit/s, MB the joiner read, its CPU reading them | messages per write | CPU per write (cluster) | messages per read | CPU per read | forming took (real s) |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   const lines = rows.map((r) =>
-    `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.joinerBytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.joinerReadingMs} ms | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
+    `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.partitionPerNodePerSecond.messages}, ${(r.partitionPerNodePerSecond.bytes / 1000).toFixed(1)} kB, ${(r.partitionPerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.meshAgainMs === undefined ? "not within 60 s" : `${(r.meshAgainMs / 1000).toFixed(0)} s`} | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.joinerBytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.joinerReadingMs} ms | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
   );
   return [
-    `Measured by \`npm run simulate\` (${runtime}, ${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
+    `Measured by \`npm run simulate${near ? " -- --near" : ""}\` (${runtime}, ${near ? "a near cache on every node, " : ""}${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
     "",
     ...header,
     ...lines,

@@ -28,6 +28,22 @@ describe("Protocol", () => {
     raw.socket.destroy();
   });
 
+  it("peers lists the other members, and with ids only those of them it has", async () => {
+    const [a, b, c] = await startCluster(3);
+    const raw = await rawConnect(a.address);
+    raw.socket.write(frame(hello()));
+    assert.equal((await raw.next()).op, "welcome");
+    await raw.exchangeKeys();
+    const ids = (answer: Record<string, unknown>) => (answer.peers as Array<{ id: string; port: number }>).map(({ id, port }) => [id, port]).sort();
+    raw.socket.write(frame({ op: "peers", rid: 1 }));
+    assert.deepEqual(ids(await raw.next()), [[b.id, b.address.port], [c.id, c.address.port]].sort());
+    raw.socket.write(frame({ op: "peers", rid: 2, ids: [c.id, "not a member"] }));
+    assert.deepEqual(ids(await raw.next()), [[c.id, c.address.port]]);
+    raw.socket.write(frame({ op: "peers", rid: 3, ids: "not a list" }));
+    await within("the node to close a connection that sent a malformed peers", raw.closed);
+    assert.equal(a.stats().peers, 2);
+  });
+
   it("a hello with another protocol version is refused with the reason, and closed", async () => {
     const node = await startNode();
     const raw = await rawConnect(node.address);

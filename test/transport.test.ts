@@ -24,6 +24,29 @@ describe("Transport", () => {
     assert.equal(clock.pending, 0, "the failed node keeps no timer");
   });
 
+  it("two members cut apart drop each other after peerTimeout and, once the link heals, connect again and share what they wrote", async () => {
+    const clock = new VirtualClock();
+    const network = new MemoryNetwork({ clock, latencyMs: 0.1 });
+    const nodes: Node[] = [];
+    try {
+      for (const host of ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) {
+        nodes.push(await clock.runUntil(Node.start({ host, port: 0, clock, transport: network.transport(host), master: nodes[0]?.address }), 10_000));
+      }
+      const [, b, c] = nodes;
+      network.cut("10.0.0.2", "10.0.0.3");
+      // c's write waits for b's acknowledgement until c declares b down.
+      await clock.runUntil(c.set("k", "written during the cut"), 30_000);
+      assert.deepEqual(nodes.map((node) => node.stats().peers), [2, 1, 1]);
+      network.heal("10.0.0.2", "10.0.0.3");
+      // Lost members are dialled again every ten heartbeats.
+      await clock.run(15_000);
+      assert.deepEqual(nodes.map((node) => node.stats().peers), [2, 2, 2]);
+      assert.equal(await clock.runUntil(b.get("k"), 1_000), "written during the cut");
+    } finally {
+      await clock.runUntil(Promise.all(nodes.map((node) => node.stop({ handover: false }))), 10_000);
+    }
+  });
+
   it("three nodes on an in-memory network form a cluster, read each other's writes, hand over on stop, and leave no timer behind", async () => {
     const clock = new VirtualClock();
     const network = new MemoryNetwork({ clock, latencyMs: 0.1, bytesPerMs: 125_000 });
