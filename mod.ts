@@ -2179,8 +2179,9 @@ class Core {
    * The list goes as requests, at most KEY_LISTS_IN_FLIGHT of them unanswered, so that a node
    * holding millions of keys never queues more for a joiner than the joiner takes (queued all at
    * once, they passed `maxQueueBytes` and the joiner was cut off as stalled). Each batch reads
-   * the entries when it is sent, so it never contradicts a change sent to the peer before it. A
-   * peer that does not answer one in time is closed, to connect and be told again.
+   * the entries when it is sent, so it never contradicts a change sent to the peer before it. An
+   * answer that does not come within `requestTimeout` stops the wait, not the list: the batch was
+   * delivered, and only the heartbeats decide that a peer is gone.
    */
   async #tellKeys(peer: Peer): Promise<void> {
     const cleared = this.directory.lastClear;
@@ -2188,31 +2189,24 @@ class Core {
     // The keys as they are now: reads of a bounded store move entries to the back, so walking
     // the store itself across the waits could meet an entry twice, or never end.
     const held = Array.from(this.store.live(), (entry) => entry.key);
-    const unanswered: Array<Promise<Message>> = [];
+    const unanswered: Array<Promise<unknown>> = [];
     let next = 0;
-    try {
-      do {
-        const batch: unknown[] = [];
-        let units = 0;
-        for (; next < held.length && batch.length < ITEMS_PER_BATCH; next++) {
-          const entry = this.store.peek(held[next]);
-          // Copies kept for other members are not announced: the directories point to their holders.
-          if (entry === undefined || entry.copyOf !== undefined) continue;
-          if (!fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) break;
-          const item = [entry.key, entry.version, this.store.ttlOf(entry)];
-          batch.push(entry.writer === this.id ? item : [...item, entry.writer]);
-          units += entry.key.length;
-        }
-        const last = next === held.length;
-        const answer = peer.request(last ? { op: "keys", keys: batch, done: true } : { op: "keys", keys: batch });
-        answer.catch(() => {}); // Seen by the await below; this only keeps a failure from going unhandled meanwhile.
-        unanswered.push(answer);
-        if (last) await Promise.all(unanswered);
-        else if (unanswered.length === KEY_LISTS_IN_FLIGHT) await unanswered.shift();
-      } while (next < held.length && !peer.closed);
-    } catch {
-      peer.close("timeout");
-    }
+    do {
+      const batch: unknown[] = [];
+      let units = 0;
+      for (; next < held.length && batch.length < ITEMS_PER_BATCH; next++) {
+        const entry = this.store.peek(held[next]);
+        // Copies kept for other members are not announced: the directories point to their holders.
+        if (entry === undefined || entry.copyOf !== undefined) continue;
+        if (batch.length > 0 && !fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) break;
+        const item = [entry.key, entry.version, this.store.ttlOf(entry)];
+        batch.push(entry.writer === this.id ? item : [...item, entry.writer]);
+        units += entry.key.length;
+      }
+      const last = next === held.length;
+      unanswered.push(peer.request(last ? { op: "keys", keys: batch, done: true } : { op: "keys", keys: batch }).catch(() => {}));
+      if (unanswered.length === KEY_LISTS_IN_FLIGHT) await unanswered.shift();
+    } while (next < held.length && !peer.closed);
   }
 
   /**
