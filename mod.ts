@@ -2306,6 +2306,14 @@ class Replication {
   }
 
   /**
+   * The most bytes of entries sent before waiting for their acknowledgements: a quarter of
+   * `maxQueueBytes`, so that a member being sent a node's whole store never seems stalled.
+   */
+  get #partBytes(): number {
+    return this.#core.options.maxQueueBytes / 4;
+  }
+
+  /**
    * Hands every live entry to the member that rendezvous hashing picks for its key, with its
    * version, writer and remaining TTL, and waits until each has stored them and every
    * directory points to it (see adopt). A write of a key under way wins by its version. The
@@ -2323,7 +2331,7 @@ class Replication {
       const failed: Array<[unknown, number]> = [];
       // A part at a time, each acknowledged before the next, so that no heir is sent more than
       // it takes (sent all at once, they passed maxQueueBytes and the heir was cut off as stalled).
-      for (const part of partsWithin(items, this.#core.options.maxQueueBytes / 4)) {
+      for (const part of partsWithin(items, this.#partBytes)) {
         const acknowledgements = new Acknowledgements(this.#core.cluster);
         for (const [item, units] of part) {
           const heir = this.#core.cluster.heirOf((item as [string])[0], refused);
@@ -2409,7 +2417,7 @@ class Replication {
         let next = 0;
         while (next < keys.length && this.#core.lifecycle === "ready") {
           const acknowledgements = new Acknowledgements(this.#core.cluster);
-          for (let size = 0, count = 0; next < keys.length && count < ITEMS_PER_BATCH && size < this.#core.options.maxQueueBytes / 4; count++) {
+          for (let size = 0, count = 0; next < keys.length && count < ITEMS_PER_BATCH && size < this.#partBytes; count++) {
             const key = keys[next++];
             this.#core.counters.copiesPending--;
             const entry = this.#core.store.peek(key);
@@ -4167,13 +4175,8 @@ class Cluster {
     const { discover, requestTimeout } = this.#options;
     if (discover === undefined || this.#discovering || this.#stopping) return;
     this.#discovering = true;
-    let cancel = () => {};
     try {
-      const late = new Promise<never>((_, reject) => {
-        cancel = this.#timers.after(requestTimeout, () => reject(new Error(`it took longer than requestTimeout (${requestTimeout} ms)`)));
-      });
-      const addresses = await Promise.race([this.#discovered(discover), late]);
-      cancel();
+      const addresses = await this.#within(this.#discovered(discover), `it took longer than requestTimeout (${requestTimeout} ms)`);
       const known = await this.#knownAddresses();
       await Promise.all(addresses.filter((address) => !known.has(`${address.host}:${address.port}`)).map(async (address) => {
         try {
@@ -4183,9 +4186,8 @@ class Cluster {
         }
       }));
     } catch (cause) {
-      this.#host.emit("error", new KosyakError("ERR_CONNECT", `discover failed: ${describe(cause)}`, { cause }));
+      if (!this.#stopping) this.#host.emit("error", new KosyakError("ERR_CONNECT", `discover failed: ${describe(cause)}`, { cause }));
     } finally {
-      cancel();
       this.#discovering = false;
     }
   }
@@ -4425,22 +4427,26 @@ class Cluster {
   #open(address: Address): Promise<Conn> {
     const { requestTimeout } = this.#options;
     const opening = this.#options.transport.connect(address, { native: this.#options.socket, tls: this.#options.tls });
+    return this.#within(opening, `No connection to ${address.host}:${address.port} opened within ${requestTimeout} ms`, (conn) => conn.close());
+  }
+
+  /**
+   * What `promise` settles with, unless `requestTimeout` passes first (then ERR_TIMEOUT with
+   * `timedOut` as its message) or the node stops; what it gives after that goes to `late`.
+   */
+  #within<T>(promise: Promise<T>, timedOut: string, late: (value: T) => void = () => {}): Promise<T> {
     return new Promise((resolve, reject) => {
       let gaveUp = false;
       const giveUp = (error: Error) => {
         gaveUp = true;
         reject(error);
       };
-      const cancel = this.#timers.after(
-        requestTimeout,
-        () => giveUp(new KosyakError("ERR_TIMEOUT", `No connection to ${address.host}:${address.port} opened within ${requestTimeout} ms`)),
-        () => giveUp(this.stoppedError()),
-      );
-      opening.then(
-        (conn) => {
-          if (gaveUp) return conn.close();
+      const cancel = this.#timers.after(this.#options.requestTimeout, () => giveUp(new KosyakError("ERR_TIMEOUT", timedOut)), () => giveUp(this.stoppedError()));
+      promise.then(
+        (value) => {
+          if (gaveUp) return late(value);
           cancel();
-          resolve(conn);
+          resolve(value);
         },
         (error) => {
           cancel();
