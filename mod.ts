@@ -1638,11 +1638,15 @@ export class KeyvStore {
 
 type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped";
 
-/** Where a key went: the node that holds it now, its version, and the ms it has left (0: no expiry). */
+/**
+ * Where a key went: the node that holds it now, the version and writer of the write it holds,
+ * and the ms it has left (0: no expiry).
+ */
 interface Moved {
   holder: string;
   version: number;
   ttl: number;
+  writer: string;
 }
 
 /** A holder's value for a key, the ms it has left (0: no expiry), and its size as `maxBytes` counts it. */
@@ -1890,10 +1894,15 @@ class Core {
     this.near!.keep(key, stored, held.ttl === 0 ? 0 : askedAt + held.ttl, held.size);
   }
 
-  /** Records where a key went, if that node is a member; returns whether it is. */
+  /**
+   * Records where a key went, if that node is a member; returns whether it is. The record names
+   * the write's own writer: one handed over was written by the node that stopped, and a record
+   * that named its heir instead would not be the same write to the `moved` of the next hand-over,
+   * which would then leave the directory pointing at a node that left.
+   */
   #followMoved(key: string, moved: Moved): boolean {
     if (this.cluster.peer(moved.holder) === undefined) return false;
-    this.directory.own(key, moved.holder, moved.version, moved.ttl);
+    this.directory.own(key, moved.holder, moved.version, moved.ttl, moved.writer);
     return true;
   }
 
@@ -1917,7 +1926,7 @@ class Core {
 
   /**
    * Answers a peer's get: `[value, ttl, size]` where held (the ms the entry has left, 0 for no
-   * expiry; its size as `maxBytes` counts it); `[null, holder, version, ttl]` where another
+   * expiry; its size as `maxBytes` counts it); `[null, holder, version, ttl, writer]` where another
    * node holds the key; `[]` where nobody is known to; `0` where the value is left out to keep
    * the answer within a frame (the first value is never left out: a single value always fits).
    */
@@ -1931,7 +1940,7 @@ class Core {
       const entry = this.store.get(key);
       if (entry === undefined) {
         const moved = this.#movedOf(key);
-        return moved === undefined ? [] : [null, moved.holder, moved.version, moved.ttl];
+        return moved === undefined ? [] : [null, ...movedItem(moved)];
       }
       if (sent > 0 && 3 * entry.size > room) return 0;
       room -= 3 * entry.size;
@@ -1946,7 +1955,7 @@ class Core {
     const holding = this.directory.holderOf(key);
     if (holding === undefined) return undefined;
     const ttl = holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.options.clock.now());
-    return { holder: holding.holder, version: holding.version, ttl };
+    return { holder: holding.holder, version: holding.version, ttl, writer: holding.writer };
   }
 
   // Fetching what no node holds.
@@ -1982,7 +1991,7 @@ class Core {
     const local = this.store.get(key);
     if (local !== undefined) return { value: this.reveal(local.value) };
     const moved = this.#movedOf(key);
-    if (moved !== undefined) return { moved: [moved.holder, moved.version, moved.ttl] };
+    if (moved !== undefined) return { moved: movedItem(moved) };
     if (this.options.fetch === undefined || this.lifecycle !== "ready") return {};
     // A null from fetch is an answer too: the asking node must not call fetch again.
     return { value: await this.#fetchHere(key) };
@@ -2224,12 +2233,12 @@ class Core {
     return {};
   }
 
-  /** A peer took over entries of a stopping node (`moved`): point the directory at it. */
+  /** A peer took over entries of a stopping or dead node (`moved`): point the directory at it. */
   #learnMoved(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
       if (writer === undefined || typeof from !== "string") throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
       this.overtake(key);
-      this.directory.moved(key, peer.id, from, version, ttl, writer);
+      if (!this.directory.moved(key, peer.id, from, version, ttl, writer)) this.#replication.refuteClaim(peer, key);
     }
     return {};
   }
@@ -2369,9 +2378,14 @@ class Replication {
    * keys goes to the first member that keeps a copy (the same one on every node that sees the
    * same members); when that is this node, its copy becomes its own entry. Then the copies are
    * made whole again in the background.
+   *
+   * A node that is stopping takes nothing on: the others count it as leaving and point no key at
+   * it. Were it to promote the copies it keeps as its connections close one by one, its `moved`
+   * would reach the members still connected and point their directories at a node about to go.
    */
   lost(peerId: string): void {
-    if (this.#core.options.replicas === 0) return this.#core.directory.forgetHolder(peerId);
+    const leaving = this.#core.lifecycle === "stopping" || this.#core.lifecycle === "stopped";
+    if (this.#core.options.replicas === 0 || leaving) return this.#core.directory.forgetHolder(peerId);
     this.#core.directory.forgetHolder(peerId, (key) => this.#core.cluster.successorOf(key));
     // A member may have joined since a copy was made, and rank first now: whoever keeps a copy
     // says so (moved), and every directory settles on it.
@@ -2444,7 +2458,22 @@ class Replication {
   keepCopy(peer: Peer, key: string, value: unknown, version: number, ttl: number, writer: string): void {
     if (!isNodeId(writer)) throw new ProtocolError(`"own" names no writer for the copy of "${key}"`);
     const measured = this.#measured("own", key, value);
-    if (measured !== undefined) this.#core.directory.adopt(key, measured.stored, measured.size, ttl, version, writer, peer.id);
+    if (measured === undefined) return;
+    if (!this.#core.directory.keepCopy(key, measured.stored, measured.size, ttl, version, writer, peer.id)) this.refuteClaim(peer, key);
+  }
+
+  /**
+   * Sends `peer`, which claimed this node's own entry of `key` as its own too, a copy of it: a
+   * member that ranks lower for the key keeps its entry as a copy of this node's when it gets
+   * one (see Directory.moved).
+   */
+  refuteClaim(peer: Peer, key: string): void {
+    const entry = this.#core.store.peek(key);
+    if (entry === undefined || entry.copyOf !== undefined) return;
+    const acknowledgements = new Acknowledgements(this.#core.cluster);
+    acknowledgements.send(peer, "own", [key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value)]], entry.size);
+    this.#core.counters.copiesSent++;
+    void acknowledgements.settled();
   }
 
   /**
@@ -3460,7 +3489,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 5;
+const PROTOCOL_VERSION = 6;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -3680,16 +3709,21 @@ function parseFound(item: unknown): Found | undefined {
     const [value, ttl, size] = item;
     return isAmount(ttl) && isAmount(size) ? { value, ttl, size } : undefined;
   }
-  const moved = item.length === 4 && item[0] === null ? parseMoved(item.slice(1)) : undefined;
+  const moved = item.length === 5 && item[0] === null ? parseMoved(item.slice(1)) : undefined;
   return moved && { moved };
 }
 
-/** `[holder, version, ttl]`, as get and fetch answers name where a key went; undefined if not one. */
+/** Where a key went, as get and fetch answers name it: `[holder, version, ttl, writer]`. */
+function movedItem(moved: Moved): [string, number, number, string] {
+  return [moved.holder, moved.version, moved.ttl, moved.writer];
+}
+
+/** The {@linkcode movedItem} of a get or fetch answer; undefined if it is not one. */
 function parseMoved(list: unknown): Moved | undefined {
-  if (!Array.isArray(list) || list.length !== 3) return undefined;
-  const [holder, version, ttl] = list;
-  if (typeof holder !== "string" || !isVersion(version) || !isAmount(ttl)) return undefined;
-  return { holder, version, ttl };
+  if (!Array.isArray(list) || list.length !== 4) return undefined;
+  const [holder, version, ttl, writer] = list;
+  if (typeof holder !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer)) return undefined;
+  return { holder, version, ttl, writer };
 }
 
 /** Whether two holdings name the same write by the same holder. */
@@ -4939,6 +4973,11 @@ export class Directory {
   readonly #slotOf = new Map<string, number>();
   readonly #holderIn: Array<string | undefined> = [];
   readonly #changed: ((key: string) => void) | undefined;
+  /**
+   * Keys pointed at the member presumed to hold them after their holder died (see
+   * forgetHolder), until a member that took the write over says so (see moved).
+   */
+  readonly #presumed = new Set<string>();
   #lamport = 0;
   /** The newest clear of the whole cluster seen, as (version, writer): older writes are refused. */
   #cleared = { version: 0, writer: "" };
@@ -4989,18 +5028,37 @@ export class Directory {
   }
 
   /**
-   * Takes an entry another node sends: one a stopping node hands over, or a copy kept for
-   * member `copyOf`. Stores it here with its version and writer, unless this node holds or
-   * knows a newer write of the key; returns whether it stored it.
+   * Takes an entry a stopping node hands over: stores it here as this node's own, with its
+   * version and writer, unless this node holds or knows a newer write of the key; returns
+   * whether it stored it.
    */
-  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, copyOf?: string): boolean {
+  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): boolean {
     this.#observe(version);
     if (this.#clearedAway(version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
     this.#forget(key);
-    this.#store.set(key, value, size, ttl, version, writer, copyOf);
+    this.#store.set(key, value, size, ttl, version, writer);
+    return true;
+  }
+
+  /**
+   * Keeps a copy of the write (`version`, `writer`) of `key` for `holder`, which holds it and
+   * sent it, unless this node holds or knows a newer write. A copy of that write kept here already
+   * is kept for `holder` from now on. Returns false when `holder` claims a write that this node
+   * holds as its own and has the better claim to (see {@linkcode Directory.moved}): `holder`
+   * must then be told to keep its entry as a copy of this node's.
+   */
+  keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string): boolean {
+    this.#observe(version);
+    if (this.#clearedAway(version, writer)) return true;
+    const local = this.#store.peek(key);
+    const known = local ?? this.holderOf(key);
+    if (known !== undefined && newer(known.version, known.writer, version, writer)) return true;
+    if (local !== undefined && local.version === version && local.writer === writer) return this.#claim(key, local, holder);
+    this.#forget(key);
+    this.#store.set(key, value, size, ttl, version, writer, holder);
     return true;
   }
 
@@ -5058,23 +5116,52 @@ export class Directory {
   }
 
   /**
-   * `holder` took over the write (`version`, `writer`) of `key` from `from`, a stopping node:
-   * every directory that knew that write at `from` (and `from` itself) points to `holder` now.
-   * A newer write of the key is kept, as with `own`.
+   * `holder` took over the write (`version`, `writer`) of `key` from `from`: a stopping node
+   * handed it over, or `holder` kept a copy of it and made it its own when `from` died. Every
+   * directory that knew that write at `from` (and `from` itself) points to `holder` now, and a
+   * copy of it kept here is kept for `holder`. A newer write of the key is kept, as with `own`.
+   *
+   * Two members may take over the same write: with `replicas` of 2 or more every keeper of a
+   * dead holder's copies does, and so does a member that kept a copy from before the membership
+   * changed. Of two such claims the member that rendezvous hashing ranks higher for the key wins,
+   * on every node, whatever order the claims arrive in (a holder this node only presumed, see
+   * forgetHolder, gives way to any claim), and the other keeps its entry as a copy of the
+   * winner's. Returns false when this node holds the write as its own and wins: `holder` must
+   * then be told to keep its entry as a copy of this node's.
    */
-  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string): void {
+  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string): boolean {
     this.#observe(version);
-    if (this.#clearedAway(version, writer)) return;
+    if (this.#clearedAway(version, writer)) return true;
     const local = this.#store.peek(key);
     const remote = local === undefined ? this.holderOf(key) : undefined;
     const known = local ?? remote;
-    const heldAt = local !== undefined ? this.#id : remote?.holder;
-    // The same write held elsewhere now: a stopping node handed it over, or a member that kept a
-    // copy of it took it on when its holder died. Either way the announcing node holds it.
     const sameWrite = known !== undefined && known.version === version && known.writer === writer;
-    if (known !== undefined && !sameWrite && !newer(version, writer, known.version, known.writer)) return;
-    if (sameWrite && heldAt === this.#id && from !== this.#id) return;
+    if (known !== undefined && !sameWrite && !newer(version, writer, known.version, known.writer)) return true;
+    if (sameWrite && local !== undefined && from !== this.#id) {
+      const current = local.copyOf ?? this.#id;
+      if (current === from || this.#outranks(holder, current, key)) this.#claim(key, local, holder);
+      return local.copyOf !== undefined || !this.#outranks(this.#id, holder, key);
+    }
+    if (sameWrite && remote !== undefined && remote.holder !== from && !this.#presumed.has(key) && !this.#outranks(holder, remote.holder, key)) return true;
     this.#record(key, holder, version, ttl, writer);
+    return true;
+  }
+
+  /**
+   * `holder` claims the write this node keeps of `key` (`local`, its own entry or a copy): a
+   * copy is kept for `holder` from now on, and so is this node's own entry unless this node
+   * ranks higher for the key; returns false in that case, where the claim is refused.
+   */
+  #claim(key: string, local: StoredEntry, holder: string): boolean {
+    if (local.copyOf === undefined && this.#outranks(this.#id, holder, key)) return false;
+    this.#store.keepFor(local, holder);
+    return true;
+  }
+
+  /** Whether member `a` ranks above member `b` for `key`, as rendezvous hashing ranks members. */
+  #outranks(a: string, b: string, key: string): boolean {
+    const [scoreA, scoreB] = [rendezvousScore(a, key), rendezvousScore(b, key)];
+    return scoreA > scoreB || (scoreA === scoreB && a > b);
   }
 
   /**
@@ -5093,18 +5180,26 @@ export class Directory {
 
   /**
    * `holder` no longer has its entry for `key` at `version` (evicted, expired, cleared, or it
-   * said so when asked); a holder recorded since, at another version, stays.
+   * said so when asked), so that write is gone: the record of it goes, and so does a copy of it
+   * kept here for `holder`, which is that entry too and must not outlive it (nor be promoted
+   * when `holder` dies). A holder recorded since, at another version, stays.
    */
   gone(key: string, holder: string, version: number): void {
     this.#observe(version);
     const known = this.#holding(key);
     if (known !== undefined && known.holder === holder && known.version === version) this.#forget(key);
+    const local = this.#store.peek(key);
+    if (local !== undefined && local.copyOf === holder && local.version === version) {
+      this.#changed?.(key);
+      this.#store.delete(key);
+    }
   }
 
   /**
    * Forgets every key `holder` holds: it is down, or left. With `successor`, a key goes to the
-   * member that function names (one that keeps a copy) instead, when it names one. Costs one
-   * pass over the directory.
+   * member that function names (the one that should keep a copy) instead, when it names one: a
+   * presumption, which the claim of a member that really took the write over replaces (see
+   * moved). Costs one pass over the directory.
    */
   forgetHolder(holder: string, successor?: (key: string) => string | undefined): void {
     const slot = this.#slotOf.get(holder);
@@ -5113,7 +5208,9 @@ export class Directory {
       const next = successor?.(key);
       const holding = next === undefined ? undefined : this.#holding(key)!;
       this.#forget(key);
-      if (holding !== undefined) this.#record(key, next!, holding.version, holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.#clock.now()), holding.writer);
+      if (holding === undefined) continue;
+      this.#record(key, next!, holding.version, holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.#clock.now()), holding.writer);
+      this.#presumed.add(key);
     }
     if (slot === undefined) return;
     this.#slotOf.delete(holder);
@@ -5134,6 +5231,7 @@ export class Directory {
   #record(key: string, holder: string, version: number, ttl: number, writer: string): void {
     this.#changed?.(key);
     this.#store.delete(key);
+    this.#presumed.delete(key);
     const slot = writer === holder && version < PACKABLE_VERSIONS ? this.#slotFor(holder) : undefined;
     this.#remote.set(key, slot !== undefined ? version * HOLDER_SLOTS + slot : { holder, version, writer });
     if (ttl > 0) this.#expiries.set(key, this.#clock.now() + ttl);
@@ -5144,6 +5242,7 @@ export class Directory {
     this.#changed?.(key);
     this.#remote.delete(key);
     this.#expiries.delete(key);
+    this.#presumed.delete(key);
   }
 
   /** The holder's slot, given it now if it has none; undefined when every slot is taken. */
@@ -5329,11 +5428,16 @@ export class Store {
     const promoted: StoredEntry[] = [];
     for (const entry of this.live()) {
       if (entry.copyOf !== holder) continue;
-      entry.copyOf = undefined;
-      this.copies--;
+      this.keepFor(entry, undefined);
       promoted.push(entry);
     }
     return promoted;
+  }
+
+  /** Keeps an entry as a copy for member `holder`, or as this node's own (undefined). */
+  keepFor(entry: StoredEntry, holder: string | undefined): void {
+    this.copies += Number(holder !== undefined) - Number(entry.copyOf !== undefined);
+    entry.copyOf = holder;
   }
 
   /** The milliseconds an entry has left (0: no expiry). */

@@ -4,7 +4,7 @@ import { afterEach, assert, describe, frame, it, rawConnect, startCluster, start
 afterEach(stopAll);
 
 const hello = (extra: Record<string, unknown> = {}) => ({
-  op: "hello", version: 5, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+  op: "hello", version: 6, id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
 });
 
 describe("Protocol", () => {
@@ -15,7 +15,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello()));
     const welcome = await raw.next();
     assert.equal(welcome.op, "welcome");
-    assert.equal(welcome.version, 5);
+    assert.equal(welcome.version, 6);
     assert.equal(welcome.id, node.id);
     assert.equal(welcome.port, node.address.port);
     const keys = await raw.next();
@@ -50,7 +50,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello({ version: 99 })));
     const refusal = await raw.next();
     assert.equal(refusal.op, "refuse");
-    assert.match(String(refusal.reason), /protocol version 99 is not 5/);
+    assert.match(String(refusal.reason), /protocol version 99 is not 6/);
     await within("the node to close the connection", raw.closed);
   });
 
@@ -107,7 +107,7 @@ describe("Protocol", () => {
     assert.equal((await raw.next()).op, "welcome");
     await raw.exchangeKeys([["k", 5, 0]]);
     await waitFor("the node to know that the raw peer holds k", () => node.has("k"));
-    const answers = [[[null, "raw-peer", 1e300, 0]], [null], [[1, 2]], [[1, -1, 2]], [[1, 0, "2"]], "not a list", [[null, node.id, -1, 0]]];
+    const answers = [[[null, "raw-peer", 1e300, 0, "raw-peer"]], [null], [[1, 2]], [[1, -1, 2]], [[1, 0, "2"]], "not a list", [[null, node.id, -1, 0, node.id]], [[null, node.id, 3, 0, 7]]];
     for (const values of answers) {
       const got = node.get("k");
       const request = await raw.next();
