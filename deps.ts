@@ -483,8 +483,11 @@ export interface WorkloadNode {
   resume(): void;
   /** Kills the process with SIGKILL and waits for it to exit. */
   kill(): Promise<void>;
-  /** Asks the node to stop and waits for the process to exit. */
-  stop(): Promise<void>;
+  /**
+   * Asks the node to stop and waits for the process to exit: by ending its input, or with
+   * SIGTERM (`{ signal: true }`), or without a hand-over (`{ handover: false }`).
+   */
+  stop(options?: { signal?: boolean; handover?: boolean }): Promise<void>;
 }
 
 /** Starts `test/fixtures/workload-node.mjs` under `target` as node `name` and waits until it is ready. */
@@ -546,10 +549,12 @@ export function spawnWorkloadNode(name: string, options: NodeOptions = {}, targe
       }),
     pause: () => void process.kill(child.pid!, "SIGSTOP"),
     resume: () => void process.kill(child.pid!, "SIGCONT"),
-    async stop() {
+    async stop({ signal = false, handover = true }: { signal?: boolean; handover?: boolean } = {}) {
       if (!alive()) return;
       process.kill(child.pid!, "SIGCONT");
-      child.stdin!.end();
+      if (!handover) child.stdin!.write(JSON.stringify({ cmd: "stop", handover, seq: nextSeq++ }) + "\n");
+      else if (signal) process.kill(child.pid!, "SIGTERM");
+      else child.stdin!.end();
       await within(`the ${target} workload node ${name} to exit`, exited, 10_000).catch(kill);
     },
     kill,

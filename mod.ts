@@ -2086,7 +2086,7 @@ class Core {
       this.overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
-      if (copies.length > 0) this.#replication.sendCopies(acknowledgements, key, this.reveal(stored), version, ttl, size, this.id);
+      if (copies.length > 0) this.#replication.sendCopies(acknowledgements, this.store.peek(key)!);
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
     // A copy that a member did not confirm may be missing when this node dies: say so.
@@ -2226,7 +2226,7 @@ class Core {
   #learn(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version, ttl, writer, copy] of requireKeyList(message)) {
       this.overtake(key);
-      if (Array.isArray(copy) && message.op === "own") this.#replication.keepCopy(peer, key, copy[0], version, ttl, writer ?? peer.id);
+      if (Array.isArray(copy) && message.op === "own") this.#replication.keepCopy(peer, key, copy, version, ttl, writer ?? peer.id);
       else this.directory.own(key, peer.id, version, ttl, writer);
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
@@ -2331,27 +2331,35 @@ class Replication {
    */
   async handOver(): Promise<void> {
     this.#core.cluster.announceLeaving();
-    let items = Array.from(this.#core.store.live(), (entry): [unknown, number] | undefined =>
-      entry.copyOf === undefined ? [[entry.key, this.#core.reveal(entry.value), entry.version, this.#core.store.ttlOf(entry), entry.writer], entry.size] : undefined)
-      .filter((item) => item !== undefined);
-    this.#core.counters.handedOver = items.length;
+    const store = this.#core.store;
+    let keys = Array.from(store.live(), (entry): [string, number] => [entry.key, entry.size]);
     const refused = new Set<string>();
-    for (let round = 0; round < MAX_HOPS && items.length > 0; round++) {
-      const failed: Array<[unknown, number]> = [];
+    for (let round = 0; round < MAX_HOPS && keys.length > 0; round++) {
+      const failed: Array<[string, number]> = [];
       // A part at a time, each acknowledged before the next, so that no heir is sent more than
       // it takes (sent all at once, they passed maxQueueBytes and the heir was cut off as stalled).
-      for (const part of partsWithin(items, this.#partBytes)) {
+      for (const part of partsWithin(keys, this.#partBytes)) {
         const acknowledgements = new Acknowledgements(this.#core.cluster);
-        for (const [item, units] of part) {
-          const heir = this.#core.cluster.heirOf((item as [string])[0], refused);
-          if (heir !== undefined) acknowledgements.send(heir, "handover", item, units);
+        for (const [key, units] of part) {
+          // Read as it is now, with the time it has left now: a part goes out after the ones
+          // before it are stored, and with the time left when the hand-over began, each entry
+          // would outlive its TTL by that wait (37 ms in 20,000 entries).
+          const entry = store.peek(key);
+          const heir = entry === undefined || entry.copyOf !== undefined ? undefined : this.#core.cluster.heirOf(key, refused);
+          if (heir === undefined) continue;
+          const item: HandoverItem = [key, this.#core.reveal(entry!.value), entry!.version, store.ttlOf(entry!), entry!.writer, entry!.expires];
+          acknowledgements.send(heir, "handover", item, units);
+          this.#core.counters.handedOver++;
         }
         for (const failure of await acknowledgements.settled()) {
           refused.add(failure.peer.id);
-          for (const [item, units] of failure.items) failed.push([item, units]);
+          for (const [item, units] of failure.items) {
+            failed.push([(item as HandoverItem)[0], units]);
+            this.#core.counters.handedOver--;
+          }
         }
       }
-      items = failed;
+      keys = failed;
     }
   }
 
@@ -2367,7 +2375,7 @@ class Replication {
       if (!this.#core.directory.adopt(key, stored, size, ttl, version, writer)) continue;
       this.#core.counters.adopted++;
       acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
-      if (this.#core.options.replicas > 0) this.sendCopies(acknowledgements, key, this.#core.reveal(stored), version, ttl, size, writer);
+      if (this.#core.options.replicas > 0) this.sendCopies(acknowledgements, this.#core.store.peek(key)!);
     }
     await acknowledgements.settled();
     return {};
@@ -2400,11 +2408,19 @@ class Replication {
   }
 
   /** Sends copies of an entry this node holds to the members that keep them. */
-  sendCopies(acknowledgements: Acknowledgements, key: string, value: unknown, version: number, ttl: number, size: number, writer: string): void {
-    for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
-      acknowledgements.send(peer, "own", [key, version, ttl, writer, [value]], size);
+  sendCopies(acknowledgements: Acknowledgements, entry: StoredEntry): void {
+    for (const peer of this.#core.cluster.replicasOf(entry.key, this.#core.options.replicas)) {
+      acknowledgements.send(peer, "own", this.#copyItem(entry), entry.size);
       this.#core.counters.copiesSent++;
     }
+  }
+
+  /**
+   * An entry as an `own` that asks the receiver to keep a copy carries it: `[key, version, ttl,
+   * writer, [value, expires]]`, with the time it has left now and when it expires (see timeLeft).
+   */
+  #copyItem(entry: StoredEntry): unknown[] {
+    return [entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value), entry.expires]];
   }
 
   /**
@@ -2437,7 +2453,7 @@ class Replication {
             const entry = this.#core.store.peek(key);
             if (entry === undefined || entry.copyOf !== undefined) continue;
             size += entry.size;
-            const item = [key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value)]];
+            const item = this.#copyItem(entry);
             for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
               if (only !== undefined && !only.has(peer)) continue;
               acknowledgements.send(peer, "own", item, entry.size);
@@ -2454,12 +2470,14 @@ class Replication {
     void pass();
   }
 
-  /** Keeps a copy of an entry a peer holds (see NodeOptions.replicas). */
-  keepCopy(peer: Peer, key: string, value: unknown, version: number, ttl: number, writer: string): void {
+  /** Keeps a copy of an entry a peer holds (see NodeOptions.replicas): `copy` is `[value, expires]`. */
+  keepCopy(peer: Peer, key: string, copy: [unknown, number?], version: number, ttl: number, writer: string): void {
     if (!isNodeId(writer)) throw new ProtocolError(`"own" names no writer for the copy of "${key}"`);
+    const [value, expires = 0] = copy;
     const measured = this.#measured("own", key, value);
-    if (measured === undefined) return;
-    if (!this.#core.directory.keepCopy(key, measured.stored, measured.size, ttl, version, writer, peer.id)) this.refuteClaim(peer, key);
+    const left = timeLeft(ttl, expires, this.#core.options.clock.now());
+    if (measured === undefined || left < 0) return;
+    if (!this.#core.directory.keepCopy(key, measured.stored, measured.size, left, version, writer, peer.id)) this.refuteClaim(peer, key);
   }
 
   /**
@@ -2471,25 +2489,27 @@ class Replication {
     const entry = this.#core.store.peek(key);
     if (entry === undefined || entry.copyOf !== undefined) return;
     const acknowledgements = new Acknowledgements(this.#core.cluster);
-    acknowledgements.send(peer, "own", [key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value)]], entry.size);
+    acknowledgements.send(peer, "own", this.#copyItem(entry), entry.size);
     this.#core.counters.copiesSent++;
     void acknowledgements.settled();
   }
 
   /**
-   * The entries of a `handover` request, `[key, value, version, ttl, writer]` lists (the writer
-   * left out: the sender), measured and ready to store; those larger than `maxBytes` left out.
-   * Each overtakes the gets and the fetch under way for its key.
+   * The entries of a `handover` request ({@linkcode HandoverItem}s), measured and ready to
+   * store, with the time each has left here (see timeLeft); those larger than `maxBytes`, or
+   * expired already, left out. Each overtakes the gets and the fetch under way for its key.
    */
   *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
+    const now = this.#core.options.clock.now();
     for (const item of requireArray(message, "keys")) {
-      const [key, value, version, ttl, writer = peer.id] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !isNodeId(writer)) {
-        throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer] lists`);
+      const [key, value, version, ttl, writer = peer.id, expires = 0] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(expires)) {
+        throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer, expires] lists`);
       }
       this.#core.overtake(key);
       const measured = this.#measured(message.op, key, value);
-      if (measured !== undefined) yield { key, ...measured, ttl, version, writer };
+      const left = timeLeft(ttl, expires, now);
+      if (measured !== undefined && left >= 0) yield { key, ...measured, ttl: left, version, writer };
     }
   }
 
@@ -2501,6 +2521,26 @@ class Replication {
     if (size > this.#core.options.maxBytes) return undefined;
     return { stored: this.#core.options.stringify ? json : value, size };
   }
+}
+
+/**
+ * An entry as `handover` carries it: its value, version, the ms it has left, its writer (left
+ * out: the sender), and when it expires on the sender's clock (see timeLeft); 0 for no expiry.
+ */
+type HandoverItem = [key: string, value: unknown, version: number, ttl: number, writer?: string, expires?: number];
+
+/**
+ * The ms an entry a peer sent has left here (0: no expiry; below 0: expired already): the time
+ * it had left when sent, or less where the sender's clock says it expires sooner. The time left
+ * alone counts from when this node handles the message, so a busy node that reads it late would
+ * keep the entry that much longer (700 ms, seen in a hand-over of 20,000 entries); the expiry
+ * alone would trust the clocks to agree. The sooner of the two outlives the entry by no more than
+ * the smaller of the delay and the clocks' difference.
+ */
+function timeLeft(ttl: number, expires: number, now: number): number {
+  if (ttl === 0 || expires === 0) return ttl;
+  const left = Math.min(ttl, expires - now);
+  return left > 0 ? left : -1;
 }
 
 /** Consecutive parts of `items` ([item, size]), each of at most `budget` in size or of a single item. */
@@ -3656,14 +3696,15 @@ function requireArray(message: Message, field: string): unknown[] {
  * The `keys` field of own, moved, drop, gone and keys messages: lists of a key, a version, the
  * ms left (0 or left out: no expiry), and for an entry held by another node than its writer the
  * writer's id, then for `moved` the id of the node it moved from, or for an `own` that asks the
- * receiver to keep a copy, the value in a list of one.
+ * receiver to keep a copy, `[value, expires]`.
  */
 function requireKeyList(message: Message): KeyItem[] {
   return requireArray(message, "keys").map((item) => {
     const [key, version, ttl = 0, writer, from] = Array.isArray(item) ? item : [];
-    const ids = (writer === undefined || isNodeId(writer)) && (from === undefined || isNodeId(from) || (Array.isArray(from) && from.length === 1));
+    const copy = Array.isArray(from) && (from.length === 1 || (from.length === 2 && isAmount(from[1])));
+    const ids = (writer === undefined || isNodeId(writer)) && (from === undefined || isNodeId(from) || copy);
     if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !ids) {
-      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from or [value]] lists`);
+      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from or [value, expires]] lists`);
     }
     return [key, version, ttl, writer, from];
   });
@@ -3671,9 +3712,10 @@ function requireKeyList(message: Message): KeyItem[] {
 
 /**
  * One item of a key list: key, version, ttl, and where they are given the writer, then for
- * `moved` the node it moved from, or for `own` to a member that keeps a copy, `[value]`.
+ * `moved` the node it moved from, or for `own` to a member that keeps a copy, `[value, expires]`
+ * (when it expires on the sender's clock, 0 for never; see timeLeft).
  */
-type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, fromOrCopy: string | [unknown] | undefined];
+type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, fromOrCopy: string | [unknown, number?] | undefined];
 
 /**
  * Whether a value can be a version. The bound keeps a hostile peer from pushing

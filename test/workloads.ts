@@ -75,9 +75,12 @@ export function lossDuring(node: string, window: Window): Op[] {
   return KEYS.map((key) => ({ node, kind: "remove", key, value: null, start: window.from, end: window.to, ok: true }));
 }
 
-/** Checks the history, prints the figures on one line, and returns the violations. */
-export function check(title: string, history: Op[], divergent: string[], exclude: Window[] = []): Violation[] {
-  const violations = findStaleReads(history, { exclude, slackMs: SLACK_MS });
+/**
+ * Checks the history, prints the figures on one line, and returns the violations. A set with a
+ * ttl may be read until `ttlSlackMs` after its end plus its ttl (see CheckOptions).
+ */
+export function check(title: string, history: Op[], divergent: string[], exclude: Window[] = [], ttlSlackMs?: number): Violation[] {
+  const violations = findStaleReads(history, { exclude, slackMs: SLACK_MS, ttlSlackMs });
   const outside = (op: Op) => !exclude.some((w) => op.start <= w.to && op.end >= w.from);
   const ops = history.filter(outside);
   const reads = ops.filter((op) => op.kind === "get" && op.ok).length;
