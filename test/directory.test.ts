@@ -169,4 +169,72 @@ describe("Directory", () => {
     assert.equal(a.store.size, 2);
     assert.deepEqual(a.gone, [["one", first]]);
   });
+
+  it("a holder's gone takes the copy kept here of that write with it, and no other entry", () => {
+    const clock = new ManualClock();
+    const c = nodeOf("c", clock);
+    assert.equal(c.directory.keepCopy("k", "v", 2, 0, 5, "a", "a"), true);
+    c.directory.gone("k", "b", 5);
+    c.directory.gone("k", "a", 4);
+    assert.equal(c.store.peek("k")?.copyOf, "a", "another holder's gone, or another version's, leaves the copy");
+    c.directory.gone("k", "a", 5);
+    assert.equal(holderSeenBy(c, "k"), undefined);
+    assert.equal(c.store.copies, 0);
+  });
+
+  it("a copy of a write that moved to another member is kept for that member, and goes with its gone", () => {
+    const clock = new ManualClock();
+    const c = nodeOf("c", clock);
+    c.directory.keepCopy("k", "v", 2, 0, 5, "h", "h");
+    assert.equal(c.directory.moved("k", "heir", "h", 5, 0, "h"), true);
+    assert.equal(c.store.peek("k")?.copyOf, "heir");
+    c.directory.gone("k", "heir", 5);
+    assert.equal(holderSeenBy(c, "k"), undefined);
+  });
+
+  it("two members that claim one write settle on the same one on every node, whatever the order, and the other keeps a copy", () => {
+    const clock = new ManualClock();
+    for (const [x, y] of [["x", "y"], ["p", "q"], ["m1", "m2"]]) {
+      // Two bystanders hear the claims in opposite orders.
+      const [first, second] = [nodeOf("first", clock), nodeOf("second", clock)];
+      for (const node of [first, second]) node.directory.own("k", "h", 5, 0);
+      first.directory.moved("k", x, "h", 5, 0, "h");
+      first.directory.moved("k", y, "h", 5, 0, "h");
+      second.directory.moved("k", y, "h", 5, 0, "h");
+      second.directory.moved("k", x, "h", 5, 0, "h");
+      const winner = holderSeenBy(first, "k")!;
+      assert.equal(holderSeenBy(second, "k"), winner);
+      // Each claimant holds the write as its own and hears the other's claim.
+      const [nodeX, nodeY] = [nodeOf(x, clock), nodeOf(y, clock)];
+      nodeX.directory.adopt("k", "v", 2, 0, 5, "h");
+      nodeY.directory.adopt("k", "v", 2, 0, 5, "h");
+      const refusedByX = !nodeX.directory.moved("k", y, "h", 5, 0, "h");
+      const refusedByY = !nodeY.directory.moved("k", x, "h", 5, 0, "h");
+      assert.deepEqual([refusedByX, refusedByY], [winner === x, winner === y], "the winner refuses the other's claim");
+      const loser = winner === x ? nodeY : nodeX;
+      assert.equal(loser.store.peek("k")?.copyOf, winner, "the loser keeps a copy of the winner's");
+      // A copy sent by the loser does not make the winner's entry a copy: the claim is refused.
+      const winnerNode = winner === x ? nodeX : nodeY;
+      assert.equal(winnerNode.directory.keepCopy("k", "v", 2, 0, 5, "h", loser.id), false);
+      assert.equal(winnerNode.store.peek("k")?.copyOf, undefined);
+    }
+  });
+
+  it("a holder presumed after its holder died gives way to any member that took the write over", () => {
+    const clock = new ManualClock();
+    // A claimant that the presumed holder outranks: a plain record of the presumed holder keeps it.
+    const outranked = Array.from({ length: 32 }, (_, i) => `claimant${i}`).find((claimant) => {
+      const bystander = nodeOf("bystander", clock);
+      bystander.directory.own("k", "presumed", 5, 0, "h");
+      bystander.directory.moved("k", claimant, "h", 5, 0, "h");
+      return holderSeenBy(bystander, "k") === "presumed";
+    });
+    assert.ok(outranked !== undefined, "one of 32 ids ranks below the presumed holder");
+    const a = nodeOf("a", clock);
+    a.directory.own("k", "h", 5, 0);
+    a.directory.forgetHolder("h", () => "presumed");
+    assert.equal(holderSeenBy(a, "k"), "presumed");
+    a.directory.moved("k", outranked, "h", 5, 0, "h");
+    assert.equal(holderSeenBy(a, "k"), outranked);
+  });
 });

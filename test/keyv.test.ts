@@ -82,6 +82,21 @@ describe("KeyvStore", () => {
     assert.deepEqual(await new KeyvStore(second).getMany(["one:a", "one:b", "two:c"]), [undefined, undefined, "3"]);
   });
 
+  it("clear of a namespace on a bounded cluster with replicas leaves no key of it readable anywhere", async () => {
+    // Evicted entries' copies outlived them, out of reach of clear: no directory listed them.
+    const options = { replicas: 1, maxEntries: 10 };
+    const nodes = [await startNode(options)];
+    for (let i = 0; i < 2; i++) nodes.push(await startNode({ ...options, master: nodes[0].address }));
+    const store = new KeyvStore(nodes[0]);
+    store.namespace = "ns";
+    const keys = Array.from({ length: 30 }, (_, i) => `ns:k${i}`);
+    for (const key of keys) await store.set(key, key);
+    const other = new KeyvStore(nodes[1]);
+    other.namespace = "ns";
+    await other.clear();
+    for (const node of nodes) assert.deepEqual((await node.mget(keys)).filter((value) => value !== null), [], `keys ${node.id} still reads`);
+  });
+
   it("a cache-manager v7 cache over Keyv over kosyak shares values between two nodes", async () => {
     const first = await startNode();
     const second = await startNode({ master: first.address, nearCache: true });
