@@ -228,8 +228,9 @@ export interface NodeOptions {
    * hashing of the key over the members. When a node dies without a goodbye, every member
    * points its directory at the first of those copies, so its entries survive; copies are
    * restored in the background after a member dies or joins. Copies count against the bounds
-   * of the node that keeps them, are evicted by its LRU rule like its own entries, and expire
-   * with the entry. Every member should use the same value.
+   * of the node that keeps them, are evicted by its LRU rule like its own entries, and go with
+   * the entry: when it is removed, evicted, expires or is cleared on its holder, its copies go
+   * too. Every member should use the same value.
    * @default {0}
    */
   replicas?: number;
@@ -2086,7 +2087,8 @@ class Core {
       this.overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
-      if (copies.length > 0) this.#replication.sendCopies(acknowledgements, this.store.peek(key)!);
+      const entry = copies.length > 0 ? this.store.peek(key) : undefined;
+      if (entry !== undefined) this.#replication.sendCopies(acknowledgements, entry);
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
     // A copy that a member did not confirm may be missing when this node dies: say so.
@@ -2375,7 +2377,8 @@ class Replication {
       if (!this.#core.directory.adopt(key, stored, size, ttl, version, writer)) continue;
       this.#core.counters.adopted++;
       acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
-      if (this.#core.options.replicas > 0) this.sendCopies(acknowledgements, this.#core.store.peek(key)!);
+      const entry = this.#core.options.replicas > 0 ? this.#core.store.peek(key) : undefined;
+      if (entry !== undefined) this.sendCopies(acknowledgements, entry);
     }
     await acknowledgements.settled();
     return {};
@@ -4352,7 +4355,7 @@ class Cluster {
     const consider = (id: string, peer: Peer | undefined) => {
       const score = rendezvousScore(id, key);
       let at = best.length;
-      while (at > 0 && (score > best[at - 1].score || (score === best[at - 1].score && id > best[at - 1].id))) at--;
+      while (at > 0 && ranksAbove(score, id, best[at - 1].score, best[at - 1].id)) at--;
       if (at < count) best.splice(at, 0, { id, score, peer });
       if (best.length > count) best.pop();
     };
@@ -4761,6 +4764,11 @@ function rendezvousScore(id: string, key: string): number {
   return hash >>> 0;
 }
 
+/** Whether a member of id `a` with rendezvous score `scoreA` for a key ranks above member `b`: ties go to the greater id. */
+function ranksAbove(scoreA: number, a: string, scoreB: number, b: string): boolean {
+  return scoreA > scoreB || (scoreA === scoreB && a > b);
+}
+
 function isWildcard(host: string): boolean {
   return host === "0.0.0.0" || host === "::" || host === "[::]";
 }
@@ -5087,10 +5095,10 @@ export class Directory {
 
   /**
    * Keeps a copy of the write (`version`, `writer`) of `key` for `holder`, which holds it and
-   * sent it, unless this node holds or knows a newer write. A copy of that write kept here already
-   * is kept for `holder` from now on. Returns false when `holder` claims a write that this node
-   * holds as its own and has the better claim to (see {@linkcode Directory.moved}): `holder`
-   * must then be told to keep its entry as a copy of this node's.
+   * sent it, unless this node holds or knows a newer write. Where this node keeps that write
+   * already, as a copy or its own, `holder` claims it (see {@linkcode Directory.moved}). Returns
+   * false when that claim is refused on this node's own entry: `holder` must then be told to
+   * keep its entry as a copy of this node's.
    */
   keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string): boolean {
     this.#observe(version);
@@ -5179,31 +5187,30 @@ export class Directory {
     const known = local ?? remote;
     const sameWrite = known !== undefined && known.version === version && known.writer === writer;
     if (known !== undefined && !sameWrite && !newer(version, writer, known.version, known.writer)) return true;
-    if (sameWrite && local !== undefined && from !== this.#id) {
-      const current = local.copyOf ?? this.#id;
-      if (current === from || this.#outranks(holder, current, key)) this.#claim(key, local, holder);
-      return local.copyOf !== undefined || !this.#outranks(this.#id, holder, key);
-    }
+    if (sameWrite && local !== undefined && from !== this.#id) return this.#claim(key, local, holder, from);
     if (sameWrite && remote !== undefined && remote.holder !== from && !this.#presumed.has(key) && !this.#outranks(holder, remote.holder, key)) return true;
     this.#record(key, holder, version, ttl, writer);
     return true;
   }
 
   /**
-   * `holder` claims the write this node keeps of `key` (`local`, its own entry or a copy): a
-   * copy is kept for `holder` from now on, and so is this node's own entry unless this node
-   * ranks higher for the key; returns false in that case, where the claim is refused.
+   * `holder` claims the write this node keeps of `key` (`local`: its own entry, or a copy kept
+   * for a member), having taken it over `from` a member, if said. The entry is kept as a copy
+   * for `holder` from now on if it was the entry of `from`, or if `holder` ranks higher for the
+   * key than the member it was kept for (this node, for its own entry), so that copies, like
+   * directories, follow the claim that wins. Returns false when the claim is refused on this
+   * node's own entry: `holder` must be told.
    */
-  #claim(key: string, local: StoredEntry, holder: string): boolean {
-    if (local.copyOf === undefined && this.#outranks(this.#id, holder, key)) return false;
+  #claim(key: string, local: StoredEntry, holder: string, from?: string): boolean {
+    const current = local.copyOf ?? this.#id;
+    if (current !== from && !this.#outranks(holder, current, key)) return local.copyOf !== undefined;
     this.#store.keepFor(local, holder);
     return true;
   }
 
-  /** Whether member `a` ranks above member `b` for `key`, as rendezvous hashing ranks members. */
+  /** Whether member `a` ranks above member `b` for `key`, as the cluster ranks members for a key. */
   #outranks(a: string, b: string, key: string): boolean {
-    const [scoreA, scoreB] = [rendezvousScore(a, key), rendezvousScore(b, key)];
-    return scoreA > scoreB || (scoreA === scoreB && a > b);
+    return ranksAbove(rendezvousScore(a, key), a, rendezvousScore(b, key), b);
   }
 
   /**

@@ -16,6 +16,9 @@ const CLUSTERS: Array<[title: string, targets: Runtime[]]> = [
   ["Node.js, Deno and Bun processes", ["node", "deno", "bun", runtime]],
 ];
 
+/** How far the nodes' TTL clock may be from the ops' clock, as test/history.ts allows by default. */
+const TTL_SLACK_MS = 10;
+
 const keysOf = (prefix: string, count: number) => Array.from({ length: count }, (_, i) => `${prefix}${i}`);
 
 /** Fills `count` keys through `node` and returns them, adding their sets to `history`. */
@@ -172,10 +175,10 @@ describe("Copies go with their entry", () => {
       const stoppedAt = now();
       await nodes[0].stop({ signal: true });
       for (const op of (await Promise.all(readers)).flat()) history.push(op);
-      const late = history.filter((op) => op.kind === "get" && op.value !== null && op.start > expired);
+      // A node's TTL clock (Date.now, whole ms) and the ops' clock may differ by a few ms: the checker's own bound.
+      const late = history.filter((op) => op.kind === "get" && op.value !== null && op.start > expired + TTL_SLACK_MS);
       if (late.length > 0) console.log(`reads after the latest expiry (${expired.toFixed(1)}): ${late.length}, the latest began ${(Math.max(...late.map((op) => op.start)) - expired).toFixed(1)} ms after it; at the stop: ${stoppedAt.toFixed(1)}`);
-      // Processes of one machine share the clock to well under a millisecond; a node's TTL clock counts whole ms.
-      const violations = check(`${title}, TTL across a hand-over with copies`, history, [], [], 2);
+      const violations = check(`${title}, TTL across a hand-over with copies`, history, [], [], TTL_SLACK_MS);
       assert.equal(late.length, 0, "reads that began after the latest expiry and returned a value");
       assertCoherent(violations, []);
     }, 60_000);

@@ -217,6 +217,12 @@ describe("Directory", () => {
       const winnerNode = winner === x ? nodeX : nodeY;
       assert.equal(winnerNode.directory.keepCopy("k", "v", 2, 0, 5, "h", loser.id), false);
       assert.equal(winnerNode.store.peek("k")?.copyOf, undefined);
+      // A copy kept elsewhere follows the winner's claim, whichever claim came first.
+      for (const claims of [[winner, loser.id], [loser.id, winner]]) {
+        const keeper = nodeOf("keeper", clock);
+        for (const claimant of claims) keeper.directory.keepCopy("k", "v", 2, 0, 5, "h", claimant);
+        assert.equal(keeper.store.peek("k")?.copyOf, winner);
+      }
     }
   });
 
