@@ -156,7 +156,7 @@ describe("Protocol", () => {
     raw.socket.write(frame({ op: "own", rid: 1, keys: [["k", Number.MAX_SAFE_INTEGER, 0]] }));
     await within("the node to close the connection", raw.closed);
     assert.equal(errors.length, 1);
-    assert.match(errors[0].message, /\[key, version, ttl, writer, from or \[value\]\]/);
+    assert.match(errors[0].message, /\[key, version, ttl, writer, from or \[value, expires\]\]/);
     await a.set("x", 1);
     assert.equal(await b.get("x"), 1);
   });
