@@ -27,6 +27,8 @@ export interface Op {
   ok: boolean;
   /** set: the ms its entry lives (absent or 0: until replaced or removed). */
   ttl?: number;
+  /** remove, where recorded: whether it found the key (what `remove` resolved with). */
+  existed?: boolean;
 }
 
 /** A read that cannot be explained by any order of the writes consistent with the clients' timings. */
