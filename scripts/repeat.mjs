@@ -1,9 +1,12 @@
 // `node scripts/repeat.mjs [--runs=10] [--runtimes=node,deno,bun] test/a.test.ts ...`: runs the
 // given test files again and again under each runtime, one run at a time, and prints a line per
 // run and a tally per runtime, so that a test that fails once in ten runs shows itself. Exits
-// non-zero if any run failed. Build first (npm run build): the Node.js fixtures load dist/.
+// non-zero if any run failed. The whole output of each failed run goes to a file in the system's
+// temporary folder, whose path it prints. Build first (npm run build): the Node.js fixtures load dist/.
 import { spawnSync } from "node:child_process";
-import { delimiter } from "node:path";
+import { writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -40,6 +43,9 @@ for (const name of runtimes) {
       // The lines that say what failed, without the colours.
       const lines = `${stdout}\n${stderr}`.replace(/\x1b\[[0-9;]*m/g, "").split("\n").filter((line) => /FAIL|✗|×|\(fail\)|Error|violations, /.test(line) && !/ 0 violations/.test(line));
       console.log(lines.slice(0, 12).join("\n"));
+      const saved = join(tmpdir(), `kosyak-repeat-${name}-${process.pid}-${run}.log`);
+      writeFileSync(saved, `${stdout}\n${stderr}`);
+      console.log(`the whole output: ${saved}`);
     }
     console.log(`${name} run ${run}/${runs}: ${status === 0 ? "passed" : "FAILED"} in ${seconds} s`);
   }

@@ -71,6 +71,10 @@ async function rollUnderLoad(prefix: string, targets: Runtime[], options: NodeOp
   }
   const views = await readAll(nodes, keys, history);
   const missing = nodes.map((node) => keys.filter((key) => views[node.name][key] === null).length);
+  // A member declared down without leaving (a spurious peerTimeout on a busy machine) is the first suspect of a failure here.
+  const events = (await Promise.all(nodes.map((node) => node.call({ cmd: "events" })))) as Array<Array<{ event: string; reason?: string }>>;
+  const unexpected = events.map((list, i) => [nodes[i].name, list.filter((event) => event.event === "peerDown" && event.reason !== "left")]);
+  if (unexpected.some(([, list]) => list.length > 0)) console.log(`peers down without leaving: ${JSON.stringify(unexpected)}`);
   return { history, divergent: divergentKeys(views), missing };
 }
 
