@@ -5154,13 +5154,17 @@ export class Directory {
   /**
    * A peer holds `key` at `version` for `ttl` more ms (0: no expiry), as it announced or listed;
    * `writer` made that write (the holder itself, unless it took the entry over). It wins over
-   * the local entry or the known holder if its write is newer; returns whether it did.
+   * the local entry or the known holder if its write is newer, and over a holder only presumed
+   * to have the same write (see forgetHolder): a member that was taken for dead and comes back
+   * lists what it really holds; returns whether it did.
    */
   own(key: string, holder: string, version: number, ttl: number, writer: string = holder): boolean {
     this.#observe(version);
     if (this.#clearedAway(version, writer)) return false;
-    const known = this.#store.peek(key) ?? this.holderOf(key);
-    if (known !== undefined && !newer(version, writer, known.version, known.writer)) return false;
+    const local = this.#store.peek(key);
+    const known = local ?? this.holderOf(key);
+    const presumedSame = local === undefined && this.#presumed.has(key) && known?.version === version && known.writer === writer;
+    if (known !== undefined && !presumedSame && !newer(version, writer, known.version, known.writer)) return false;
     this.#record(key, holder, version, ttl, writer);
     return true;
   }

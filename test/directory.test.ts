@@ -243,4 +243,19 @@ describe("Directory", () => {
     a.directory.moved("k", outranked, "h", 5, 0, "h");
     assert.equal(holderSeenBy(a, "k"), outranked);
   });
+
+  it("a holder presumed after its holder was taken for dead gives way to that holder when it comes back and lists the write", () => {
+    const clock = new ManualClock();
+    const a = nodeOf("a", clock);
+    a.directory.own("k", "h", 5, 0);
+    // A spurious timeout: h is forgotten, its key presumed at the member that keeps its copy.
+    a.directory.forgetHolder("h", () => "keeper");
+    assert.equal(holderSeenBy(a, "k"), "keeper");
+    // h reconnects and lists the key: the same write, which it really holds.
+    assert.equal(a.directory.own("k", "h", 5, 0), true);
+    assert.equal(holderSeenBy(a, "k"), "h");
+    // Once known for a fact, a holder gives way only to a newer write.
+    assert.equal(a.directory.own("k", "keeper", 5, 0, "h"), false);
+    assert.equal(holderSeenBy(a, "k"), "h");
+  });
 });
