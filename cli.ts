@@ -41,6 +41,8 @@ Options:
   --max-entries <n>               most entries this node holds (default unbounded)
   --max-bytes <n>                 most bytes of entries this node holds (default unbounded)
   --replicas <n>                  other members that keep a copy of every entry (default 0)
+  --placement <local|hash>        where keys live: on the node that wrote them, or on the
+                                  member that hashing picks (default local; same on every member)
   --connect-delay <ms>            delay before the second attempt to connect (default 2000)
   --connect-attempts <n>          attempts to connect to a node (default 3)
   --request-timeout <ms>          time a peer has to answer (default 5000)
@@ -98,6 +100,7 @@ function parseCommandLine(args: string[]): CommandLine {
       "max-entries": { type: "string" },
       "max-bytes": { type: "string" },
       replicas: { type: "string" },
+      placement: { type: "string" },
       "connect-delay": { type: "string" },
       "connect-attempts": { type: "string" },
       "request-timeout": { type: "string" },
@@ -131,6 +134,7 @@ function parseCommandLine(args: string[]): CommandLine {
     maxEntries: number("max-entries", values["max-entries"]),
     maxBytes: number("max-bytes", values["max-bytes"]),
     replicas: number("replicas", values.replicas),
+    placement: values.placement as NodeOptions["placement"],
     connectDelay: number("connect-delay", values["connect-delay"]),
     connectAttempts: number("connect-attempts", values["connect-attempts"]),
     requestTimeout: number("request-timeout", values["request-timeout"]),

@@ -235,6 +235,22 @@ export interface NodeOptions {
    */
   replicas?: number;
   /**
+   * Where a key lives. `"local"`: on the node that wrote it, and every member knows which node
+   * that is (a directory of every key of the cluster on every node), so a write costs a message
+   * to every member and a node reads its own writes without asking anyone. `"hash"`: on its
+   * owner, the member that rendezvous hashing of the key over the members picks, plus
+   * `replicas` copy keepers; a write or a read from any node takes one request to the owner
+   * (none on the owner itself), a node keeps no record of keys it neither owns nor copies, and
+   * so a cluster's write capacity and memory grow with its members. When members join or leave,
+   * only the keys whose owner changes move. Every member must use the same placement: a node
+   * with another one is refused when it connects, on both sides.
+   *
+   * In `"hash"`, `has` and `keys` know only this node's own entries, and `nearCache` is not
+   * available yet.
+   * @default {"local"}
+   */
+  placement?: "local" | "hash";
+  /**
    * Keep the values this node reads from peers, so that reading a hot key held elsewhere again
    * costs what a local hit costs. `true` keeps up to 10,000 values and 16 MiB (sizes counted as
    * for `maxBytes`), least recently used first out; an object sets either bound.
@@ -563,6 +579,7 @@ export const DEFAULTS: {
   readonly maxValueBytes: number;
   readonly maxQueueBytes: number;
   readonly replicas: number;
+  readonly placement: "local" | "hash";
   readonly nearCache: { readonly maxEntries: number; readonly maxBytes: number };
 } = Object.freeze({
   host: "127.0.0.1",
@@ -582,6 +599,7 @@ export const DEFAULTS: {
   maxValueBytes: 8 * 1024 * 1024,
   maxQueueBytes: 32 * 1024 * 1024,
   replicas: 0,
+  placement: "local",
   nearCache: Object.freeze({ maxEntries: 10_000, maxBytes: 16 * 1024 * 1024 }),
 });
 
@@ -861,7 +879,7 @@ export class Node {
     if (typeof key !== "string" || key.length > core.options.maxKeyLength) checkKey(key, "get", core.options.maxKeyLength);
     if (callback !== undefined && typeof callback !== "function") assertFunction(callback, "get", "callback");
     if (core.lifecycle === "ready") {
-      const entry = core.store.get(key);
+      const entry = core.localEntry(key);
       const value = (entry !== undefined ? core.hit(entry) : core.near === undefined ? undefined : core.nearGet(key)) as T | undefined;
       if (value !== undefined) {
         if (callback === undefined) return Promise.resolve(value);
@@ -1172,6 +1190,7 @@ export class Node {
    */
   async *clusterKeys(): AsyncGenerator<string> {
     await this.#core.whenStarted("clusterKeys");
+    if (this.#core.hash) return yield* this.#core.hash.clusterKeys();
     yield* Array.from(this.#core.store.live(), (entry) => entry.key);
     yield* this.#core.directory.remoteKeys();
   }
@@ -1701,7 +1720,9 @@ class Core {
   #stopped: Promise<void> | undefined;
   #startedAt = 0;
   readonly #timers: Timers;
-  readonly #replication: Replication;
+  readonly replication: Replication;
+  /** Where keys live with `placement: "hash"`; undefined with "local" (the directory). */
+  readonly hash: HashPlacement | undefined;
   /** Gets under way for keys not held here, so that concurrent gets of one key share one. */
   readonly #gets = new Map<string, Promise<unknown>>();
   /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
@@ -1713,7 +1734,9 @@ class Core {
     this.id = id;
     this.options = options;
     this.#timers = new Timers(options.clock);
-    this.#replication = new Replication(this, this.#timers);
+    this.replication = new Replication(this, this.#timers);
+    const hash = options.placement === "hash" ? new HashPlacement(this, this.#timers) : undefined;
+    this.hash = hash;
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
     this.near = options.nearCache && new NearCache(options.nearCache, options.clock);
     this.#nearLease = nearLease(options);
@@ -1725,25 +1748,38 @@ class Core {
         get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
         own: (peer, message) => this.#learn(peer, message),
         moved: (peer, message) => this.#learnMoved(peer, message),
-        handover: (peer, message) => this.#replication.adopt(peer, message),
+        handover: (peer, message) => hash ? hash.adopt(peer, message) : this.replication.adopt(peer, message),
         keys: (peer, message) => this.#learn(peer, message),
         drop: (peer, message) => this.#dropOlder(peer, message),
         gone: (peer, message) => this.#forgetGone(peer, message),
         clear: (peer, message) => this.#learnCleared(peer, message),
         fetch: (_peer, message) => this.#answerFetch(requireString(message, "key")),
         stats: () => ({ stats: this.localStats() }),
+        ...(hash && {
+          ownerGet: (_peer, message) => hash.answerGet(requireArray(message, "keys")),
+          ownerSet: (_peer, message) => hash.answerSet(requireArray(message, "keys")),
+          ownerRemove: (_peer, message) => hash.answerRemove(requireArray(message, "keys")),
+          take: (_peer, message) => hash.answerTake(requireArray(message, "keys")),
+          moveDone: (peer, message) => hash.moveDone(peer, message),
+          ownedKeys: (peer, message) => hash.answerOwnedKeys(peer, message),
+        }),
       },
       admitted: (peer) => {
         // What it removed while apart reaches no directory here: keep nothing read before.
         this.near?.clear();
         void this.#tellKeys(peer);
+        hash?.admitted(peer);
       },
+      leaving: (peer) => hash?.leaving(peer),
       lost: (peerId) => {
         // A member this node cannot hear may write without it: keep nothing read before.
         this.near?.clear();
-        this.#replication.lost(peerId);
+        if (hash) hash.lost(peerId);
+        else this.replication.lost(peerId);
       },
-      joined: (peer) => this.#replication.restoreCopies(peer),
+      joined: (peer) => {
+        if (!hash) this.replication.restoreCopies(peer);
+      },
       emit: (event, payload) => this.emit(event, payload),
     });
   }
@@ -1774,7 +1810,7 @@ class Core {
     this.#stopped ??= (async () => {
       const serving = this.lifecycle === "ready";
       this.lifecycle = "stopping";
-      if (handover && serving) await this.#replication.handOver();
+      if (handover && serving) await (this.hash ?? this.replication).handOver();
       this.#timers.close();
       // Stopping the cluster first cuts short an init that is still connecting or retrying.
       await this.cluster.stop();
@@ -1802,6 +1838,11 @@ class Core {
   // Reads.
 
   /** A local entry's value for a get, counted as a hit. */
+  /** The local entry a get may return at once: with hash placement, never a copy kept for an owner. */
+  localEntry(key: string): StoredEntry | undefined {
+    return this.hash ? this.hash.localEntry(key) : this.store.get(key);
+  }
+
   hit(entry: StoredEntry): unknown {
     this.counters.hits++;
     return this.reveal(entry.value);
@@ -1822,6 +1863,9 @@ class Core {
 
   /** Gets a key not held here, sharing the work with concurrent gets of the same key. */
   getShared(key: string): Promise<unknown> {
+    // An owner orders a key's writes without telling the other nodes, so a get started here
+    // after a write there must not join one started before it: each asks.
+    if (this.hash) return this.hash.get(key);
     let pending = this.#gets.get(key);
     if (pending === undefined) {
       const started: Promise<unknown> = this.#getSlow(key).finally(() => this.#gets.get(key) === started && this.#gets.delete(key));
@@ -1834,6 +1878,7 @@ class Core {
   /** Whether a live entry for `key` is held here or, as far as the directory knows, by a peer. */
   has(key: string): boolean {
     if (this.lifecycle !== "ready") return false;
+    if (this.hash) return this.hash.has(key);
     const holding = this.directory.holderOf(key);
     return this.store.peek(key) !== undefined || (holding !== undefined && this.cluster.peer(holding.holder) !== undefined);
   }
@@ -1981,7 +2026,7 @@ class Core {
         if (error instanceof KosyakError && error.code === "ERR_FETCH") throw error;
       }
     }
-    return { value: await this.#fetchHere(key) };
+    return { value: await this.fetchHere(key) };
   }
 
   /**
@@ -1995,11 +2040,11 @@ class Core {
     if (moved !== undefined) return { moved: movedItem(moved) };
     if (this.options.fetch === undefined || this.lifecycle !== "ready") return {};
     // A null from fetch is an answer too: the asking node must not call fetch again.
-    return { value: await this.#fetchHere(key) };
+    return { value: await this.fetchHere(key) };
   }
 
   /** Calls the `fetch` option once for concurrent callers of the same key, here and from peers. */
-  #fetchHere(key: string): Promise<unknown> {
+  fetchHere(key: string): Promise<unknown> {
     let fetching = this.#fetches.get(key);
     if (fetching === undefined) {
       const call: FetchCall = { overtaken: false, result: Promise.resolve(null) };
@@ -2080,6 +2125,7 @@ class Core {
    * every live peer has acknowledged, so a get anywhere afterwards finds them.
    */
   async write(writes: Write[]): Promise<void> {
+    if (this.hash) return this.hash.write(writes);
     if (this.lifecycle !== "ready") await this.whenStarted("set");
     const acknowledgements = new Acknowledgements(this.cluster);
     for (const { key, stored, size, ttl } of writes) {
@@ -2088,7 +2134,7 @@ class Core {
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
       const entry = copies.length > 0 ? this.store.peek(key) : undefined;
-      if (entry !== undefined) this.#replication.sendCopies(acknowledgements, entry);
+      if (entry !== undefined) this.replication.sendCopies(acknowledgements, entry);
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
     // A copy that a member did not confirm may be missing when this node dies: say so.
@@ -2105,6 +2151,7 @@ class Core {
    * directory can miss a holder for a while, and a removal must reach the holder all the same.
    */
   async remove(key: string): Promise<boolean> {
+    if (this.hash) return this.hash.remove(key);
     await this.whenStarted("remove");
     this.overtake(key);
     const heldHere = this.store.peek(key) !== undefined;
@@ -2133,9 +2180,14 @@ class Core {
     }
   }
 
-  /** Drops every write older than the clear (`version`, `writer`), and overtakes every get and fetch under way. */
+  /**
+   * Drops every write older than the clear (`version`, `writer`), and overtakes every get and
+   * fetch under way. With hash placement, every entry stored here goes: an owner's versions
+   * follow its own clock, which no write of another node's has moved, so the clear counts as
+   * newer than anything this node has seen.
+   */
   #clearOlder(version: number, writer: string): void {
-    this.directory.clearOlder(version, writer);
+    this.directory.clearOlder(this.hash ? Math.max(version, this.directory.clock + 1) : version, writer);
     this.near?.clear();
     for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) this.overtake(key);
   }
@@ -2167,6 +2219,13 @@ class Core {
    * node's own; of a copy kept for a member, the directory points to that member again.
    */
   #letGo(entry: StoredEntry): void {
+    if (this.hash) {
+      // Its copies go too; a copy's owner keeps its entry.
+      if (entry.copyOf !== undefined) return;
+      const acknowledgements = new Acknowledgements(this.cluster);
+      for (const peer of this.cluster.replicasOf(entry.key, this.options.replicas)) acknowledgements.send(peer, "gone", [entry.key, entry.version], entry.key.length);
+      return void acknowledgements.settled();
+    }
     if (entry.copyOf === undefined) return this.#tellGone(entry.key, entry.version);
     const now = this.options.clock.now();
     if (entry.expires === 0 || entry.expires > now) this.directory.own(entry.key, entry.copyOf, entry.version, this.store.ttlOf(entry), entry.writer);
@@ -2199,7 +2258,8 @@ class Core {
     if (cleared !== undefined) peer.request({ op: "clear", keys: [[cleared.version, cleared.writer]] }).catch(() => {});
     // The keys as they are now: reads of a bounded store move entries to the back, so walking
     // the store itself across the waits could meet an entry twice, or never end.
-    const held = Array.from(this.store.live(), (entry) => entry.key);
+    // With hash placement a joiner needs no list: the owners' passes move what it owns.
+    const held = this.hash ? [] : Array.from(this.store.live(), (entry) => entry.key);
     const unanswered: Array<Promise<unknown>> = [];
     let next = 0;
     do {
@@ -2228,7 +2288,7 @@ class Core {
   #learn(peer: Peer, message: Message): Record<string, unknown> {
     for (const [key, version, ttl, writer, copy] of requireKeyList(message)) {
       this.overtake(key);
-      if (Array.isArray(copy) && message.op === "own") this.#replication.keepCopy(peer, key, copy, version, ttl, writer ?? peer.id);
+      if (Array.isArray(copy) && message.op === "own") this.replication.keepCopy(peer, key, copy, version, ttl, writer ?? peer.id);
       else this.directory.own(key, peer.id, version, ttl, writer);
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
@@ -2240,7 +2300,7 @@ class Core {
     for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
       if (writer === undefined || typeof from !== "string") throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
       this.overtake(key);
-      if (!this.directory.moved(key, peer.id, from, version, ttl, writer)) this.#replication.refuteClaim(peer, key);
+      if (!this.directory.moved(key, peer.id, from, version, ttl, writer)) this.replication.refuteClaim(peer, key);
     }
     return {};
   }
@@ -2320,7 +2380,7 @@ class Replication {
    * The most bytes of entries sent before waiting for their acknowledgements: a quarter of
    * `maxQueueBytes`, so that a member being sent a node's whole store never seems stalled.
    */
-  get #partBytes(): number {
+  get partBytes(): number {
     return this.#core.options.maxQueueBytes / 4;
   }
 
@@ -2340,7 +2400,7 @@ class Replication {
       const failed: Array<[string, number]> = [];
       // A part at a time, each acknowledged before the next, so that no heir is sent more than
       // it takes (sent all at once, they passed maxQueueBytes and the heir was cut off as stalled).
-      for (const part of partsWithin(keys, this.#partBytes)) {
+      for (const part of partsWithin(keys, this.partBytes)) {
         const acknowledgements = new Acknowledgements(this.#core.cluster);
         for (const [key, units] of part) {
           // Read as it is now, with the time it has left now: a part goes out after the ones
@@ -2413,7 +2473,7 @@ class Replication {
   /** Sends copies of an entry this node holds to the members that keep them. */
   sendCopies(acknowledgements: Acknowledgements, entry: StoredEntry): void {
     for (const peer of this.#core.cluster.replicasOf(entry.key, this.#core.options.replicas)) {
-      acknowledgements.send(peer, "own", this.#copyItem(entry), entry.size);
+      acknowledgements.send(peer, "own", this.copyItem(entry), entry.size);
       this.#core.counters.copiesSent++;
     }
   }
@@ -2422,7 +2482,7 @@ class Replication {
    * An entry as an `own` that asks the receiver to keep a copy carries it: `[key, version, ttl,
    * writer, [value, expires]]`, with the time it has left now and when it expires (see timeLeft).
    */
-  #copyItem(entry: StoredEntry): unknown[] {
+  copyItem(entry: StoredEntry): unknown[] {
     return [entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value), entry.expires]];
   }
 
@@ -2450,13 +2510,13 @@ class Replication {
         let next = 0;
         while (next < keys.length && this.#core.lifecycle === "ready") {
           const acknowledgements = new Acknowledgements(this.#core.cluster);
-          for (let size = 0, count = 0; next < keys.length && count < ITEMS_PER_BATCH && size < this.#partBytes; count++) {
+          for (let size = 0, count = 0; next < keys.length && count < ITEMS_PER_BATCH && size < this.partBytes; count++) {
             const key = keys[next++];
             this.#core.counters.copiesPending--;
             const entry = this.#core.store.peek(key);
             if (entry === undefined || entry.copyOf !== undefined) continue;
             size += entry.size;
-            const item = this.#copyItem(entry);
+            const item = this.copyItem(entry);
             for (const peer of this.#core.cluster.replicasOf(key, this.#core.options.replicas)) {
               if (only !== undefined && !only.has(peer)) continue;
               acknowledgements.send(peer, "own", item, entry.size);
@@ -2492,7 +2552,7 @@ class Replication {
     const entry = this.#core.store.peek(key);
     if (entry === undefined || entry.copyOf !== undefined) return;
     const acknowledgements = new Acknowledgements(this.#core.cluster);
-    acknowledgements.send(peer, "own", this.#copyItem(entry), entry.size);
+    acknowledgements.send(peer, "own", this.copyItem(entry), entry.size);
     this.#core.counters.copiesSent++;
     void acknowledgements.settled();
   }
@@ -2504,17 +2564,23 @@ class Replication {
    */
   *#entriesOf(peer: Peer, message: Message): Generator<Write & { version: number; writer: string }> {
     for (const item of requireArray(message, "keys")) {
-      const [key, value, version, ttl, writer = peer.id, expires = 0] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(expires)) {
-        throw new ProtocolError(`"${message.op}" holds something other than [key, value, version, ttl, writer, expires] lists`);
-      }
-      this.#core.overtake(key);
-      const measured = this.#measured(message.op, key, value);
-      // The time left now, as the entry is stored: counted from the start of the request, each
-      // entry outlived its expiry by the time the ones before it took to store (26 ms, seen).
-      const left = timeLeft(ttl, expires, this.#core.options.clock.now());
-      if (measured !== undefined && left >= 0) yield { key, ...measured, ttl: left, version, writer };
+      const entry = this.entryOf(peer, message.op, item);
+      if (entry !== undefined) yield entry;
     }
+  }
+
+  /** One {@linkcode HandoverItem} of an `op` from `peer`, as #entriesOf gives them. */
+  entryOf(peer: Peer, op: string, item: unknown): (Write & { version: number; writer: string }) | undefined {
+    const [key, value, version, ttl, writer = peer.id, expires = 0] = Array.isArray(item) ? item : [];
+    if (typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(expires)) {
+      throw new ProtocolError(`"${op}" holds something other than [key, value, version, ttl, writer, expires] lists`);
+    }
+    this.#core.overtake(key);
+    const measured = this.#measured(op, key, value);
+    // The time left now, as the entry is stored: counted from the start of the request, each
+    // entry outlived its expiry by the time the ones before it took to store (26 ms, seen).
+    const left = timeLeft(ttl, expires, this.#core.options.clock.now());
+    return measured !== undefined && left >= 0 ? { key, ...measured, ttl: left, version, writer } : undefined;
   }
 
   /** A value a peer sent, as this node stores it, and its size; undefined when over `maxBytes`. */
@@ -2675,6 +2741,544 @@ class Acknowledgements {
   }
 }
 
+// ─── Hash placement: every key on its owner, the member that hashing picks ──────────────────
+
+/**
+ * An owner's answer for one key: `[value]` for a value held (or fetched), `[]` for none, `true`
+ * or `false` for whether a removed key existed, `1` for a write stored, `["owner", id]` when the
+ * answering node takes member `id` for the key's owner, `["error", code, message]` for a write
+ * it refused, and `0` for a value left out to keep the answer within a frame.
+ */
+type OwnerAnswer = unknown;
+
+/**
+ * `placement: "hash"`: each key lives on its owner, the top of the rendezvous ranking of the
+ * key over the members (this node left out while it stops, and members that said they leave),
+ * with copies on the `replicas` members ranked next. Any node sends a key's gets, writes and
+ * removals to its owner (`ownerGet`, `ownerSet`, `ownerRemove`), one request per owner for the
+ * keys of one tick; a node that takes another member for the owner answers with a redirect,
+ * followed at most MAX_HOPS times. No node keeps a record of keys it neither owns nor copies.
+ *
+ * When the members change, only the keys whose owner changes move. Each node keeps the members
+ * that may still hand it keys (`pending`): every member it admits and every member that says it
+ * leaves, until that member's `moveDone`, which it sends after a pass over its entries that began
+ * once it had admitted this node (or after its hand-over). An owner that misses a key, or is
+ * about to write or remove one it does not hold, first asks every pending member for it
+ * (`take`): one that holds it gives it up. A pass hands entries to their new owners (each taken
+ * off the store as it is sent: a `take` answered later on the same connection arrives after it),
+ * promotes the copies of a lost owner's entries when this node owns them now, drops the copies
+ * this node no longer keeps, and sends copies of its own entries to new keepers. `moveDone` and
+ * every `take` answer carry the sender's Lamport clock, so that the owner's next version is
+ * above any version the key had before it moved.
+ */
+class HashPlacement {
+  readonly #core: Core;
+  readonly #timers: Timers;
+  /** Ids of the members that may still hand this node keys it owns. */
+  readonly #pending = new Set<string>();
+  /** Members owed a `moveDone` at the end of the next pass: admitted since the last began. */
+  readonly #owed = new Set<Peer>();
+  /** Members to send copies to in the next pass (admitted), or all keepers after a loss. */
+  readonly #copiesTo = new Set<Peer>();
+  #copiesToAll = false;
+  #passing = false;
+  #passAgain = false;
+  /** The keys of this node's own entries as listed to a peer for `clusterKeys`, by peer. */
+  readonly #listings = new WeakMap<Peer, string[]>();
+
+  constructor(core: Core, timers: Timers) {
+    this.#core = core;
+    this.#timers = timers;
+  }
+
+  /** Members that may still hand this node keys (see the class). */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  // The paths of this node's own calls.
+
+  /** Gets `key` from its owner: this node's store, or one request. */
+  async get(key: string): Promise<unknown> {
+    const core = this.#core;
+    if (core.lifecycle !== "ready") await core.whenStarted("get");
+    let here = false;
+    const found = await this.#atOwner("get", key, "ownerGet", key, key.length, () => {
+      here = true;
+      return this.#readHere(key);
+    });
+    const value = Array.isArray(found) && found.length > 0 ? found[0] : null;
+    if (value === null) core.counters.misses++;
+    else if (here) core.counters.hits++;
+    else core.counters.remoteHits++;
+    return value;
+  }
+
+  /** Stores each write on its owner; resolves once every owner has stored it and its copies. */
+  async write(writes: Write[]): Promise<void> {
+    const core = this.#core;
+    if (core.lifecycle !== "ready") await core.whenStarted("set");
+    await Promise.all(writes.map((write) => {
+      const item = [write.key, core.reveal(write.stored), write.ttl];
+      return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
+    }));
+  }
+
+  /** Removes `key` on its owner; resolves with whether it held a live entry. */
+  async remove(key: string): Promise<boolean> {
+    const core = this.#core;
+    await core.whenStarted("remove");
+    return (await this.#atOwner("remove", key, "ownerRemove", key, key.length, () => this.#removeHere(key))) === true;
+  }
+
+  /** Whether this node owns a live entry of `key` (a copy kept for its owner is not one). */
+  has(key: string): boolean {
+    const entry = this.#core.store.peek(key);
+    return entry !== undefined && entry.copyOf === undefined;
+  }
+
+  /** This node's own entry of `key`, as a local get may return it: never a copy. */
+  localEntry(key: string): StoredEntry | undefined {
+    const entry = this.#core.store.get(key);
+    return entry?.copyOf === undefined ? entry : undefined;
+  }
+
+  /** The keys of every member's own entries: this node's, then each peer's, a frame at a time. */
+  async *clusterKeys(): AsyncGenerator<string> {
+    const core = this.#core;
+    yield* Array.from(core.store.live(), (entry) => entry).filter((entry) => entry.copyOf === undefined).map((entry) => entry.key);
+    for (const peer of [...core.cluster.peers()]) {
+      for (let from = 0, done = false; !done && !peer.closed;) {
+        const answer = await peer.request({ op: "ownedKeys", from }).catch(() => undefined);
+        if (answer === undefined || !Array.isArray(answer.keys)) break;
+        const keys = answer.keys.filter((key): key is string => typeof key === "string");
+        yield* keys;
+        from += answer.keys.length;
+        done = answer.done === true || answer.keys.length === 0;
+      }
+    }
+  }
+
+  /**
+   * Runs an op on `key`'s owner: `here` when this node owns it, else a request `op` with `item`
+   * to the owner, whose answer for the item it resolves with (an `["error", code, message]`
+   * answer rejects). A redirect is followed to the member it names, once that member is
+   * connected; after two hops, each waits for the next change of membership, since views differ
+   * only while one spreads.
+   */
+  async #atOwner(operation: string, key: string, op: string, item: unknown, units: number, here: () => Promise<OwnerAnswer>): Promise<OwnerAnswer> {
+    const cluster = this.#core.cluster;
+    let named: string | undefined;
+    for (let hop = 0; hop < MAX_HOPS; hop++) {
+      if (hop >= 2) await cluster.nextChange(this.#core.options.heartbeatInterval);
+      let owner: Peer | undefined;
+      if (named !== undefined && named !== this.#core.id) {
+        owner = await cluster.memberSoon(named);
+        named = undefined;
+        if (owner === undefined) continue;
+      } else {
+        named = undefined;
+        owner = this.ownerOf(key);
+      }
+      if (owner === undefined) return here().then(throwIfError);
+      let answer: OwnerAnswer;
+      try {
+        answer = await this.#ask(owner, op, item, units);
+      } catch (error) {
+        // A closed connection: its member is gone or reconnecting; ask the owner of the view then.
+        if (owner.closed) {
+          await cluster.connectionTo(owner.id);
+          continue;
+        }
+        throw new KosyakError("ERR_TIMEOUT", `Cannot ${operation} "${key}": its owner ${owner.id} did not answer: ${describe(error)}`, { cause: error });
+      }
+      if (!Array.isArray(answer) || answer[0] !== "owner") return throwIfError(answer);
+      if (!isNodeId(answer[1])) throw new ProtocolError(`"${op}" names an owner that is not a node id`);
+      named = answer[1];
+    }
+    throw new KosyakError("ERR_TIMEOUT", `Cannot ${operation} "${key}": the members did not agree on its owner within ${MAX_HOPS} hops`);
+  }
+
+  /** Sends `item` in an `op` request to `peer` (batched with the tick's others); resolves with its answer. */
+  async #ask(peer: Peer, op: string, item: unknown, units: number): Promise<OwnerAnswer> {
+    const { answer, index } = peer.batch(op, item, units);
+    const values = (await answer).values;
+    const result = Array.isArray(values) ? values[index] : undefined;
+    if (result === undefined) throw new ProtocolError(`"${op}" answered without a value for each key`);
+    if (result !== 0) return result;
+    const alone = (await peer.request({ op, keys: [item] })).values;
+    return Array.isArray(alone) ? alone[0] : undefined;
+  }
+
+  /**
+   * The member that owns `key`, undefined when this node does: the top of the ranking of the
+   * members that do not leave, this node among them unless it is stopping (or no other is left).
+   * A node that is still joining owns its keys already: the others send it theirs.
+   */
+  ownerOf(key: string): Peer | undefined {
+    return this.#core.cluster.ownerOf(key, this.#serving);
+  }
+
+  /** Whether this node owns keys: it is ready, or joining (it owns its keys from the start). */
+  get #serving(): boolean {
+    return this.#core.lifecycle === "ready" || this.#core.lifecycle === "starting";
+  }
+
+  // The owner's side.
+
+  /** `[value]` of `key` here (pulled from a pending member, or fetched), or `[]`. */
+  async #readHere(key: string): Promise<OwnerAnswer> {
+    const core = this.#core;
+    await this.#pulled(key);
+    const entry = this.#own(key);
+    if (entry !== undefined) return [core.reveal(entry.value)];
+    if (core.options.fetch === undefined || core.lifecycle !== "ready") return [];
+    return [await core.fetchHere(key)];
+  }
+
+  /** Stores a write as its owner: pulls an older entry first, then stores it and its copies. */
+  async #storeHere(write: Write): Promise<OwnerAnswer> {
+    const core = this.#core;
+    await this.#pulled(write.key);
+    core.counters.sets++;
+    core.overtake(write.key);
+    core.directory.write(write.key, write.stored, write.size, write.ttl);
+    const entry = core.store.peek(write.key);
+    if (entry === undefined || core.options.replicas === 0) return 1;
+    const acknowledgements = new Acknowledgements(core.cluster);
+    core.replication.sendCopies(acknowledgements, entry);
+    for (const failure of await acknowledgements.settled()) {
+      return ["error", "ERR_TIMEOUT", `Cannot set "${write.key}" with replicas: member ${failure.peer.id} did not store its copy: ${describe(failure.error)}`];
+    }
+    return 1;
+  }
+
+  /** Removes `key` as its owner, and its copies; whether it held a live entry. */
+  async #removeHere(key: string): Promise<boolean> {
+    const core = this.#core;
+    await this.#pulled(key);
+    // Read and removed in one turn: what the removal answers is what it removed.
+    const existed = this.#own(key) !== undefined;
+    core.overtake(key);
+    const version = core.directory.remove(key);
+    const acknowledgements = new Acknowledgements(core.cluster);
+    for (const peer of core.cluster.replicasOf(key, core.options.replicas)) acknowledgements.send(peer, "drop", [key, version], key.length);
+    await acknowledgements.settled();
+    return existed;
+  }
+
+  /**
+   * Resolves once no pending member still holds `key`: when this node has no own entry of it,
+   * each is asked to give it up. Every op on the owner reads or changes the entry in the turn
+   * this resolves in, so that what it answers is what it did (a remove of a key whose write was
+   * still being stored would otherwise answer that it did not exist, and then remove it).
+   */
+  async #pulled(key: string): Promise<void> {
+    if (this.#pending.size === 0 || this.#own(key) !== undefined) return;
+    await Promise.all(Array.from(this.#pending, (id) => this.#takeFrom(id, key)));
+  }
+
+  /**
+   * This node's own entry of `key`. A copy kept for an owner that is gone becomes this node's
+   * own entry, since this node owns the key now (the pass would make it so, later).
+   */
+  #own(key: string): StoredEntry | undefined {
+    const entry = this.#core.store.get(key);
+    if (entry?.copyOf !== undefined && this.#core.cluster.peer(entry.copyOf) === undefined) this.#promote(entry);
+    return entry?.copyOf === undefined ? entry : undefined;
+  }
+
+  /** Asks pending member `id` for `key` (`take`), and keeps what it gives up. */
+  async #takeFrom(id: string, key: string): Promise<void> {
+    const peer = this.#core.cluster.peer(id);
+    if (peer === undefined || peer.closed) return;
+    try {
+      const { answer, index } = peer.batch("take", key, key.length);
+      const message = await answer;
+      if (isVersion(message.clock)) this.#core.directory.observe(message.clock);
+      const values = Array.isArray(message.values) ? message.values : [];
+      let item = values[index];
+      if (item === 0) item = ((await peer.request({ op: "take", keys: [key] })).values as unknown[] | undefined)?.[0];
+      if (Array.isArray(item) && item.length > 0) void this.#keep(peer, [item], "take").settled();
+    } catch {
+      // A member that does not answer gives nothing; one that is gone leaves the pending set.
+    }
+  }
+
+  /**
+   * Stores entries a member gave up or handed over, unless newer writes are here, and sends their
+   * copies; an entry of a key another member owns in this node's view goes on to that member
+   * (the sender's view was behind), so that it never stays where its owner does not look;
+   * unless not to `forward`: entries this node failed to hand over come back to its store.
+   */
+  #keep(peer: Peer, items: unknown[], op: string, forward = true): Acknowledgements {
+    const core = this.#core;
+    const acknowledgements = new Acknowledgements(core.cluster);
+    for (const item of items) {
+      const entry = core.replication.entryOf(peer, op, item);
+      if (entry === undefined) continue;
+      const owner = forward ? this.ownerOf(entry.key) : undefined;
+      if (owner !== undefined) {
+        acknowledgements.send(owner, "handover", item, entry.size);
+        continue;
+      }
+      // The same write again (sent once more on a connection that replaced another) changes nothing.
+      const held = core.store.peek(entry.key);
+      if (held !== undefined && held.version === entry.version && held.writer === entry.writer) continue;
+      if (!core.directory.adopt(entry.key, entry.stored, entry.size, entry.ttl, entry.version, entry.writer)) continue;
+      core.counters.adopted++;
+      const stored = core.store.peek(entry.key);
+      if (stored !== undefined) core.replication.sendCopies(acknowledgements, stored);
+    }
+    return acknowledgements;
+  }
+
+  /** Makes a copy this node's own entry. */
+  #promote(entry: StoredEntry): void {
+    this.#core.store.keepFor(entry, undefined);
+    this.#core.counters.promoted++;
+  }
+
+  // The answers to peers.
+
+  /** A peer's gets (`ownerGet`), answered as the owner, or with the owner this node sees. */
+  answerGet(keys: unknown[]): Promise<Record<string, unknown>> {
+    if (keys.length > ITEMS_PER_BATCH) throw new ProtocolError(`"ownerGet" asks for more than ${ITEMS_PER_BATCH} keys`);
+    for (const key of keys) if (typeof key !== "string") throw new ProtocolError(`"ownerGet" needs string keys`);
+    let room = this.#core.options.maxFrameBytes - FRAME_ROOM;
+    let sent = 0;
+    return this.#answerEach(keys as string[], async (key) => {
+      let found: unknown[];
+      try {
+        found = await this.#readHere(key) as unknown[];
+      } catch (error) {
+        return ["error", error instanceof KosyakError ? error.code : "ERR_REMOTE", describe(error)];
+      }
+      if (found.length === 0) return found;
+      // UTF-8 takes at most 3 bytes per UTF-16 code unit; the first value always fits.
+      const size = 3 * (key.length + (JSON.stringify(found[0])?.length ?? 0));
+      if (sent > 0 && size > room) return 0;
+      room -= size;
+      sent++;
+      return found;
+    });
+  }
+
+  /** A peer's writes (`ownerSet`, items `[key, value, ttl]`), stored as their owner. */
+  answerSet(items: unknown[]): Promise<Record<string, unknown>> {
+    const writes = items.map((item) => {
+      const [key, value, ttl] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isAmount(ttl)) throw new ProtocolError(`"ownerSet" needs [key, value, ttl] items`);
+      return { key, value, ttl };
+    });
+    return this.#answerEach(writes.map((write) => write.key), async (key, i) => {
+      const { value, ttl } = writes[i];
+      let write: Write;
+      try {
+        write = this.#core.prepareWrite("set", key, value, { ttl });
+      } catch (error) {
+        return ["error", "ERR_LIMIT", `Member ${this.#core.id}, the owner of "${key}", refused it: ${describe(error)}`];
+      }
+      return this.#storeHere(write);
+    });
+  }
+
+  /** A peer's removals (`ownerRemove`), made as their owner. */
+  answerRemove(keys: unknown[]): Promise<Record<string, unknown>> {
+    for (const key of keys) if (typeof key !== "string") throw new ProtocolError(`"ownerRemove" needs string keys`);
+    return this.#answerEach(keys as string[], (key) => this.#removeHere(key));
+  }
+
+  /** Answers each key with `here` where this node owns it, else with the owner it sees. */
+  async #answerEach(keys: string[], here: (key: string, index: number) => Promise<OwnerAnswer>): Promise<Record<string, unknown>> {
+    const values = await Promise.all(keys.map((key, i) => {
+      const owner = this.ownerOf(key);
+      return owner === undefined ? here(key, i) : ["owner", owner.id];
+    }));
+    return { values };
+  }
+
+  /**
+   * A member that owns keys this node may hold asks for them (`take`): each own entry of this
+   * node's whose owner is another member goes from here to the asker, as `[key, value, version,
+   * ttl, writer, expires]`; `0` where left out to keep the answer within a frame, `[]` where
+   * not held. The answer carries this node's Lamport clock.
+   */
+  answerTake(keys: unknown[]): Record<string, unknown> {
+    const core = this.#core;
+    let room = core.options.maxFrameBytes - FRAME_ROOM;
+    let sent = 0;
+    const values = keys.map((key) => {
+      if (typeof key !== "string") throw new ProtocolError(`"take" needs string keys`);
+      const entry = core.store.peek(key);
+      if (entry === undefined || entry.copyOf !== undefined || this.ownerOf(key) === undefined) return [];
+      if (sent > 0 && 3 * entry.size > room) return 0;
+      room -= 3 * entry.size;
+      sent++;
+      core.store.delete(key);
+      core.counters.handedOver++;
+      return this.#handoverItem(entry);
+    });
+    return { values, clock: core.directory.clock };
+  }
+
+  /** Entries handed over (`handover`): kept unless newer writes are here; answered once their copies are stored. */
+  async adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
+    if (!this.#serving) throw new KosyakError("ERR_STOPPED", `Node ${this.#core.id} is stopping and takes no entries over`);
+    await this.#keep(peer, requireArray(message, "keys"), "handover").settled();
+    return {};
+  }
+
+  /** A member's pass over its entries is done (`moveDone`): it hands this node no more. */
+  moveDone(peer: Peer, message: Message): undefined {
+    if (isVersion(message.clock)) this.#core.directory.observe(message.clock);
+    this.#pending.delete(peer.id);
+    return undefined;
+  }
+
+  /** A page of this node's own keys for a peer's `clusterKeys`, from a list made at the first page. */
+  answerOwnedKeys(peer: Peer, message: Message): Record<string, unknown> {
+    const from = message.from;
+    if (!isAmount(from)) throw new ProtocolError(`"ownedKeys" needs a count to start from`);
+    let listed = this.#listings.get(peer);
+    if (from === 0 || listed === undefined) {
+      listed = Array.from(this.#core.store.live(), (entry) => entry).filter((entry) => entry.copyOf === undefined).map((entry) => entry.key);
+      this.#listings.set(peer, listed);
+    }
+    const keys: string[] = [];
+    let units = 0;
+    for (let next = from; next < listed.length && keys.length < ITEMS_PER_BATCH; next++) {
+      if (keys.length > 0 && !fitsInFrame(units + listed[next].length, this.#core.options.maxFrameBytes)) break;
+      keys.push(listed[next]);
+      units += listed[next].length;
+    }
+    const done = from + keys.length >= listed.length;
+    if (done) this.#listings.delete(peer);
+    return { keys, done };
+  }
+
+  // Membership.
+
+  /** A member was admitted: it may hand this node keys, may own some held here, and may keep copies. */
+  admitted(peer: Peer): void {
+    this.#pending.add(peer.id);
+    this.#owed.add(peer);
+    this.#copiesTo.add(peer);
+    this.#schedule();
+  }
+
+  /** A member said it leaves: it hands its keys over, and keeps no copies. */
+  leaving(peer: Peer): void {
+    this.#pending.add(peer.id);
+    this.#copiesToAll = true;
+    this.#schedule();
+  }
+
+  /** A member is gone: it hands nothing more; its keys' copies are promoted, and copies restored. */
+  lost(peerId: string): void {
+    this.#pending.delete(peerId);
+    this.#copiesToAll = true;
+    this.#schedule();
+  }
+
+  /**
+   * Hands every own entry to its owner among the other members, and waits until they have
+   * stored them (`stop`). A member that refuses (it stops too) counts as leaving, and the next
+   * round gives its entries to the next owner, up to MAX_HOPS rounds.
+   */
+  async handOver(): Promise<void> {
+    this.#core.cluster.announceLeaving();
+    for (let round = 0; round < MAX_HOPS; round++) {
+      if (!(await this.#moveEntries(false))) break;
+    }
+  }
+
+  /** Starts a pass over the entries, or another once the one under way ends. */
+  #schedule(): void {
+    this.#passAgain = true;
+    if (this.#passing) return;
+    this.#passing = true;
+    const passes = async () => {
+      while (this.#passAgain && this.#serving) {
+        this.#passAgain = false;
+        const owed = [...this.#owed];
+        this.#owed.clear();
+        await this.#moveEntries(true);
+        for (const peer of owed) if (!peer.closed) peer.send({ op: "moveDone", clock: this.#core.directory.clock });
+      }
+      this.#passing = false;
+    };
+    void passes();
+  }
+
+  /**
+   * One pass over the store, in parts, each acknowledged before the next, with a turn of the
+   * event loop between: hands each own entry another member owns to it (an entry not stored
+   * there goes back to the store), and with `keeping` (not stopping) promotes, drops and sends
+   * copies as the class says. Resolves with whether some entry could not be handed over.
+   */
+  async #moveEntries(keeping: boolean): Promise<boolean> {
+    const core = this.#core;
+    const { cluster, store } = core;
+    const { replicas } = core.options;
+    const copiesTo = this.#copiesToAll ? undefined : new Set(this.#copiesTo);
+    this.#copiesToAll = false;
+    this.#copiesTo.clear();
+    const keys = Array.from(store.live(), (entry): [string, number] => [entry.key, entry.size]);
+    let failed = false;
+    for (const part of partsWithin(keys, core.replication.partBytes)) {
+      if (keeping && !this.#serving) break;
+      const acknowledgements = new Acknowledgements(cluster);
+      for (const [key] of part) {
+        const entry = store.peek(key);
+        if (entry === undefined) continue;
+        const lostOwner = entry.copyOf !== undefined && cluster.peer(entry.copyOf) === undefined;
+        if (entry.copyOf !== undefined && !lostOwner) {
+          if (keeping && !cluster.isAmongTop(key, replicas + 1)) store.delete(key);
+          continue;
+        }
+        const owner = this.ownerOf(key);
+        if (owner !== undefined) {
+          if (entry.copyOf === undefined || keeping) {
+            store.delete(key);
+            acknowledgements.send(owner, "handover", this.#handoverItem(entry), entry.size);
+            core.counters.handedOver++;
+          }
+          continue;
+        }
+        if (!keeping) continue;
+        if (lostOwner) this.#promote(entry);
+        for (const peer of cluster.replicasOf(key, replicas)) {
+          if (copiesTo !== undefined && !copiesTo.has(peer)) continue;
+          acknowledgements.send(peer, "own", core.replication.copyItem(entry), entry.size);
+          core.counters.copiesSent++;
+        }
+      }
+      for (const failure of await acknowledgements.settled()) {
+        if (failure.op !== "handover") continue;
+        failed = true;
+        void this.#keep(failure.peer, failure.items.map(([item]) => item), "handover", false).settled();
+        core.counters.handedOver -= failure.items.length;
+      }
+      await this.#timers.sleep(0, () => cluster.stoppedError()).catch(() => {});
+    }
+    return failed;
+  }
+
+  /** An entry as `handover` and `take` carry it. */
+  #handoverItem(entry: StoredEntry): HandoverItem {
+    const store = this.#core.store;
+    return [entry.key, this.#core.reveal(entry.value), entry.version, store.ttlOf(entry), entry.writer, entry.expires];
+  }
+}
+
+/** An owner's answer, unless it is `["error", code, message]`: then the KosyakError it stands for. */
+function throwIfError(answer: OwnerAnswer): OwnerAnswer {
+  if (!Array.isArray(answer) || answer[0] !== "error") return answer;
+  const code = typeof answer[1] === "string" && KOSYAK_ERROR_CODES.includes(answer[1]) ? answer[1] as KosyakErrorCode : "ERR_REMOTE";
+  throw new KosyakError(code, String(answer[2]));
+}
+
 // ─── Metrics: the stats in the Prometheus text format ────────────────────────────────────────
 
 /** Each stat as a Prometheus metric: its name, its type, its help, and how it scales to the name's unit. */
@@ -2747,6 +3351,7 @@ interface ResolvedOptions {
   maxValueBytes: number;
   maxQueueBytes: number;
   replicas: number;
+  placement: "local" | "hash";
   nearCache: { maxEntries: number; maxBytes: number } | undefined;
   clock: Clock;
   transport: Transport;
@@ -2756,7 +3361,7 @@ const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "discover", "resolve", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
-  "maxValueBytes", "maxQueueBytes", "replicas", "nearCache", "clock", "transport",
+  "maxValueBytes", "maxQueueBytes", "replicas", "placement", "nearCache", "clock", "transport",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -2886,10 +3491,12 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     maxValueBytes,
     maxQueueBytes: whole("maxQueueBytes", 1024),
     replicas: whole("replicas", 0),
+    placement: resolvePlacement(options.placement, fail),
     nearCache: resolveNearCache(options.nearCache, fail),
     clock,
     transport,
   };
+  if (resolved.nearCache && resolved.placement === "hash") fail('nearCache is not available yet with placement "hash"', options.nearCache);
   if (resolved.nearCache && nearLease(resolved) <= heartbeatInterval) {
     fail(`nearCache needs min(peerTimeout, requestTimeout) - heartbeatInterval / 2 above heartbeatInterval (${heartbeatInterval} ms)`, nearLease(resolved), RangeError);
   }
@@ -2903,6 +3510,12 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
  */
 function nearLease(options: Pick<ResolvedOptions, "peerTimeout" | "requestTimeout" | "heartbeatInterval">): number {
   return Math.min(options.peerTimeout, options.requestTimeout) - options.heartbeatInterval / 2;
+}
+
+function resolvePlacement(option: unknown, fail: (what: string, received: unknown) => never): ResolvedOptions["placement"] {
+  if (option === undefined) return DEFAULTS.placement;
+  if (option !== "local" && option !== "hash") fail('placement must be "local" or "hash"', option);
+  return option;
 }
 
 function resolveNearCache(option: NodeOptions["nearCache"], fail: (what: string, received: unknown, Kind?: ErrorConstructor) => never): ResolvedOptions["nearCache"] {
@@ -3533,7 +4146,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 6;
+const PROTOCOL_VERSION = 7;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -4050,6 +4663,8 @@ interface ClusterHost {
   readonly handlers: Record<string, Handler>;
   /** A peer was admitted: tell it what this node holds. */
   admitted(peer: Peer): void;
+  /** A peer said it is stopping: it will hand its entries over. */
+  leaving(peer: Peer): void;
   /** A peer is gone for good (down or left): forget what it holds. */
   lost(peerId: string): void;
   /** A peer joined and told what it holds. */
@@ -4135,6 +4750,7 @@ class Cluster {
       ping: (_peer, message) => (message.rid === undefined ? undefined : {}),
       leaving: (peer) => {
         this.#leaving.add(peer.id);
+        host.leaving(peer);
         return undefined;
       },
       member: (_peer, message) => void this.#meet(message),
@@ -4346,6 +4962,20 @@ class Cluster {
   }
 
   /**
+   * The owner of `key` with hash placement: of the members that do not leave, and this node too
+   * when `withSelf`, the one whose id hashed with the key scores highest; undefined for this node
+   * (or when no other is left).
+   */
+  ownerOf(key: string, withSelf: boolean): Peer | undefined {
+    return this.#ranked(key, 1, withSelf)[0];
+  }
+
+  /** Whether this node is among the `count` members that rank highest for `key`. */
+  isAmongTop(key: string, count: number): boolean {
+    return this.#ranked(key, count, true).includes(undefined);
+  }
+
+  /**
    * The `count` members whose ids hashed with `key` score highest, best first (rendezvous
    * hashing; ties go to the greater id): the peers (one whose connection is being replaced
    * too, so that the choice does not change meanwhile) but those leaving, and this node too
@@ -4408,6 +5038,25 @@ class Cluster {
       await this.#changeBefore(deadline);
     }
     return undefined;
+  }
+
+  /**
+   * The open connection to member `id`, waiting for it to be admitted if it is not yet (another
+   * member told of it first), within `requestTimeout`; undefined when it is not by then.
+   */
+  async memberSoon(id: string): Promise<Peer | undefined> {
+    const deadline = this.#clock.now() + this.#options.requestTimeout;
+    for (;;) {
+      const peer = this.#peers.get(id);
+      if (peer !== undefined && !peer.closed) return peer;
+      if (this.#clock.now() >= deadline || this.#stopping) return undefined;
+      await this.#changeBefore(deadline);
+    }
+  }
+
+  /** Resolves at the next change of membership or of a peer's keys, or after `ms`. */
+  nextChange(ms: number): Promise<void> {
+    return this.#changeBefore(this.#clock.now() + ms);
   }
 
   /** Resolves at the next change of membership or of a peer's keys, or at `deadline`. */
@@ -4894,6 +5543,10 @@ class Handshake {
           const refusal = this.#refusalOf(message);
           if (refusal !== undefined) {
             peer.send({ op: "refuse", reason: refusal });
+            // A member set up differently is a mistake to show on this side too.
+            if (message.placement !== undefined && message.placement !== this.#options.placement) {
+              this.#cluster.emit("error", new KosyakError("ERR_PROTOCOL", `Refused a connection from ${peer.remoteHost}: ${refusal}`));
+            }
             return peer.close();
           }
           hello = message;
@@ -4955,15 +5608,18 @@ class Handshake {
   /** Why a hello must be refused, if it must. */
   #refusalOf(hello: Message): string | undefined {
     if (hello.version !== PROTOCOL_VERSION) return `protocol version ${String(hello.version)} is not ${PROTOCOL_VERSION}`;
+    if (hello.placement !== this.#options.placement) {
+      return `the connecting node uses placement ${quote(hello.placement)}, this node uses ${quote(this.#options.placement)}: every member must use the same`;
+    }
     if (requireString(hello, "id") === this.#id) return "a node cannot connect to itself";
     if (typeof hello.host !== "string" || hello.host === "") return "hello needs the host the node listens on";
     if (!isPort(hello.port, 1)) return "hello needs the port the node listens on, from 1 to 65535";
     return undefined;
   }
 
-  /** This node's greeting: the protocol version, its id, and where it listens. */
+  /** This node's greeting: the protocol version, its id, where it listens, and its placement. */
   #hello(op: "hello" | "welcome"): Message {
-    return { op, version: PROTOCOL_VERSION, id: this.#id, host: this.#options.host, port: this.#cluster.port };
+    return { op, version: PROTOCOL_VERSION, id: this.#id, host: this.#options.host, port: this.#cluster.port, placement: this.#options.placement };
   }
 }
 
@@ -5084,7 +5740,7 @@ export class Directory {
    * whether it stored it.
    */
   adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): boolean {
-    this.#observe(version);
+    this.observe(version);
     if (this.#clearedAway(version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
@@ -5102,7 +5758,7 @@ export class Directory {
    * keep its entry as a copy of this node's.
    */
   keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string): boolean {
-    this.#observe(version);
+    this.observe(version);
     if (this.#clearedAway(version, writer)) return true;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
@@ -5124,7 +5780,7 @@ export class Directory {
    * may arrive after it). One pass over the local entries and one over the directory.
    */
   clearOlder(version: number, writer: string): void {
-    this.#observe(version);
+    this.observe(version);
     if (newer(version, writer, this.#cleared.version, this.#cleared.writer)) this.#cleared = { version, writer };
     for (const entry of [...this.#store.live()]) {
       if (newer(version, writer, entry.version, entry.writer)) this.#store.delete(entry.key);
@@ -5160,7 +5816,7 @@ export class Directory {
    * lists what it really holds; returns whether it did.
    */
   own(key: string, holder: string, version: number, ttl: number, writer: string = holder): boolean {
-    this.#observe(version);
+    this.observe(version);
     if (this.#clearedAway(version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
@@ -5185,7 +5841,7 @@ export class Directory {
    * then be told to keep its entry as a copy of this node's.
    */
   moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string): boolean {
-    this.#observe(version);
+    this.observe(version);
     if (this.#clearedAway(version, writer)) return true;
     const local = this.#store.peek(key);
     const remote = local === undefined ? this.holderOf(key) : undefined;
@@ -5223,7 +5879,7 @@ export class Directory {
    * Returns whether a live local entry went.
    */
   drop(key: string, writer: string, version: number): boolean {
-    this.#observe(version);
+    this.observe(version);
     const local = this.#store.peek(key);
     const dropped = local !== undefined && newer(version, writer, local.version, local.writer);
     if (dropped) this.#store.delete(key);
@@ -5239,7 +5895,7 @@ export class Directory {
    * when `holder` dies). A holder recorded since, at another version, stays.
    */
   gone(key: string, holder: string, version: number): void {
-    this.#observe(version);
+    this.observe(version);
     const known = this.#holding(key);
     if (known !== undefined && known.holder === holder && known.version === version) this.#forget(key);
     const local = this.#store.peek(key);
@@ -5311,8 +5967,13 @@ export class Directory {
     return slot;
   }
 
+  /** The Lamport clock: the highest version made or seen here. */
+  get clock(): number {
+    return this.#lamport;
+  }
+
   /** Moves the Lamport clock past a version seen elsewhere. */
-  #observe(version: number): void {
+  observe(version: number): void {
     if (version > this.#lamport) this.#lamport = version;
   }
 }
