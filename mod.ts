@@ -1793,6 +1793,7 @@ class Core {
         if (this.lifecycle !== "starting") throw this.cluster.stoppedError();
         this.lifecycle = "ready";
         this.#startedAt = this.options.clock.now();
+        this.hash?.started();
         this.#timers.every(SWEEP_INTERVAL, () => this.store.sweep());
       },
       (err: Error) => {
@@ -2783,6 +2784,12 @@ class HashPlacement {
   #copiesToAll = false;
   #passing = false;
   #passAgain = false;
+  /**
+   * Entries handed over and not yet acknowledged, by key: out of the store (this node answers
+   * for them no more), but still given up to a `take`, so that until the new owner has one, some
+   * member its owner asks does (it may be passed on through a member whose view was behind).
+   */
+  readonly #moving = new Map<string, StoredEntry>();
   /** The keys of this node's own entries as listed to a peer for `clusterKeys`, by peer. */
   readonly #listings = new WeakMap<Peer, string[]>();
 
@@ -2912,15 +2919,20 @@ class HashPlacement {
 
   /**
    * The member that owns `key`, undefined when this node does: the top of the ranking of the
-   * members that do not leave, this node among them unless it is stopping (or no other is left).
-   * A node that is still joining owns its keys already: the others send it theirs.
+   * members that do not leave, this node among them once it is ready and until it stops (or
+   * when no other is left). A node that is still joining answers for none of its keys: until it
+   * has met every member, one of them may not know it yet and answer for the key itself.
    */
   ownerOf(key: string): Peer | undefined {
-    return this.#core.cluster.ownerOf(key, this.#serving);
+    return this.#core.cluster.ownerOf(key, this.#core.lifecycle === "ready");
   }
 
-  /** Whether this node owns keys: it is ready, or joining (it owns its keys from the start). */
-  get #serving(): boolean {
+  /** Where an entry of `key` belongs, undefined for here: as ownerOf, a joining node counting as the owner it is about to be. */
+  #placeOf(key: string): Peer | undefined {
+    return this.#core.cluster.ownerOf(key, this.#joiningOrReady);
+  }
+
+  get #joiningOrReady(): boolean {
     return this.#core.lifecycle === "ready" || this.#core.lifecycle === "starting";
   }
 
@@ -3008,16 +3020,15 @@ class HashPlacement {
   /**
    * Stores entries a member gave up or handed over, unless newer writes are here, and sends their
    * copies; an entry of a key another member owns in this node's view goes on to that member
-   * (the sender's view was behind), so that it never stays where its owner does not look;
-   * unless not to `forward`: entries this node failed to hand over come back to its store.
+   * (the sender's view was behind), so that it never stays where its owner does not look.
    */
-  #keep(peer: Peer, items: unknown[], op: string, forward = true): Acknowledgements {
+  #keep(peer: Peer, items: unknown[], op: string): Acknowledgements {
     const core = this.#core;
     const acknowledgements = new Acknowledgements(core.cluster);
     for (const item of items) {
       const entry = core.replication.entryOf(peer, op, item);
       if (entry === undefined) continue;
-      const owner = forward ? this.ownerOf(entry.key) : undefined;
+      const owner = this.#placeOf(entry.key);
       if (owner !== undefined) {
         acknowledgements.send(owner, "handover", item, entry.size);
         continue;
@@ -3101,8 +3112,9 @@ class HashPlacement {
   /**
    * A member that owns keys this node may hold asks for them (`take`): each own entry of this
    * node's whose owner is another member goes from here to the asker, as `[key, value, version,
-   * ttl, writer, expires]`; `0` where left out to keep the answer within a frame, `[]` where
-   * not held. The answer carries this node's Lamport clock.
+   * ttl, writer, expires]` (so does one handed over and not yet acknowledged); `0` where left
+   * out to keep the answer within a frame, `[]` where not held. The answer carries this node's
+   * Lamport clock.
    */
   answerTake(keys: unknown[]): Record<string, unknown> {
     const core = this.#core;
@@ -3110,13 +3122,18 @@ class HashPlacement {
     let sent = 0;
     const values = keys.map((key) => {
       if (typeof key !== "string") throw new ProtocolError(`"take" needs string keys`);
-      const entry = core.store.peek(key);
-      if (entry === undefined || entry.copyOf !== undefined || this.ownerOf(key) === undefined) return [];
+      const stored = core.store.peek(key);
+      const entry = stored?.copyOf === undefined ? stored ?? this.#moving.get(key) : undefined;
+      if (entry === undefined || this.#placeOf(key) === undefined) return [];
       if (sent > 0 && 3 * entry.size > room) return 0;
       room -= 3 * entry.size;
       sent++;
-      core.store.delete(key);
-      core.counters.handedOver++;
+      if (entry === stored) {
+        core.store.delete(key);
+        core.counters.handedOver++;
+      } else {
+        this.#moving.delete(key);
+      }
       return this.#handoverItem(entry);
     });
     return { values, clock: core.directory.clock };
@@ -3124,7 +3141,7 @@ class HashPlacement {
 
   /** Entries handed over (`handover`): kept unless newer writes are here; answered once their copies are stored. */
   async adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
-    if (!this.#serving) throw new KosyakError("ERR_STOPPED", `Node ${this.#core.id} is stopping and takes no entries over`);
+    if (!this.#joiningOrReady) throw new KosyakError("ERR_STOPPED", `Node ${this.#core.id} is stopping and takes no entries over`);
     await this.#keep(peer, requireArray(message, "keys"), "handover").settled();
     return {};
   }
@@ -3158,6 +3175,11 @@ class HashPlacement {
   }
 
   // Membership.
+
+  /** This node is ready: it owns its keys from now on, and goes over what it was handed while joining. */
+  started(): void {
+    this.#schedule();
+  }
 
   /** A member was admitted: it may hand this node keys, may own some held here, and may keep copies. */
   admitted(peer: Peer): void {
@@ -3199,11 +3221,14 @@ class HashPlacement {
     if (this.#passing) return;
     this.#passing = true;
     const passes = async () => {
-      while (this.#passAgain && this.#serving) {
+      while (this.#passAgain && this.#core.lifecycle === "ready") {
         this.#passAgain = false;
         const owed = [...this.#owed];
         this.#owed.clear();
         await this.#moveEntries(true);
+        // A pass cut short by a stop has not handed everything over: its hand-over will, and the
+        // members keep this node pending until it is gone.
+        if (this.#core.lifecycle !== "ready") break;
         for (const peer of owed) if (!peer.closed) peer.send({ op: "moveDone", clock: this.#core.directory.clock });
       }
       this.#passing = false;
@@ -3227,8 +3252,9 @@ class HashPlacement {
     const keys = Array.from(store.live(), (entry): [string, number] => [entry.key, entry.size]);
     let failed = false;
     for (const part of partsWithin(keys, core.replication.partBytes)) {
-      if (keeping && !this.#serving) break;
+      if (keeping && this.#core.lifecycle !== "ready") break;
       const acknowledgements = new Acknowledgements(cluster);
+      const handed: StoredEntry[] = [];
       for (const [key] of part) {
         const entry = store.peek(key);
         if (entry === undefined) continue;
@@ -3241,6 +3267,8 @@ class HashPlacement {
         if (owner !== undefined) {
           if (entry.copyOf === undefined || keeping) {
             store.delete(key);
+            this.#moving.set(key, entry);
+            handed.push(entry);
             acknowledgements.send(owner, "handover", this.#handoverItem(entry), entry.size);
             core.counters.handedOver++;
           }
@@ -3254,15 +3282,30 @@ class HashPlacement {
           core.counters.copiesSent++;
         }
       }
+      const refused = new Set<string>();
       for (const failure of await acknowledgements.settled()) {
         if (failure.op !== "handover") continue;
         failed = true;
-        void this.#keep(failure.peer, failure.items.map(([item]) => item), "handover", false).settled();
-        core.counters.handedOver -= failure.items.length;
+        for (const [item] of failure.items) refused.add((item as HandoverItem)[0]);
+      }
+      // Stored by its owner, or back here to be handed over again; unless a take had it meanwhile.
+      for (const entry of handed) {
+        if (this.#moving.get(entry.key) !== entry) continue;
+        this.#moving.delete(entry.key);
+        if (!refused.has(entry.key)) continue;
+        core.counters.handedOver--;
+        this.#restore(entry);
       }
       await this.#timers.sleep(0, () => cluster.stoppedError()).catch(() => {});
     }
     return failed;
+  }
+
+  /** Puts back an entry its owner did not take over, unless a newer write of its key is here or it expired. */
+  #restore(entry: StoredEntry): void {
+    const core = this.#core;
+    if (entry.expires !== 0 && entry.expires <= core.options.clock.now()) return;
+    core.directory.adopt(entry.key, entry.value, entry.size, core.store.ttlOf(entry), entry.version, entry.writer);
   }
 
   /** An entry as `handover` and `take` carry it. */

@@ -147,14 +147,14 @@ describe("Hash placement across processes", () => {
 
   it(`four ${runtime} processes in hash placement writing, removing and reading the same keys: every key linearizable, and all agree`, async () => {
     const nodes = await cluster("h", [runtime, runtime, runtime, runtime], HASH);
-    const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(300 + i, 2_500), maxOps: 2_000 })));
+    const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(300 + i, 2_500), concurrency: 4, maxOps: 1_500 })));
     const divergent = await agreement(nodes, 5_000);
     assertLinearizable(`four ${runtime} processes, hash placement`, histories.flat(), divergent);
   }, 60_000);
 
   it("Node.js, Deno and Bun processes in hash placement with replicas: 1: every key linearizable, and all agree", async () => {
     const nodes = await cluster("hm", ["node", "deno", "bun", runtime], { ...HASH, replicas: 1 });
-    const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(400 + i, 2_500), maxOps: 2_000 })));
+    const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(400 + i, 2_500), concurrency: 4, maxOps: 1_500 })));
     const divergent = await agreement(nodes, 5_000);
     assertLinearizable(`node, deno, bun and ${runtime}, hash placement, replicas: 1`, histories.flat(), divergent);
   }, 60_000);
@@ -170,12 +170,14 @@ describe("Hash placement across processes", () => {
     const joiner = await joined;
     const stoppedAt = now();
     await leaver.stop();
+    const leftAt = now();
     const histories = await Promise.all(runs);
     const members = [...writers, joiner];
     await fullMesh(members, 10_000);
     const divergent = await agreement(members, 5_000);
     const history = histories.flat();
-    console.log(`hash placement, a join at 1 s and a graceful stop at ${Math.round(stoppedAt - history[0].start)} ms into the workload`);
+    const start = Math.min(...history.map((op) => op.start));
+    console.log(`hash placement: a join ready and a graceful stop begun ${Math.round(stoppedAt - start)} ms into the workload; the stop took ${Math.round(leftAt - stoppedAt)} ms`);
     assertCoherent(check(`${runtime} processes, hash placement, a join and a graceful stop`, history, divergent), divergent);
   }, 60_000);
 
