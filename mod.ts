@@ -1742,7 +1742,7 @@ class Core {
     this.#nearLease = nearLease(options);
     // Whatever changes what the directory knows of a key drops the value kept for it.
     const near = this.near;
-    this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)));
+    this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)), options.placement === "hash");
     this.cluster = new Cluster(id, options, {
       handlers: {
         get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
@@ -5729,6 +5729,7 @@ export class Directory {
    */
   readonly #presumed = new Set<string>();
   #lamport = 0;
+  readonly #hybrid: boolean;
   /** The newest clear of the whole cluster seen, as (version, writer): older writes are refused. */
   #cleared = { version: 0, writer: "" };
 
@@ -5739,12 +5740,18 @@ export class Directory {
    * @param store The node's local entries.
    * @param clock The node's clock, for expiry times.
    * @param changed Told of every key whose entry here or holder elsewhere changes or is forgotten.
+   * @param hybrid Versions follow the clock too (hash placement): each new version is at least
+   *   the clock's time in whole ms. A key's new owner after its owner was lost never saw the
+   *   versions the lost one gave, and its writes must still win over them when that one comes
+   *   back; with the clock in the version they do, so long as the members' clocks differ by
+   *   less than the time it takes to declare a member lost.
    */
-  constructor(id: string, store: Store, clock: Clock, changed?: (key: string) => void) {
+  constructor(id: string, store: Store, clock: Clock, changed?: (key: string) => void, hybrid = false) {
     this.#id = id;
     this.#store = store;
     this.#clock = clock;
     this.#changed = changed;
+    this.#hybrid = hybrid;
   }
 
   /** Keys known to be held by peers (expired ones included until looked up). */
@@ -5771,7 +5778,7 @@ export class Directory {
 
   /** Stores a write made here under a new version, which it returns; any remote holder is forgotten. */
   write(key: string, value: unknown, size: number, ttl: number): number {
-    const version = ++this.#lamport;
+    const version = this.#tick();
     this.#forget(key);
     this.#store.set(key, value, size, ttl, version, this.#id);
     return version;
@@ -5814,7 +5821,7 @@ export class Directory {
 
   /** A new version for a change made here that is not a write of one key (a clear). */
   nextVersion(): number {
-    return ++this.#lamport;
+    return this.#tick();
   }
 
   /**
@@ -5848,7 +5855,7 @@ export class Directory {
   remove(key: string): number {
     this.#forget(key);
     this.#store.delete(key);
-    return ++this.#lamport;
+    return this.#tick();
   }
 
   /**
@@ -6012,6 +6019,12 @@ export class Directory {
 
   /** The Lamport clock: the highest version made or seen here. */
   get clock(): number {
+    return this.#lamport;
+  }
+
+  /** The next version of the Lamport clock (see the constructor's `hybrid`). */
+  #tick(): number {
+    this.#lamport = this.#hybrid ? Math.max(this.#lamport + 1, Math.floor(this.#clock.now())) : this.#lamport + 1;
     return this.#lamport;
   }
 

@@ -5,7 +5,8 @@
 // writes bench/results.json (every measurement), bench/results.md (the table, with the targets)
 // and bench/chart.svg. Options: --quick (fewer and shorter rounds, a 100,000-key join),
 // --runtimes node,deno,bun. With --scale it runs scripts/bench-scale.mjs instead: what a node
-// pays as the cluster grows (see docs/scale.md).
+// pays as the cluster grows (see docs/scale.md); with --placement, scripts/bench-placement.mjs:
+// local and hash placement side by side.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
@@ -26,6 +27,10 @@ const commands = {
 };
 
 execFileSync(process.execPath, [`${root}scripts/build.mjs`], { stdio: "inherit" });
+if (args.includes("--placement")) {
+  const placement = spawn(process.execPath, [`${root}scripts/bench-placement.mjs`, ...args.filter((a) => a !== "--placement")], { stdio: "inherit" });
+  process.exit(await new Promise((resolve) => placement.once("exit", (code) => resolve(code ?? 1))));
+}
 if (args.includes("--scale")) {
   const scale = spawn(process.execPath, ["--expose-gc", `${root}scripts/bench-scale.mjs`, ...args.filter((a) => a !== "--scale")], { stdio: "inherit" });
   process.exit(await new Promise((resolve) => scale.once("exit", (code) => resolve(code ?? 1))));

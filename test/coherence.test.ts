@@ -23,10 +23,11 @@ describe("Coherence of concurrent reads and writes across processes", () => {
     assertCoherent(violations, divergent);
   }, 40_000);
 
-  // With near caches too: a frozen node's kept values must not outlive the writes it missed.
-  for (const [nearCache, prefix] of [[false, "c"], [true, "cn"]] as const) {
-    it(`a node frozen past peerTimeout while the others overwrite its keys serves no replaced value once it runs again, and all agree${nearCache ? " (near caches)" : ""}`, async () => {
-      const nodes = await cluster(prefix, [runtime, runtime, runtime, runtime], { ...FAST, nearCache });
+  // With near caches too: a frozen node's kept values must not outlive the writes it missed. With
+  // hash placement, the frozen node owns keys that get new owners meanwhile.
+  for (const [nearCache, placement, prefix] of [[false, "local", "c"], [true, "local", "cn"], [false, "hash", "ch"]] as const) {
+    it(`a node frozen past peerTimeout while the others overwrite its keys serves no replaced value once it runs again, and all agree${nearCache ? " (near caches)" : ""}${placement === "hash" ? " (hash placement)" : ""}`, async () => {
+      const nodes = await cluster(prefix, [runtime, runtime, runtime, runtime], { ...FAST, nearCache, placement });
       const frozen = nodes[3];
       const others = nodes.slice(0, 3);
       const seeded = [];
@@ -61,28 +62,30 @@ describe("Coherence of concurrent reads and writes across processes", () => {
     }, 40_000);
   }
 
-  it("a node killed mid-workload and replaced by a fresh process joining through a survivor leaves no replaced value readable, and all agree", async () => {
-    const nodes = await cluster("d", [runtime, runtime, runtime, runtime], FAST);
-    const victim = nodes[3];
-    const survivors = nodes.slice(0, 3);
-    const running = survivors.map((node, i) => node.run(workload(400 + i, 5_000)));
-    const doomed = victim.run({ ...workload(403, 5_000), stream: true }).catch(() => []);
-    await waitFor("the victim to complete 100 ops", () => victim.recorded().filter((op) => op.ok).length >= 100, 5_000);
+  for (const [placement, prefix] of [["local", "d"], ["hash", "dh"]] as const) {
+    it(`a node killed mid-workload and replaced by a fresh process joining through a survivor leaves no replaced value readable, and all agree${placement === "hash" ? " (hash placement)" : ""}`, async () => {
+      const nodes = await cluster(prefix, [runtime, runtime, runtime, runtime], { ...FAST, placement });
+      const victim = nodes[3];
+      const survivors = nodes.slice(0, 3);
+      const running = survivors.map((node, i) => node.run(workload(400 + i, 5_000)));
+      const doomed = victim.run({ ...workload(403, 5_000), stream: true }).catch(() => []);
+      await waitFor("the victim to complete 100 ops", () => victim.recorded().filter((op) => op.ok).length >= 100, 5_000);
 
-    const killedAt = now();
-    await victim.kill();
-    await doomed;
-    await peersAre(survivors, 2, 5_000);
-    const fresh = await spawnWorkloadNode("d4-fresh", { ...FAST, master: survivors[1].address });
-    const members = [...survivors, fresh];
-    await fullMesh(members, 8_000);
-    const window = { from: killedAt, to: now() };
+      const killedAt = now();
+      await victim.kill();
+      await doomed;
+      await peersAre(survivors, 2, 5_000);
+      const fresh = await spawnWorkloadNode(`${prefix}4-fresh`, { ...FAST, placement, master: survivors[1].address });
+      const members = [...survivors, fresh];
+      await fullMesh(members, 8_000);
+      const window = { from: killedAt, to: now() };
 
-    const freshHistory = await fresh.run(workload(404, 1_500));
-    const histories = await Promise.all(running);
-    const divergent = await agreement(members, 5_000);
-    const history = [...histories.flat(), ...victim.recorded(), ...freshHistory, ...lossDuring(victim.name, window)];
-    const violations = check(`killed, replaced after ${Math.round(window.to - window.from)} ms`, history, divergent, [window]);
-    assertCoherent(violations, divergent);
-  }, 40_000);
+      const freshHistory = await fresh.run(workload(404, 1_500));
+      const histories = await Promise.all(running);
+      const divergent = await agreement(members, 5_000);
+      const history = [...histories.flat(), ...victim.recorded(), ...freshHistory, ...lossDuring(victim.name, window)];
+      const violations = check(`${placement} placement, killed, replaced after ${Math.round(window.to - window.from)} ms`, history, divergent, [window]);
+      assertCoherent(violations, divergent);
+    }, 40_000);
+  }
 });

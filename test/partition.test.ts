@@ -162,14 +162,15 @@ function describePartitions(): void {
     await expectAgreement(nodes, written, healedAt);
   }, 45_000);
 
-  // With near caches too: a kept value must not survive the heal.
-  for (const nearCache of [false, true]) {
-    it(`four nodes writing and reading the same keys while one is cut off read no replaced value outside the cut, and agree after the heal${nearCache ? " (near caches)" : ""}`, async () => {
+  // With near caches too: a kept value must not survive the heal. And with hash placement: the
+  // cut-off owner's keys get new owners, and its entries meet theirs after the heal.
+  for (const [nearCache, placement] of [[false, "local"], [true, "local"], [false, "hash"]] as const) {
+    it(`four nodes writing and reading the same keys while one is cut off read no replaced value outside the cut, and agree after the heal${nearCache ? " (near caches)" : ""}${placement === "hash" ? " (hash placement)" : ""}`, async () => {
       const net = (network = createNetwork(4, "kosyak"));
       const nodes: WorkloadNode[] = [];
       for (let i = 0; i < 4; i++) {
         const master = i > 0 ? { master: nodes[0].address } : {};
-        nodes.push(await spawnWorkloadNode(`p${i}`, { ...FAST, nearCache, host: net.hosts[i], port: 0, ...master }, runtime, net.exec(i)));
+        nodes.push(await spawnWorkloadNode(`p${i}`, { ...FAST, nearCache, placement, host: net.hosts[i], port: 0, ...master }, runtime, net.exec(i)));
       }
       await fullMesh(nodes, 10_000);
       const run = (seed: number, durationMs: number) => Promise.all(nodes.map((node, i) => node.run(workload(seed + i, durationMs))));
