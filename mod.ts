@@ -1728,7 +1728,7 @@ class Core {
   /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
   readonly #fetches = new Map<string, FetchCall>();
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
-  readonly #nearLease: number;
+  readonly nearLease: number;
 
   constructor(id: string, options: ResolvedOptions) {
     this.id = id;
@@ -1739,7 +1739,7 @@ class Core {
     this.hash = hash;
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
     this.near = options.nearCache && new NearCache(options.nearCache, options.clock);
-    this.#nearLease = nearLease(options);
+    this.nearLease = nearLease(options);
     // Whatever changes what the directory knows of a key drops the value kept for it.
     const near = this.near;
     this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)), options.placement === "hash");
@@ -1757,6 +1757,8 @@ class Core {
         stats: () => ({ stats: this.localStats() }),
         ...(hash && {
           ownerGet: (_peer, message) => hash.answerGet(requireArray(message, "keys")),
+          nearGet: (peer, message) => hash.answerGet(requireArray(message, "keys"), peer),
+          invalidate: (_peer, message) => hash.invalidated(requireArray(message, "keys")),
           ownerSet: (_peer, message) => hash.answerSet(requireArray(message, "keys")),
           ownerRemove: (_peer, message) => hash.answerRemove(requireArray(message, "keys")),
           take: (_peer, message) => hash.answerTake(requireArray(message, "keys")),
@@ -1855,7 +1857,7 @@ class Core {
    */
   nearGet(key: string): unknown {
     const now = this.options.clock.now();
-    if (!this.cluster.vouchedFor(now, this.#nearLease)) return undefined;
+    if (!this.cluster.vouchedFor(now, this.nearLease)) return undefined;
     const value = this.near!.get(key, now);
     if (value === undefined) return undefined;
     this.counters.nearHits++;
@@ -1904,7 +1906,7 @@ class Core {
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
       const askedAt = this.options.clock.now();
       // A value asked while the members did not vouch for this node may predate a change it missed.
-      const keepable = this.near !== undefined && this.cluster.vouchedFor(askedAt, this.#nearLease);
+      const keepable = this.near !== undefined && this.cluster.vouchedFor(askedAt, this.nearLease);
       const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found === undefined) {
         // The holder's connection closed while it was asked: the directory has moved on since
@@ -2220,13 +2222,7 @@ class Core {
    * node's own; of a copy kept for a member, the directory points to that member again.
    */
   #letGo(entry: StoredEntry): void {
-    if (this.hash) {
-      // Its copies go too; a copy's owner keeps its entry.
-      if (entry.copyOf !== undefined) return;
-      const acknowledgements = new Acknowledgements(this.cluster);
-      for (const peer of this.cluster.replicasOf(entry.key, this.options.replicas)) acknowledgements.send(peer, "gone", [entry.key, entry.version], entry.key.length);
-      return void acknowledgements.settled();
-    }
+    if (this.hash) return this.hash.letGo(entry);
     if (entry.copyOf === undefined) return this.#tellGone(entry.key, entry.version);
     const now = this.options.clock.now();
     if (entry.expires === 0 || entry.expires > now) this.directory.own(entry.key, entry.copyOf, entry.version, this.store.ttlOf(entry), entry.writer);
@@ -2317,7 +2313,11 @@ class Core {
   }
 
   #forgetGone(peer: Peer, message: Message): Record<string, unknown> {
-    for (const [key, version] of requireKeyList(message)) this.directory.gone(key, peer.id, version);
+    for (const [key, version] of requireKeyList(message)) {
+      this.directory.gone(key, peer.id, version);
+      // With hash placement no directory holds the key: the owner tells its near holders too.
+      if (this.hash) this.near?.delete(key);
+    }
     return {};
   }
 
@@ -2571,17 +2571,20 @@ class Replication {
   }
 
   /** One {@linkcode HandoverItem} of an `op` from `peer`, as #entriesOf gives them. */
-  entryOf(peer: Peer, op: string, item: unknown): (Write & { version: number; writer: string }) | undefined {
-    const [key, value, version, ttl, writer = peer.id, expires = 0] = Array.isArray(item) ? item : [];
-    if (typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(expires)) {
-      throw new ProtocolError(`"${op}" holds something other than [key, value, version, ttl, writer, expires] lists`);
+  entryOf(peer: Peer, op: string, item: unknown): (Write & { version: number; writer: string; nearHolders: string[] }) | undefined {
+    const [key, value, version, ttl, writer = peer.id, expires = 0, nearHolders = []] = Array.isArray(item) ? item : [];
+    if (
+      typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(expires) ||
+      !Array.isArray(nearHolders) || !nearHolders.every(isNodeId)
+    ) {
+      throw new ProtocolError(`"${op}" holds something other than [key, value, version, ttl, writer, expires, nearHolders?] lists`);
     }
     this.#core.overtake(key);
     const measured = this.#measured(op, key, value);
     // The time left now, as the entry is stored: counted from the start of the request, each
     // entry outlived its expiry by the time the ones before it took to store (26 ms, seen).
     const left = timeLeft(ttl, expires, this.#core.options.clock.now());
-    return measured !== undefined && left >= 0 ? { key, ...measured, ttl: left, version, writer } : undefined;
+    return measured !== undefined && left >= 0 ? { key, ...measured, ttl: left, version, writer, nearHolders } : undefined;
   }
 
   /** A value a peer sent, as this node stores it, and its size; undefined when over `maxBytes`. */
@@ -2597,8 +2600,9 @@ class Replication {
 /**
  * An entry as `handover` carries it: its value, version, the ms it has left, its writer (left
  * out: the sender), and when it expires on the sender's clock (see timeLeft); 0 for no expiry.
+ * With hash placement, also the members that may keep it in their near cache (see HashPlacement).
  */
-type HandoverItem = [key: string, value: unknown, version: number, ttl: number, writer?: string, expires?: number];
+type HandoverItem = [key: string, value: unknown, version: number, ttl: number, writer?: string, expires?: number, nearHolders?: string[]];
 
 /**
  * The ms an entry a peer sent has left here (0: no expiry; below 0: expired already): the time
@@ -2790,6 +2794,21 @@ class HashPlacement {
    * member its owner asks does (it may be passed on through a member whose view was behind).
    */
   readonly #moving = new Map<string, StoredEntry>();
+  /**
+   * The members that may keep a near copy of each key this node owns: it gave them leave. At most
+   * NEAR_TRACKED_KEYS keys; past that, reads of other keys go without leave.
+   */
+  readonly #nearHolders = new Map<string, Set<string>>();
+  /** Takes under way, by key, each with whether the key changed here since it was sent (see #takeFrom). */
+  readonly #taking = new Map<string, Set<{ changed: boolean }>>();
+  /** Drops of near copies under way, by key (see #dropNearCopies). */
+  readonly #dropping = new Map<string, Promise<void>>();
+  /** Keys whose change is under way here (see #changeHere), with how many: no leave is given for them. */
+  readonly #writing = new Map<string, number>();
+  /** Gets under way from this node whose answers may be kept near, by key (see get). */
+  readonly #asking = new Map<string, Set<NearAsk>>();
+  /** Changes of membership so far: a value asked across one is not kept near. */
+  #changes = 0;
   /** The keys of this node's own entries as listed to a peer for `clusterKeys`, by peer. */
   readonly #listings = new WeakMap<Peer, string[]>();
 
@@ -2798,27 +2817,55 @@ class HashPlacement {
     this.#timers = timers;
   }
 
-  /** Members that may still hand this node keys (see the class). */
-  get pendingCount(): number {
-    return this.#pending.size;
-  }
-
   // The paths of this node's own calls.
 
-  /** Gets `key` from its owner: this node's store, or one request. */
+  /**
+   * Gets `key` from its owner: this node's store, or one request. With a near cache, a value
+   * kept from an earlier read comes first, and the owner's answer is kept when the owner gave
+   * leave (it then counts this node among the key's near holders), the members vouched for this
+   * node when it asked, and neither an invalidation of the key nor a change of membership came
+   * while it asked.
+   */
   async get(key: string): Promise<unknown> {
     const core = this.#core;
     if (core.lifecycle !== "ready") await core.whenStarted("get");
+    const kept = core.near === undefined ? undefined : core.nearGet(key);
+    if (kept !== undefined) return kept;
+    const askedAt = core.options.clock.now();
+    const asking = core.near && core.cluster.vouchedFor(askedAt, core.nearLease) ? this.#watch(key) : undefined;
     let here = false;
-    const found = await this.#atOwner("get", key, "ownerGet", key, key.length, () => {
-      here = true;
-      return this.#readHere(key);
-    });
-    const value = Array.isArray(found) && found.length > 0 ? found[0] : null;
+    let found: OwnerAnswer;
+    try {
+      found = await this.#atOwner("get", key, asking ? "nearGet" : "ownerGet", key, key.length, () => {
+        here = true;
+        return this.#readHere(key);
+      });
+    } finally {
+      if (asking) this.#unwatch(key, asking);
+    }
+    const [value = null, ttl, size, leave] = Array.isArray(found) ? found : [];
     if (value === null) core.counters.misses++;
     else if (here) core.counters.hits++;
     else core.counters.remoteHits++;
+    if (asking && !here && leave === 1 && !asking.invalidated && asking.changes === this.#changes && isAmount(ttl) && isAmount(size)) {
+      core.near!.keep(key, core.options.stringify ? JSON.stringify(value) : value, ttl === 0 ? 0 : askedAt + ttl, size);
+    }
     return value;
+  }
+
+  /** Notes a get of `key` under way that may keep its answer near, for invalidations to find. */
+  #watch(key: string): NearAsk {
+    const asking: NearAsk = { invalidated: false, changes: this.#changes };
+    let asks = this.#asking.get(key);
+    if (asks === undefined) this.#asking.set(key, (asks = new Set()));
+    asks.add(asking);
+    return asking;
+  }
+
+  #unwatch(key: string, asking: NearAsk): void {
+    const asks = this.#asking.get(key);
+    asks?.delete(asking);
+    if (asks?.size === 0) this.#asking.delete(key);
   }
 
   /** Stores each write on its owner; resolves once every owner has stored it and its copies. */
@@ -2869,7 +2916,8 @@ class HashPlacement {
   /**
    * Runs an op on `key`'s owner: `here` when this node owns it, else a request `op` with `item`
    * to the owner, whose answer for the item it resolves with (an `["error", code, message]`
-   * answer rejects). A redirect is followed to the member it names, once that member is
+   * answer rejects). A redirect (from `here` too: this node's view may change while an op waits)
+   * is followed to the member it names, once that member is
    * connected; after two hops, each waits for the next change of membership, since views differ
    * only while one spreads.
    */
@@ -2887,11 +2935,11 @@ class HashPlacement {
         named = undefined;
         owner = this.ownerOf(key);
       }
-      if (owner === undefined) return here().then(throwIfError);
       let answer: OwnerAnswer;
       try {
-        answer = await this.#ask(owner, op, item, units);
+        answer = owner === undefined ? await here() : await this.#ask(owner, op, item, units);
       } catch (error) {
+        if (owner === undefined) throw error;
         // A closed connection: its member is gone or reconnecting; ask the owner of the view then.
         if (owner.closed) {
           await cluster.connectionTo(owner.id);
@@ -2899,7 +2947,7 @@ class HashPlacement {
         }
         throw new KosyakError("ERR_TIMEOUT", `Cannot ${operation} "${key}": its owner ${owner.id} did not answer: ${describe(error)}`, { cause: error });
       }
-      if (!Array.isArray(answer) || answer[0] !== "owner") return throwIfError(answer);
+      if (!isRedirect(answer)) return throwIfError(answer);
       if (!isNodeId(answer[1])) throw new ProtocolError(`"${op}" names an owner that is not a node id`);
       named = answer[1];
     }
@@ -2938,24 +2986,100 @@ class HashPlacement {
 
   // The owner's side.
 
-  /** `[value]` of `key` here (pulled from a pending member, or fetched), or `[]`. */
-  async #readHere(key: string): Promise<OwnerAnswer> {
+  /**
+   * `[value, ttl, size]` of `key` here (pulled from a pending member first; the ms it has left, 0
+   * for no expiry; its size as `maxBytes` counts it), or `[value]` as `fetch` gave it, or `[]`.
+   * For a near holder (`reader`), a held value also says whether the reader may keep it (1 or
+   * 0), decided in the turn the value is read: leave is given unless a write of the key is under
+   * way, and the reader is counted among the key's near holders. A node that is no longer the
+   * key's owner once the pull is done answers with the owner it sees now (`["owner", id]`).
+   */
+  async #readHere(key: string, reader?: Peer): Promise<OwnerAnswer> {
     const core = this.#core;
     await this.#pulled(key);
+    const owner = this.ownerOf(key);
+    if (owner !== undefined) return ["owner", owner.id];
     const entry = this.#own(key);
-    if (entry !== undefined) return [core.reveal(entry.value)];
+    if (entry !== undefined) {
+      const found = [core.reveal(entry.value), core.store.ttlOf(entry), entry.size];
+      return reader === undefined ? found : [...found, Number(this.#giveLeave(key, reader))];
+    }
     if (core.options.fetch === undefined || core.lifecycle !== "ready") return [];
     return [await core.fetchHere(key)];
   }
 
-  /** Stores a write as its owner: pulls an older entry first, then stores it and its copies. */
+  /** Counts `reader` among the near holders of `key`, unless a write of it is under way or too many keys are counted. */
+  #giveLeave(key: string, reader: Peer): boolean {
+    if (this.#writing.has(key)) return false;
+    let holders = this.#nearHolders.get(key);
+    if (holders === undefined) {
+      if (this.#nearHolders.size >= NEAR_TRACKED_KEYS) return false;
+      this.#nearHolders.set(key, (holders = new Set()));
+    }
+    holders.add(reader.id);
+    return true;
+  }
+
+  /**
+   * Runs the change of `key` that `change` makes, as its owner: first pulls an older entry from
+   * the pending members and drops the near copies of the key (the holders are told and answer;
+   * one that does not is waited out for the near cache's lease), with no leave to keep the key
+   * given meanwhile; then `change`, in the same turn as the last check, if this node still owns
+   * the key (else the owner it sees now, as a redirect).
+   */
+  async #changeHere<T>(key: string, change: () => T): Promise<T | Redirect> {
+    this.#writing.set(key, (this.#writing.get(key) ?? 0) + 1);
+    try {
+      await this.#pulled(key);
+      await this.#dropNearCopies(key);
+    } finally {
+      const writing = this.#writing.get(key)! - 1;
+      if (writing === 0) this.#writing.delete(key);
+      else this.#writing.set(key, writing);
+    }
+    const owner = this.ownerOf(key);
+    return owner === undefined ? change() : ["owner", owner.id];
+  }
+
+  /**
+   * Tells the near holders of `key` to drop it, and waits for them, and for the drops of the key
+   * that other changes began before (see #changeHere): a change that found no holders left,
+   * because one under way had taken them, must not complete before their copies are gone.
+   */
+  async #dropNearCopies(key: string): Promise<void> {
+    const earlier = this.#dropping.get(key);
+    const holders = this.#nearHolders.get(key);
+    this.#nearHolders.delete(key);
+    if (holders === undefined) return earlier;
+    const dropped = Promise.all([earlier, this.#tellHolders(key, holders)]).then(() => {});
+    this.#dropping.set(key, dropped);
+    await dropped;
+    if (this.#dropping.get(key) === dropped) this.#dropping.delete(key);
+  }
+
+  /** Sends `invalidate` of `key` to `holders`; one that does not answer is waited out for the near cache's lease. */
+  async #tellHolders(key: string, holders: Set<string>): Promise<void> {
+    const { cluster, nearLease } = this.#core;
+    const acknowledgements = new Acknowledgements(cluster);
+    for (const id of holders) {
+      const peer = cluster.peer(id);
+      if (peer !== undefined) acknowledgements.send(peer, "invalidate", key, key.length);
+    }
+    if ((await acknowledgements.settled()).length === 0) return;
+    await this.#timers.sleep(nearLease, () => cluster.stoppedError()).catch(() => {});
+  }
+
+  /** Stores a write as its owner (see #changeHere), then its copies. */
   async #storeHere(write: Write): Promise<OwnerAnswer> {
     const core = this.#core;
-    await this.#pulled(write.key);
-    core.counters.sets++;
-    core.overtake(write.key);
-    core.directory.write(write.key, write.stored, write.size, write.ttl);
-    const entry = core.store.peek(write.key);
+    const entry = await this.#changeHere(write.key, () => {
+      core.counters.sets++;
+      core.overtake(write.key);
+      this.#keyChanged(write.key);
+      core.directory.write(write.key, write.stored, write.size, write.ttl);
+      return core.store.peek(write.key);
+    });
+    if (isRedirect(entry)) return entry;
     if (entry === undefined || core.options.replicas === 0) return 1;
     const acknowledgements = new Acknowledgements(core.cluster);
     core.replication.sendCopies(acknowledgements, entry);
@@ -2965,14 +3089,18 @@ class HashPlacement {
     return 1;
   }
 
-  /** Removes `key` as its owner, and its copies; whether it held a live entry. */
-  async #removeHere(key: string): Promise<boolean> {
+  /** Removes `key` as its owner (see #changeHere), and its copies; whether it held a live entry. */
+  async #removeHere(key: string): Promise<boolean | Redirect> {
     const core = this.#core;
-    await this.#pulled(key);
     // Read and removed in one turn: what the removal answers is what it removed.
-    const existed = this.#own(key) !== undefined;
-    core.overtake(key);
-    const version = core.directory.remove(key);
+    const removed = await this.#changeHere(key, () => {
+      const held = this.#own(key) !== undefined;
+      core.overtake(key);
+      this.#keyChanged(key);
+      return [held, core.directory.remove(key)] as const;
+    });
+    if (isRedirect(removed)) return removed;
+    const [existed, version] = removed;
     const acknowledgements = new Acknowledgements(core.cluster);
     for (const peer of core.cluster.replicasOf(key, core.options.replicas)) acknowledgements.send(peer, "drop", [key, version], key.length);
     await acknowledgements.settled();
@@ -3004,6 +3132,10 @@ class HashPlacement {
   async #takeFrom(id: string, key: string): Promise<void> {
     const peer = this.#core.cluster.peer(id);
     if (peer === undefined || peer.closed) return;
+    const taking = { changed: false };
+    let takes = this.#taking.get(key);
+    if (takes === undefined) this.#taking.set(key, (takes = new Set()));
+    takes.add(taking);
     try {
       const { answer, index } = peer.batch("take", key, key.length);
       const message = await answer;
@@ -3011,10 +3143,20 @@ class HashPlacement {
       const values = Array.isArray(message.values) ? message.values : [];
       let item = values[index];
       if (item === 0) item = ((await peer.request({ op: "take", keys: [key] })).values as unknown[] | undefined)?.[0];
-      if (Array.isArray(item) && item.length > 0) void this.#keep(peer, [item], "take").settled();
+      // Given up before a change made here since the take was sent (a removal leaves nothing to
+      // compare its version with): the change is newer.
+      if (Array.isArray(item) && item.length > 0 && !taking.changed) void this.#keep(peer, [item], "take").settled();
     } catch {
       // A member that does not answer gives nothing; one that is gone leaves the pending set.
+    } finally {
+      takes.delete(taking);
+      if (takes.size === 0) this.#taking.delete(key);
     }
+  }
+
+  /** A change of `key` made here: the takes of it under way keep nothing they get back (see #takeFrom). */
+  #keyChanged(key: string): void {
+    for (const taking of this.#taking.get(key) ?? []) taking.changed = true;
   }
 
   /**
@@ -3033,10 +3175,18 @@ class HashPlacement {
         acknowledgements.send(owner, "handover", item, entry.size);
         continue;
       }
-      // The same write again (sent once more on a connection that replaced another) changes nothing.
+      // Its near holders come with it: a write here must reach them first.
+      if (entry.nearHolders.length > 0) {
+        const holders = this.#nearHolders.get(entry.key) ?? new Set();
+        for (const id of entry.nearHolders) if (id !== core.id) holders.add(id);
+        this.#nearHolders.set(entry.key, holders);
+      }
+      // The same write again (sent once more on a connection that replaced another) changes
+      // nothing; kept here as a copy for the member that hands it over, it becomes this node's.
       const held = core.store.peek(entry.key);
-      if (held !== undefined && held.version === entry.version && held.writer === entry.writer) continue;
+      if (held?.copyOf === undefined && held?.version === entry.version && held.writer === entry.writer) continue;
       if (!core.directory.adopt(entry.key, entry.stored, entry.size, entry.ttl, entry.version, entry.writer)) continue;
+      this.#keyChanged(entry.key);
       core.counters.adopted++;
       const stored = core.store.peek(entry.key);
       if (stored !== undefined) core.replication.sendCopies(acknowledgements, stored);
@@ -3052,8 +3202,11 @@ class HashPlacement {
 
   // The answers to peers.
 
-  /** A peer's gets (`ownerGet`), answered as the owner, or with the owner this node sees. */
-  answerGet(keys: unknown[]): Promise<Record<string, unknown>> {
+  /**
+   * A peer's gets (`ownerGet`, or `nearGet` from a `reader` with a near cache), answered as the
+   * owner (see #readHere), or with the owner this node sees.
+   */
+  answerGet(keys: unknown[], reader?: Peer): Promise<Record<string, unknown>> {
     if (keys.length > ITEMS_PER_BATCH) throw new ProtocolError(`"ownerGet" asks for more than ${ITEMS_PER_BATCH} keys`);
     for (const key of keys) if (typeof key !== "string") throw new ProtocolError(`"ownerGet" needs string keys`);
     let room = this.#core.options.maxFrameBytes - FRAME_ROOM;
@@ -3061,7 +3214,7 @@ class HashPlacement {
     return this.#answerEach(keys as string[], async (key) => {
       let found: unknown[];
       try {
-        found = await this.#readHere(key) as unknown[];
+        found = await this.#readHere(key, reader) as unknown[];
       } catch (error) {
         return ["error", error instanceof KosyakError ? error.code : "ERR_REMOTE", describe(error)];
       }
@@ -3112,7 +3265,7 @@ class HashPlacement {
   /**
    * A member that owns keys this node may hold asks for them (`take`): each own entry of this
    * node's whose owner is another member goes from here to the asker, as `[key, value, version,
-   * ttl, writer, expires]` (so does one handed over and not yet acknowledged); `0` where left
+   * ttl, writer, expires, nearHolders?]` (so does one handed over and not yet acknowledged); `0` where left
    * out to keep the answer within a frame, `[]` where not held. The answer carries this node's
    * Lamport clock.
    */
@@ -3134,7 +3287,9 @@ class HashPlacement {
       } else {
         this.#moving.delete(key);
       }
-      return this.#handoverItem(entry);
+      const item = this.#handoverItem(entry);
+      this.#nearHolders.delete(key);
+      return item;
     });
     return { values, clock: core.directory.clock };
   }
@@ -3183,6 +3338,7 @@ class HashPlacement {
 
   /** A member was admitted: it may hand this node keys, may own some held here, and may keep copies. */
   admitted(peer: Peer): void {
+    this.#changes++;
     this.#pending.add(peer.id);
     this.#owed.add(peer);
     this.#copiesTo.add(peer);
@@ -3191,6 +3347,9 @@ class HashPlacement {
 
   /** A member said it leaves: it hands its keys over, and keeps no copies. */
   leaving(peer: Peer): void {
+    // Its keys get other owners, which know nothing of what it let this node keep.
+    this.#core.near?.clear();
+    this.#changes++;
     this.#pending.add(peer.id);
     this.#copiesToAll = true;
     this.#schedule();
@@ -3198,6 +3357,7 @@ class HashPlacement {
 
   /** A member is gone: it hands nothing more; its keys' copies are promoted, and copies restored. */
   lost(peerId: string): void {
+    this.#changes++;
     this.#pending.delete(peerId);
     this.#copiesToAll = true;
     this.#schedule();
@@ -3292,7 +3452,10 @@ class HashPlacement {
       for (const entry of handed) {
         if (this.#moving.get(entry.key) !== entry) continue;
         this.#moving.delete(entry.key);
-        if (!refused.has(entry.key)) continue;
+        if (!refused.has(entry.key)) {
+          this.#nearHolders.delete(entry.key);
+          continue;
+        }
         core.counters.handedOver--;
         this.#restore(entry);
       }
@@ -3308,12 +3471,57 @@ class HashPlacement {
     core.directory.adopt(entry.key, entry.value, entry.size, core.store.ttlOf(entry), entry.version, entry.writer);
   }
 
-  /** An entry as `handover` and `take` carry it. */
+  /** An entry as `handover` and `take` carry it, with the members that may keep it near. */
   #handoverItem(entry: StoredEntry): HandoverItem {
     const store = this.#core.store;
-    return [entry.key, this.#core.reveal(entry.value), entry.version, store.ttlOf(entry), entry.writer, entry.expires];
+    const item: HandoverItem = [entry.key, this.#core.reveal(entry.value), entry.version, store.ttlOf(entry), entry.writer, entry.expires];
+    const holders = this.#nearHolders.get(entry.key);
+    if (holders !== undefined) item.push([...holders]);
+    return item;
+  }
+
+  // Near copies kept by the readers of keys this node owns.
+
+  /** The owner of these keys changes them (`invalidate`): drop them from the near cache, and from the answers under way. */
+  invalidated(keys: unknown[]): Record<string, unknown> {
+    for (const key of keys) {
+      if (typeof key !== "string") throw new ProtocolError(`"invalidate" needs string keys`);
+      this.#core.near?.delete(key);
+      for (const asking of this.#asking.get(key) ?? []) asking.invalidated = true;
+    }
+    return {};
+  }
+
+  /**
+   * The store let an entry go (evicted or expired): an own entry's copies (`gone`) and near
+   * copies go too, unawaited (nothing waits for an eviction, but the next change of the key
+   * waits for its near copies to be gone); a copy's owner keeps its entry.
+   */
+  letGo(entry: StoredEntry): void {
+    if (entry.copyOf !== undefined) return;
+    const { cluster } = this.#core;
+    void this.#dropNearCopies(entry.key);
+    const acknowledgements = new Acknowledgements(cluster);
+    for (const peer of cluster.replicasOf(entry.key, this.#core.options.replicas)) acknowledgements.send(peer, "gone", [entry.key, entry.version], entry.key.length);
+    void acknowledgements.settled();
   }
 }
+
+/** An answer naming the member that the answering node takes for a key's owner. */
+type Redirect = ["owner", string];
+
+function isRedirect(answer: unknown): answer is Redirect {
+  return Array.isArray(answer) && answer[0] === "owner";
+}
+
+/** A get under way that may keep its answer near: whether its key was invalidated meanwhile, and the changes of membership when it began. */
+interface NearAsk {
+  invalidated: boolean;
+  readonly changes: number;
+}
+
+/** The most keys an owner counts near holders of (see HashPlacement). */
+const NEAR_TRACKED_KEYS = 100_000;
 
 /** An owner's answer, unless it is `["error", code, message]`: then the KosyakError it stands for. */
 function throwIfError(answer: OwnerAnswer): OwnerAnswer {
@@ -3539,7 +3747,6 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     clock,
     transport,
   };
-  if (resolved.nearCache && resolved.placement === "hash") fail('nearCache is not available yet with placement "hash"', options.nearCache);
   if (resolved.nearCache && nearLease(resolved) <= heartbeatInterval) {
     fail(`nearCache needs min(peerTimeout, requestTimeout) - heartbeatInterval / 2 above heartbeatInterval (${heartbeatInterval} ms)`, nearLease(resolved), RangeError);
   }
@@ -5741,7 +5948,8 @@ export class Directory {
    * @param clock The node's clock, for expiry times.
    * @param changed Told of every key whose entry here or holder elsewhere changes or is forgotten.
    * @param hybrid Versions follow the clock too (hash placement): each new version is at least
-   *   the clock's time in whole ms. A key's new owner after its owner was lost never saw the
+   *   the clock's time since 2020 in 1/1024 ms (so 1,024 writes a ms before they run ahead of
+   *   the clock, and below 2^50 until 2054). A key's new owner after its owner was lost never saw the
    *   versions the lost one gave, and its writes must still win over them when that one comes
    *   back; with the clock in the version they do, so long as the members' clocks differ by
    *   less than the time it takes to declare a member lost.
@@ -6024,7 +6232,8 @@ export class Directory {
 
   /** The next version of the Lamport clock (see the constructor's `hybrid`). */
   #tick(): number {
-    this.#lamport = this.#hybrid ? Math.max(this.#lamport + 1, Math.floor(this.#clock.now())) : this.#lamport + 1;
+    const fromClock = this.#hybrid ? Math.floor((this.#clock.now() - HYBRID_EPOCH_MS) * VERSIONS_PER_MS) : 0;
+    this.#lamport = Math.max(this.#lamport + 1, fromClock);
     return this.#lamport;
   }
 
@@ -6033,6 +6242,10 @@ export class Directory {
     if (version > this.#lamport) this.#lamport = version;
   }
 }
+
+/** Where hybrid versions (see the Directory's constructor) count the clock from, and how finely. */
+const HYBRID_EPOCH_MS = Date.UTC(2020, 0, 1);
+const VERSIONS_PER_MS = 1024;
 
 /** Holders a directory numbers, so that a holder and a version pack into one safe integer. */
 const HOLDER_SLOTS = 1024;
