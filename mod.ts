@@ -245,8 +245,9 @@ export interface NodeOptions {
    * only the keys whose owner changes move. Every member must use the same placement: a node
    * with another one is refused when it connects, on both sides.
    *
-   * In `"hash"`, `has` and `keys` know only this node's own entries, and `nearCache` is not
-   * available yet.
+   * In `"hash"`, `has` knows only the keys this node owns. Every operation on a key is
+   * linearizable while no member fails (each takes effect at one instant between its call and
+   * its return), which `"local"` does not give; see README, "Placement".
    * @default {"local"}
    */
   placement?: "local" | "hash";
@@ -925,7 +926,8 @@ export class Node {
 
   /**
    * Whether a live entry for the key is held by this node or, as far as this node knows, by a
-   * peer. Asks no one: it reads this node's entries and directory.
+   * peer. Asks no one: it reads this node's entries and directory. With `placement: "hash"`
+   * there is no directory: whether this node owns a live entry of the key.
    *
    * @param key The key, a string.
    * @returns `true` when some node holds the key.
@@ -2868,14 +2870,20 @@ class HashPlacement {
     if (asks?.size === 0) this.#asking.delete(key);
   }
 
-  /** Stores each write on its owner; resolves once every owner has stored it and its copies. */
+  /**
+   * Stores each write on its owner; resolves once every owner has stored it and its copies.
+   * ITEMS_PER_BATCH writes at a time, so that an `mset` of a million entries does not put them
+   * all in flight at once (their owners took longer than `requestTimeout` to answer them all).
+   */
   async write(writes: Write[]): Promise<void> {
     const core = this.#core;
     if (core.lifecycle !== "ready") await core.whenStarted("set");
-    await Promise.all(writes.map((write) => {
-      const item = [write.key, core.reveal(write.stored), write.ttl];
-      return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
-    }));
+    for (let from = 0; from < writes.length; from += ITEMS_PER_BATCH) {
+      await Promise.all(writes.slice(from, from + ITEMS_PER_BATCH).map((write) => {
+        const item = [write.key, core.reveal(write.stored), write.ttl];
+        return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
+      }));
+    }
   }
 
   /** Removes `key` on its owner; resolves with whether it held a live entry. */
@@ -2921,7 +2929,7 @@ class HashPlacement {
    * connected; after two hops, each waits for the next change of membership, since views differ
    * only while one spreads.
    */
-  async #atOwner(operation: string, key: string, op: string, item: unknown, units: number, here: () => Promise<OwnerAnswer>): Promise<OwnerAnswer> {
+  async #atOwner(operation: string, key: string, op: string, item: unknown, units: number, here: () => OwnerAnswer | Promise<OwnerAnswer>): Promise<OwnerAnswer> {
     const cluster = this.#core.cluster;
     let named: string | undefined;
     for (let hop = 0; hop < MAX_HOPS; hop++) {
@@ -2994,9 +3002,14 @@ class HashPlacement {
    * way, and the reader is counted among the key's near holders. A node that is no longer the
    * key's owner once the pull is done answers with the owner it sees now (`["owner", id]`).
    */
-  async #readHere(key: string, reader?: Peer): Promise<OwnerAnswer> {
+  #readHere(key: string, reader?: Peer): OwnerAnswer | Promise<OwnerAnswer> {
+    if (this.#mustPull(key)) return this.#pulled(key).then(() => this.#readNow(key, reader));
+    return this.#readNow(key, reader);
+  }
+
+  /** #readHere once nothing is left to pull: in this turn, unless `fetch` is called. */
+  #readNow(key: string, reader?: Peer): OwnerAnswer | Promise<OwnerAnswer> {
     const core = this.#core;
-    await this.#pulled(key);
     const owner = this.ownerOf(key);
     if (owner !== undefined) return ["owner", owner.id];
     const entry = this.#own(key);
@@ -3005,7 +3018,7 @@ class HashPlacement {
       return reader === undefined ? found : [...found, Number(this.#giveLeave(key, reader))];
     }
     if (core.options.fetch === undefined || core.lifecycle !== "ready") return [];
-    return [await core.fetchHere(key)];
+    return core.fetchHere(key).then((value) => [value]);
   }
 
   /** Counts `reader` among the near holders of `key`, unless a write of it is under way or too many keys are counted. */
@@ -3025,9 +3038,14 @@ class HashPlacement {
    * the pending members and drops the near copies of the key (the holders are told and answer;
    * one that does not is waited out for the near cache's lease), with no leave to keep the key
    * given meanwhile; then `change`, in the same turn as the last check, if this node still owns
-   * the key (else the owner it sees now, as a redirect).
+   * the key (else the owner it sees now, as a redirect). With nothing to wait for, all in this turn.
    */
-  async #changeHere<T>(key: string, change: () => T): Promise<T | Redirect> {
+  #changeHere<T>(key: string, change: () => T): T | Redirect | Promise<T | Redirect> {
+    if (!this.#mustPull(key) && !this.#nearHolders.has(key) && !this.#dropping.has(key)) return this.#changeNow(key, change);
+    return this.#changeLater(key, change);
+  }
+
+  async #changeLater<T>(key: string, change: () => T): Promise<T | Redirect> {
     this.#writing.set(key, (this.#writing.get(key) ?? 0) + 1);
     try {
       await this.#pulled(key);
@@ -3037,6 +3055,10 @@ class HashPlacement {
       if (writing === 0) this.#writing.delete(key);
       else this.#writing.set(key, writing);
     }
+    return this.#changeNow(key, change);
+  }
+
+  #changeNow<T>(key: string, change: () => T): T | Redirect {
     const owner = this.ownerOf(key);
     return owner === undefined ? change() : ["owner", owner.id];
   }
@@ -3114,8 +3136,12 @@ class HashPlacement {
    * still being stored would otherwise answer that it did not exist, and then remove it).
    */
   async #pulled(key: string): Promise<void> {
-    if (this.#pending.size === 0 || this.#own(key) !== undefined) return;
-    await Promise.all(Array.from(this.#pending, (id) => this.#takeFrom(id, key)));
+    if (this.#mustPull(key)) await Promise.all(Array.from(this.#pending, (id) => this.#takeFrom(id, key)));
+  }
+
+  /** Whether a pending member may still hold `key`, of which this node has no own entry. */
+  #mustPull(key: string): boolean {
+    return this.#pending.size > 0 && this.#own(key) === undefined;
   }
 
   /**
@@ -3206,30 +3232,34 @@ class HashPlacement {
    * A peer's gets (`ownerGet`, or `nearGet` from a `reader` with a near cache), answered as the
    * owner (see #readHere), or with the owner this node sees.
    */
-  answerGet(keys: unknown[], reader?: Peer): Promise<Record<string, unknown>> {
+  answerGet(keys: unknown[], reader?: Peer): Record<string, unknown> | Promise<Record<string, unknown>> {
     if (keys.length > ITEMS_PER_BATCH) throw new ProtocolError(`"ownerGet" asks for more than ${ITEMS_PER_BATCH} keys`);
     for (const key of keys) if (typeof key !== "string") throw new ProtocolError(`"ownerGet" needs string keys`);
     let room = this.#core.options.maxFrameBytes - FRAME_ROOM;
     let sent = 0;
-    return this.#answerEach(keys as string[], async (key) => {
-      let found: unknown[];
-      try {
-        found = await this.#readHere(key, reader) as unknown[];
-      } catch (error) {
-        return ["error", error instanceof KosyakError ? error.code : "ERR_REMOTE", describe(error)];
-      }
-      if (found.length === 0) return found;
+    const failed = (error: unknown) => ["error", error instanceof KosyakError ? error.code : "ERR_REMOTE", describe(error)];
+    const fitted = (key: string, found: OwnerAnswer) => {
+      if (!Array.isArray(found) || found.length === 0 || isRedirect(found)) return found;
       // UTF-8 takes at most 3 bytes per UTF-16 code unit; the first value always fits.
       const size = 3 * (key.length + (JSON.stringify(found[0])?.length ?? 0));
       if (sent > 0 && size > room) return 0;
       room -= size;
       sent++;
       return found;
+    };
+    return this.#answerEach(keys as string[], (key) => {
+      let found: OwnerAnswer | Promise<OwnerAnswer>;
+      try {
+        found = this.#readHere(key, reader);
+      } catch (error) {
+        return failed(error);
+      }
+      return found instanceof Promise ? found.then((answer) => fitted(key, answer), failed) : fitted(key, found);
     });
   }
 
   /** A peer's writes (`ownerSet`, items `[key, value, ttl]`), stored as their owner. */
-  answerSet(items: unknown[]): Promise<Record<string, unknown>> {
+  answerSet(items: unknown[]): Record<string, unknown> | Promise<Record<string, unknown>> {
     const writes = items.map((item) => {
       const [key, value, ttl] = Array.isArray(item) ? item : [];
       if (typeof key !== "string" || !isAmount(ttl)) throw new ProtocolError(`"ownerSet" needs [key, value, ttl] items`);
@@ -3248,18 +3278,18 @@ class HashPlacement {
   }
 
   /** A peer's removals (`ownerRemove`), made as their owner. */
-  answerRemove(keys: unknown[]): Promise<Record<string, unknown>> {
+  answerRemove(keys: unknown[]): Record<string, unknown> | Promise<Record<string, unknown>> {
     for (const key of keys) if (typeof key !== "string") throw new ProtocolError(`"ownerRemove" needs string keys`);
     return this.#answerEach(keys as string[], (key) => this.#removeHere(key));
   }
 
   /** Answers each key with `here` where this node owns it, else with the owner it sees. */
-  async #answerEach(keys: string[], here: (key: string, index: number) => Promise<OwnerAnswer>): Promise<Record<string, unknown>> {
-    const values = await Promise.all(keys.map((key, i) => {
+  #answerEach(keys: string[], here: (key: string, index: number) => OwnerAnswer | Promise<OwnerAnswer>): Record<string, unknown> | Promise<Record<string, unknown>> {
+    const values = keys.map((key, i) => {
       const owner = this.ownerOf(key);
       return owner === undefined ? here(key, i) : ["owner", owner.id];
-    }));
-    return { values };
+    });
+    return values.some((value) => value instanceof Promise) ? Promise.all(values).then((all) => ({ values: all })) : { values };
   }
 
   /**

@@ -44,7 +44,8 @@ const commands = {
     return { ops: count };
   },
   latency: async (count) => {
-    const here = new Set(node.keys());
+    // Held here: this node's entries, but with hash placement a copy kept for the owner is read there.
+    const here = new Set(options.placement === "hash" ? [...node.keys()].filter((name) => node.has(name)) : node.keys());
     const took = [];
     for (let tries = 0; took.length < count && tries < 100 * count; tries++) {
       const name = key();

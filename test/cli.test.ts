@@ -33,16 +33,28 @@ describe("kosyak command", () => {
     }
   }, 40_000);
 
+  it("--placement hash nodes form a cluster, and a node of the default placement is refused", async () => {
+    const first = kosyak("--port", "0", "--placement", "hash");
+    const [, host, port] = await first.line(LISTENING);
+    const second = kosyak("--port", "0", "--placement", "hash", "--master", `${host}:${port}`);
+    await second.line(LISTENING);
+    await first.line(/peer up: \w+ at 127\.0\.0\.1:\d+/);
+    const stranger = kosyak("--port", "0", "--master", `${host}:${port}`, "--connect-attempts", "1");
+    // Its message, which names both placements (test/hash.test.ts checks it), goes to standard error.
+    assert.notEqual(await stranger.exit, 0);
+    assert.doesNotMatch(stranger.output(), LISTENING);
+  }, 40_000);
+
   it("--help documents every flag", async () => {
     const help = kosyak("--help");
     assert.equal(await help.exit, 0);
-    for (const flag of ["--host", "--port", "--master", "--secret", "--tls-cert", "--tls-key", "--tls-ca", "--ttl", "--max-entries", "--max-bytes", "--replicas", "stats"]) {
+    for (const flag of ["--host", "--port", "--master", "--secret", "--tls-cert", "--tls-key", "--tls-ca", "--ttl", "--max-entries", "--max-bytes", "--replicas", "--placement", "stats"]) {
       assert.ok(help.output().includes(flag), `--help mentions ${flag}`);
     }
   });
 
   it("a wrong flag or value exits with code 2 and says what was wrong", async () => {
-    for (const args of [["--port", "eighty"], ["--master", "nowhere"], ["--bogus"], ["--port", "70000"]]) {
+    for (const args of [["--port", "eighty"], ["--master", "nowhere"], ["--bogus"], ["--port", "70000"], ["--placement", "ring"]]) {
       const cli = kosyak(...args);
       assert.equal(await cli.exit, 2, args.join(" "));
     }
