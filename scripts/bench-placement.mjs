@@ -7,11 +7,10 @@
 // filled cluster, how many keys it ends up holding and how long until the moves are done. It
 // writes bench/placement.json and the table, with the targets of issue 19 checked, into
 // docs/scale.md between the `placement` markers. Options: --quick (2 and 4 nodes, 50,000 keys).
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import process from "node:process";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { spawnMember } from "./bench-scale-ops.mjs";
 import { writeSection } from "./scale-doc.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -117,19 +116,6 @@ async function joinOne(size, keysPerNode, options, port) {
     joiner.child.stdin.end();
     await joiner.exited;
   }
-}
-
-/** Starts one member process; `next()` resolves with its next line of JSON, `ask` sends a command first. */
-function spawnMember(settings) {
-  const child = spawn(process.execPath, ["--expose-gc", `${root}scripts/bench-scale-node.mjs`, JSON.stringify(settings)], { stdio: ["pipe", "pipe", "inherit"] });
-  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  const next = async () => {
-    const line = await Promise.race([lines.next(), exited.then(() => ({ done: true }))]);
-    if (line.done) throw new Error(`member ${settings.index} exited`);
-    return JSON.parse(line.value);
-  };
-  return { child, exited, next, ask: (command) => (child.stdin.write(command + "\n"), next()) };
 }
 
 /** The table, then each target of issue 19 with the figure that meets it or not. */

@@ -1,5 +1,9 @@
-// What the in-process and the separate-process members of `npm run bench -- --scale` both do:
-// which keys each member writes, random keys of the whole cluster, and a timed loop of operations.
+// What the in-process and the separate-process members of `npm run bench -- --scale` (and of
+// `--placement`) share: which keys each member writes, random keys of the whole cluster, a timed
+// loop of operations, and starting a member process.
+import { spawn } from "node:child_process";
+import process from "node:process";
+import { createInterface } from "node:readline";
 import { seededRandom } from "./seeded-random.mjs";
 
 /** The keys member `index` writes when the cluster is filled. */
@@ -22,4 +26,29 @@ export async function measureOps(ms, op, inFlight = 64) {
   };
   await Promise.all(Array.from({ length: inFlight }, loop));
   return ops;
+}
+
+/**
+ * Starts one member process (scripts/bench-scale-node.mjs) under this Node.js; `next()` resolves
+ * with its next line of JSON, `ask` sends a command first.
+ */
+export function spawnMember(settings) {
+  const script = new URL("./bench-scale-node.mjs", import.meta.url).pathname;
+  const child = spawn(process.execPath, ["--expose-gc", script, JSON.stringify(settings)], { stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  const next = async () => {
+    const line = await Promise.race([lines.next(), exited.then(() => ({ done: true }))]);
+    if (line.done) throw new Error(`member ${settings.index} exited`);
+    return JSON.parse(line.value);
+  };
+  return {
+    child,
+    exited,
+    next,
+    ask: (command) => {
+      child.stdin.write(command + "\n");
+      return next();
+    },
+  };
 }

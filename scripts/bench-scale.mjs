@@ -6,13 +6,11 @@
 // operation, and the messages and bytes each node sends and receives per second. It writes
 // bench/scale.json, and the table and bench/scale.svg's chart into docs/scale.md between the
 // `scale` markers. Options: --quick (smaller clusters, shorter windows).
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import process from "node:process";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Node } from "kosyak";
-import { measureOps, memberKeys, randomClusterKey } from "./bench-scale-ops.mjs";
+import { measureOps, memberKeys, randomClusterKey, spawnMember } from "./bench-scale-ops.mjs";
 import { writeSection } from "./scale-doc.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -172,27 +170,6 @@ async function separateProcesses(size) {
       }
     },
     stop,
-  };
-}
-
-/** Starts one member process; `next()` resolves with its next line of JSON, `ask` sends a command first. */
-function spawnMember(settings) {
-  const child = spawn(process.execPath, ["--expose-gc", `${root}scripts/bench-scale-node.mjs`, JSON.stringify(settings)], { stdio: ["pipe", "pipe", "inherit"] });
-  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  const next = async () => {
-    const line = await Promise.race([lines.next(), exited.then(() => ({ done: true }))]);
-    if (line.done) throw new Error(`member ${settings.index} exited`);
-    return JSON.parse(line.value);
-  };
-  return {
-    child,
-    exited,
-    next,
-    ask: (command) => {
-      child.stdin.write(command + "\n");
-      return next();
-    },
   };
 }
 
