@@ -1842,12 +1842,12 @@ class Core {
 
   // Reads.
 
-  /** A local entry's value for a get, counted as a hit. */
   /** The local entry a get may return at once: with hash placement, never a copy kept for an owner. */
   localEntry(key: string): StoredEntry | undefined {
     return this.hash ? this.hash.localEntry(key) : this.store.get(key);
   }
 
+  /** A local entry's value for a get, counted as a hit. */
   hit(entry: StoredEntry): unknown {
     this.counters.hits++;
     return this.reveal(entry.value);
@@ -2908,7 +2908,7 @@ class HashPlacement {
   /** The keys of every member's own entries: this node's, then each peer's, a frame at a time. */
   async *clusterKeys(): AsyncGenerator<string> {
     const core = this.#core;
-    yield* Array.from(core.store.live(), (entry) => entry).filter((entry) => entry.copyOf === undefined).map((entry) => entry.key);
+    yield* this.#ownKeys();
     for (const peer of [...core.cluster.peers()]) {
       for (let from = 0, done = false; !done && !peer.closed;) {
         const answer = await peer.request({ op: "ownedKeys", from }).catch(() => undefined);
@@ -2919,6 +2919,13 @@ class HashPlacement {
         done = answer.done === true || answer.keys.length === 0;
       }
     }
+  }
+
+  /** The keys of this node's own live entries (copies left out), copied: reads reorder a bounded store. */
+  #ownKeys(): string[] {
+    const keys: string[] = [];
+    for (const entry of this.#core.store.live()) if (entry.copyOf === undefined) keys.push(entry.key);
+    return keys;
   }
 
   /**
@@ -3344,7 +3351,7 @@ class HashPlacement {
     if (!isAmount(from)) throw new ProtocolError(`"ownedKeys" needs a count to start from`);
     let listed = this.#listings.get(peer);
     if (from === 0 || listed === undefined) {
-      listed = Array.from(this.#core.store.live(), (entry) => entry).filter((entry) => entry.copyOf === undefined).map((entry) => entry.key);
+      listed = this.#ownKeys();
       this.#listings.set(peer, listed);
     }
     const keys: string[] = [];
