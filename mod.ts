@@ -1825,6 +1825,11 @@ class Core {
     return this.#stopped;
   }
 
+  /** The error of an operation on `key` that began while the node was ready and met its stop. */
+  stoppedWhile(operation: string, key: string): KosyakError {
+    return new KosyakError("ERR_STOPPED", `Cannot ${operation} "${key}": the node stopped meanwhile`);
+  }
+
   /** Resolves when the node is ready; rejects when it never will be. */
   whenStarted(operation: string): Promise<void> {
     switch (this.lifecycle) {
@@ -1911,6 +1916,9 @@ class Core {
       const keepable = this.near !== undefined && this.cluster.vouchedFor(askedAt, this.nearLease);
       const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found === undefined) {
+        // This node stopped meanwhile: its connections close one by one and its directory forgets
+        // their keys, so a miss now would say nothing of the key.
+        if (this.lifecycle !== "ready") throw this.stoppedWhile("get", key);
         // The holder's connection closed while it was asked: the directory has moved on since
         // (to the member that keeps a copy, or nowhere).
         if (peer?.closed) continue;
@@ -2950,6 +2958,8 @@ class HashPlacement {
         named = undefined;
         owner = this.ownerOf(key);
       }
+      // A stopping node has handed its keys over: what its store says of one is no answer.
+      if (owner === undefined && this.#core.lifecycle !== "ready") throw this.#core.stoppedWhile(operation, key);
       let answer: OwnerAnswer;
       try {
         answer = owner === undefined ? await here() : await this.#ask(owner, op, item, units);

@@ -63,12 +63,27 @@ function countJUnit(path) {
     return { passed: 0, failed: 0, skipped: 0, missing: true };
   }
   const cases = [...xml.matchAll(/<testcase\b[^>]*?\bname="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g)].map(
-    (match) => ({ name: match[1], failed: /<(failure|error)\b/.test(match[3] ?? ""), skipped: /<skipped\b/.test(match[3] ?? "") }),
+    (match) => ({ name: match[1], failure: failureOf(match[3] ?? ""), skipped: /<skipped\b/.test(match[3] ?? "") }),
   );
   const leaves = cases.filter((c) => !cases.some((other) => other.name.startsWith(`${c.name} &gt; `)));
-  const failed = leaves.filter((c) => c.failed).length;
-  const skipped = leaves.filter((c) => c.skipped && !c.failed).length;
-  return { passed: leaves.length - failed - skipped, failed, skipped, missing: false };
+  const failures = leaves.filter((c) => c.failure !== undefined).map((c) => `${unescape(c.name)}: ${c.failure}`);
+  const skipped = leaves.filter((c) => c.skipped && c.failure === undefined).length;
+  return { passed: leaves.length - failures.length - skipped, failed: failures.length, failures, skipped, missing: false };
+}
+
+/**
+ * The first line of a test case's failure or error, so that the summary (all a CI log's tail may
+ * keep) says what failed; undefined when the case did not fail.
+ */
+function failureOf(body) {
+  const element = body.match(/<(failure|error)\b([^>]*)>?([^<]*)/);
+  if (element === null) return undefined;
+  const message = element[2].match(/\bmessage="([^"]*)"/)?.[1] || element[3];
+  return unescape(message).trim().split("\n")[0].slice(0, 400) || "(no message)";
+}
+
+function unescape(text) {
+  return text.replace(/&(lt|gt|quot|apos|#39|amp);/g, (_, name) => ({ lt: "<", gt: ">", quot: '"', apos: "'", "#39": "'", amp: "&" })[name]);
 }
 
 console.log("\n=== summary");
@@ -86,6 +101,7 @@ for (const suite of summary) {
   if (problems.length > 0) ok = false;
   const skipped = suite.skipped > 0 ? `, ${suite.skipped} skipped` : "";
   console.log(`${suite.name}: ${suite.passed} passed, ${suite.failed} failed${skipped}${problems.length ? ` (${problems.join(", ")})` : ""}`);
+  for (const failure of suite.failures ?? []) console.log(`  failed: ${failure}`);
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exitCode = ok && failed === 0 ? 0 : 1;

@@ -4,8 +4,10 @@ import {
   afterEach,
   assert,
   describe,
+  frame,
   it,
   ManualClock,
+  rawConnect,
   type Runtime,
   runtime,
   spawnWorkloadNode,
@@ -137,6 +139,42 @@ async function rollingRestart(prefix: string, targets: Runtime[], count: number)
   }
   return results;
 }
+
+describe("Reads during a stop", () => {
+  for (const placement of ["local", "hash"] as const) {
+    it(`a get whose holder has not answered when the stop closes its connection fails with ERR_STOPPED, not null (${placement} placement)`, async () => {
+      const node = await startNode({ placement, ...QUIET });
+      const raw = await rawConnect(node.address);
+      raw.socket.write(frame({ op: "hello", version: 7, placement, id: "raw-holder", host: "127.0.0.1", port: 9 }));
+      assert.equal((await raw.next()).op, "welcome");
+      // The raw peer holds every key (local placement); with hash placement it is the only other
+      // member, so it owns about half of them.
+      const keys = keysOf(20);
+      await raw.exchangeKeys(keys.map((key) => [key, 1, 0]));
+      // It has no entries to move to the node, which may then answer for its own keys.
+      if (placement === "hash") raw.socket.write(frame({ op: "moveDone", clock: 0 }));
+      const reads = keys.map((key) => node.get(key).then((value) => ({ value }), (error: { code?: string }) => ({ error: error.code })));
+      await waitFor("a get", () => raw.messages.some((message) => message.op === "get" || message.op === "ownerGet"), 5_000);
+      const asked = raw.messages.find((message) => message.op === "get" || message.op === "ownerGet")!;
+      // The raw holder never answers the get, but says goodbye when asked to.
+      const stopped = node.stop();
+      await waitFor("the goodbye", () => raw.messages.some((message) => message.op === "bye"), 5_000);
+      const bye = raw.messages.find((message) => message.op === "bye")!;
+      raw.socket.write(frame({ op: "ok", rid: bye.rid }));
+      await stopped;
+      raw.socket.destroy();
+      const askedKeys = new Set(asked.keys as string[]);
+      const results = await Promise.all(reads);
+      assert.ok(askedKeys.size > 0);
+      for (const [i, result] of results.entries()) {
+        if (askedKeys.has(keys[i])) assert.deepEqual(result, { error: "ERR_STOPPED" }, `the get of ${keys[i]}`);
+        // A key this node owns and nobody wrote: a miss, unless its get was still waiting to learn
+        // whether the raw member had moved it here when the stop came.
+        else assert.ok("error" in result ? result.error === "ERR_STOPPED" : result.value === null, `the get of ${keys[i]}: ${JSON.stringify(result)}`);
+      }
+    });
+  }
+});
 
 describe("Hand-over under load", () => {
   it("writes and reads on every key while a holder stops gracefully: no read returns an older value than an acknowledged write", async () => {
