@@ -2784,7 +2784,9 @@ type OwnerAnswer = unknown;
  * promotes the copies of a lost owner's entries when this node owns them now, drops the copies
  * this node no longer keeps, and sends copies of its own entries to new keepers. `moveDone` and
  * every `take` answer carry the sender's Lamport clock, so that the owner's next version is
- * above any version the key had before it moved.
+ * above any version the key had before it moved. An owner that removes a key while keys move
+ * remembers the removal for a while, so that an older entry of the key arriving late (it can be
+ * in two places for a moment, see #moving) is not stored again.
  */
 class HashPlacement {
   readonly #core: Core;
@@ -2819,6 +2821,13 @@ class HashPlacement {
   readonly #asking = new Map<string, Set<NearAsk>>();
   /** Changes of membership so far: a value asked across one is not kept near. */
   #changes = 0;
+  /** When the members last changed, on the clock's scale. */
+  #changedAt = -Infinity;
+  /**
+   * Removals made here while keys may be moving (see #rememberRemoval), oldest first: the
+   * version each carries and when it was made.
+   */
+  readonly #removed = new Map<string, { version: number; at: number }>();
   /** The keys of this node's own entries as listed to a peer for `clusterKeys`, by peer. */
   readonly #listings = new WeakMap<Peer, string[]>();
 
@@ -3115,6 +3124,7 @@ class HashPlacement {
       core.counters.sets++;
       core.overtake(write.key);
       this.#keyChanged(write.key);
+      this.#removed.delete(write.key);
       core.directory.write(write.key, write.stored, write.size, write.ttl);
       return core.store.peek(write.key);
     });
@@ -3136,7 +3146,9 @@ class HashPlacement {
       const held = this.#own(key) !== undefined;
       core.overtake(key);
       this.#keyChanged(key);
-      return [held, core.directory.remove(key)] as const;
+      const version = core.directory.remove(key);
+      this.#rememberRemoval(key, version);
+      return [held, version] as const;
     });
     if (isRedirect(removed)) return removed;
     const [existed, version] = removed;
@@ -3197,6 +3209,42 @@ class HashPlacement {
     }
   }
 
+  /**
+   * Remembers a removal of `key` at `version` while keys may be moving: while a member is
+   * pending, an entry handed over is unacknowledged, or the members changed less than
+   * REMOVAL_MEMORY_TIMEOUTS × (requestTimeout + peerTimeout) ago. An older entry of the key may
+   * still arrive then, from a member whose view was behind (a stopping member handed it to one
+   * member and gave it up to this node's take too), and a removal leaves no entry whose version
+   * would refuse it. At most REMOVALS_REMEMBERED keys; past that, the oldest are forgotten.
+   */
+  #rememberRemoval(key: string, version: number): void {
+    const now = this.#core.options.clock.now();
+    const memory = this.#removalMemory;
+    if (this.#pending.size === 0 && this.#moving.size === 0 && now - this.#changedAt > memory) return;
+    this.#removed.delete(key);
+    this.#removed.set(key, { version, at: now });
+    for (const [oldest, removal] of this.#removed) {
+      if (this.#removed.size <= REMOVALS_REMEMBERED && now - removal.at <= memory) break;
+      this.#removed.delete(oldest);
+    }
+  }
+
+  /** Whether this node removed `key` after the write (`version`, `writer`), as far as it remembers. */
+  #removedSince(key: string, version: number, writer: string): boolean {
+    const removal = this.#removed.get(key);
+    if (removal === undefined) return false;
+    if (this.#core.options.clock.now() - removal.at > this.#removalMemory) {
+      this.#removed.delete(key);
+      return false;
+    }
+    return newer(removal.version, this.#core.id, version, writer);
+  }
+
+  get #removalMemory(): number {
+    const { requestTimeout, peerTimeout } = this.#core.options;
+    return REMOVAL_MEMORY_TIMEOUTS * (requestTimeout + peerTimeout);
+  }
+
   /** A change of `key` made here: the takes of it under way keep nothing they get back (see #takeFrom). */
   #keyChanged(key: string): void {
     for (const taking of this.#taking.get(key) ?? []) taking.changed = true;
@@ -3228,6 +3276,7 @@ class HashPlacement {
       // nothing; kept here as a copy for the member that hands it over, it becomes this node's.
       const held = core.store.peek(entry.key);
       if (held?.copyOf === undefined && held?.version === entry.version && held.writer === entry.writer) continue;
+      if (this.#removedSince(entry.key, entry.version, entry.writer)) continue;
       if (!core.directory.adopt(entry.key, entry.stored, entry.size, entry.ttl, entry.version, entry.writer)) continue;
       this.#keyChanged(entry.key);
       core.counters.adopted++;
@@ -3386,6 +3435,7 @@ class HashPlacement {
   /** A member was admitted: it may hand this node keys, may own some held here, and may keep copies. */
   admitted(peer: Peer): void {
     this.#changes++;
+    this.#changedAt = this.#core.options.clock.now();
     this.#pending.add(peer.id);
     this.#owed.add(peer);
     this.#copiesTo.add(peer);
@@ -3397,6 +3447,7 @@ class HashPlacement {
     // Its keys get other owners, which know nothing of what it let this node keep.
     this.#core.near?.clear();
     this.#changes++;
+    this.#changedAt = this.#core.options.clock.now();
     this.#pending.add(peer.id);
     this.#copiesToAll = true;
     this.#schedule();
@@ -3405,6 +3456,7 @@ class HashPlacement {
   /** A member is gone: it hands nothing more; its keys' copies are promoted, and copies restored. */
   lost(peerId: string): void {
     this.#changes++;
+    this.#changedAt = this.#core.options.clock.now();
     this.#pending.delete(peerId);
     this.#copiesToAll = true;
     this.#schedule();
@@ -3569,6 +3621,12 @@ interface NearAsk {
 
 /** The most keys an owner counts near holders of (see HashPlacement). */
 const NEAR_TRACKED_KEYS = 100_000;
+
+/** Removals an owner remembers while keys move (see HashPlacement's #rememberRemoval), at most. */
+const REMOVALS_REMEMBERED = 100_000;
+
+/** How long an owner remembers a removal after the members change, in (requestTimeout + peerTimeout). */
+const REMOVAL_MEMORY_TIMEOUTS = 2;
 
 /** An owner's answer, unless it is `["error", code, message]`: then the KosyakError it stands for. */
 function throwIfError(answer: OwnerAnswer): OwnerAnswer {

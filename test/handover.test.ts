@@ -16,6 +16,7 @@ import {
   stopAll,
   waitFor,
 } from "../deps.ts";
+import type { NodeOptions } from "../mod.ts";
 import { assertCoherent, check, cluster, fullMesh, workload } from "./workloads.ts";
 
 afterEach(stopAll);
@@ -121,14 +122,14 @@ describe("Hand-over on stop", () => {
  * Writes `count` keys spread over the nodes, stops and restarts every node in turn (a graceful
  * stop: the process ends when its input does), and returns what every node reads back.
  */
-async function rollingRestart(prefix: string, targets: Runtime[], count: number): Promise<Array<{ missing: number; wrong: number }>> {
-  const nodes = await cluster(`${prefix}-`, targets);
+async function rollingRestart(prefix: string, targets: Runtime[], count: number, options: NodeOptions = {}): Promise<Array<{ missing: number; wrong: number }>> {
+  const nodes = await cluster(`${prefix}-`, targets, options);
   const share = count / nodes.length;
   await Promise.all(nodes.map((node, i) => node.call({ cmd: "fill", prefix: `${prefix}:${i}:`, count: share, tag: "v1" }, 60_000)));
   for (let i = 0; i < nodes.length; i++) {
     await nodes[i].stop();
     const master = nodes[(i + 1) % nodes.length].address;
-    nodes[i] = await spawnWorkloadNode(`${prefix}-${i}-restarted`, { master }, targets[i]);
+    nodes[i] = await spawnWorkloadNode(`${prefix}-${i}-restarted`, { ...options, master }, targets[i]);
     await fullMesh(nodes, 10_000);
   }
   const results = [];
@@ -200,8 +201,17 @@ describe("Rolling restarts", () => {
     assert.deepEqual(results.filter((r) => r.missing + r.wrong > 0), []);
   }, 120_000);
 
-  it("a cluster of Node.js, Deno and Bun processes restarted one by one loses no key", async () => {
-    const results = await rollingRestart("mixed", ["node", "deno", "bun", runtime], 20_000);
+  it(`four ${runtime} processes with hash placement holding 100,000 keys, each stopped and restarted in turn: every node reads every key`, async () => {
+    const results = await rollingRestart("hroll", [runtime, runtime, runtime, runtime], 100_000, { placement: "hash" });
+    const lost = results.reduce((sum, r) => sum + r.missing + r.wrong, 0);
+    console.log(`rolling restart, four ${runtime} processes with hash placement, 100,000 keys: ${lost} keys missing or wrong in ${results.length} reads of every share`);
     assert.deepEqual(results.filter((r) => r.missing + r.wrong > 0), []);
   }, 120_000);
+
+  for (const placement of ["local", "hash"] as const) {
+    it(`a cluster of Node.js, Deno and Bun processes restarted one by one loses no key (${placement} placement)`, async () => {
+      const results = await rollingRestart(`mixed-${placement}`, ["node", "deno", "bun", runtime], 20_000, { placement });
+      assert.deepEqual(results.filter((r) => r.missing + r.wrong > 0), []);
+    }, 120_000);
+  }
 });
