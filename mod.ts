@@ -3434,8 +3434,7 @@ class HashPlacement {
 
   /** A member was admitted: it may hand this node keys, may own some held here, and may keep copies. */
   admitted(peer: Peer): void {
-    this.#changes++;
-    this.#changedAt = this.#core.options.clock.now();
+    this.#membersChanged();
     this.#pending.add(peer.id);
     this.#owed.add(peer);
     this.#copiesTo.add(peer);
@@ -3446,17 +3445,21 @@ class HashPlacement {
   leaving(peer: Peer): void {
     // Its keys get other owners, which know nothing of what it let this node keep.
     this.#core.near?.clear();
-    this.#changes++;
-    this.#changedAt = this.#core.options.clock.now();
+    this.#membersChanged();
     this.#pending.add(peer.id);
     this.#copiesToAll = true;
     this.#schedule();
   }
 
-  /** A member is gone: it hands nothing more; its keys' copies are promoted, and copies restored. */
-  lost(peerId: string): void {
+  /** Counts a change of the members, and when it came (a near answer asked across one is not kept; see #rememberRemoval). */
+  #membersChanged(): void {
     this.#changes++;
     this.#changedAt = this.#core.options.clock.now();
+  }
+
+  /** A member is gone: it hands nothing more; its keys' copies are promoted, and copies restored. */
+  lost(peerId: string): void {
+    this.#membersChanged();
     this.#pending.delete(peerId);
     this.#copiesToAll = true;
     this.#schedule();

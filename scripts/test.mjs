@@ -66,7 +66,7 @@ function countJUnit(path) {
     (match) => ({ name: match[1], failure: failureOf(match[3] ?? ""), skipped: /<skipped\b/.test(match[3] ?? "") }),
   );
   const leaves = cases.filter((c) => !cases.some((other) => other.name.startsWith(`${c.name} &gt; `)));
-  const failures = leaves.filter((c) => c.failure !== undefined).map((c) => `${unescape(c.name)}: ${c.failure}`);
+  const failures = leaves.filter((c) => c.failure !== undefined).map((c) => `${unescapeXml(c.name)}: ${c.failure}`);
   const skipped = leaves.filter((c) => c.skipped && c.failure === undefined).length;
   return { passed: leaves.length - failures.length - skipped, failed: failures.length, failures, skipped, missing: false };
 }
@@ -79,10 +79,11 @@ function failureOf(body) {
   const element = body.match(/<(failure|error)\b([^>]*)>?([^<]*)/);
   if (element === null) return undefined;
   const message = element[2].match(/\bmessage="([^"]*)"/)?.[1] || element[3];
-  return unescape(message).trim().split("\n")[0].slice(0, 400) || "(no message)";
+  return unescapeXml(message).trim().split("\n")[0].slice(0, 400) || "(no message)";
 }
 
-function unescape(text) {
+/** Text of an XML attribute or element, its five entities (and &#39;) decoded. */
+function unescapeXml(text) {
   return text.replace(/&(lt|gt|quot|apos|#39|amp);/g, (_, name) => ({ lt: "<", gt: ">", quot: '"', apos: "'", "#39": "'", amp: "&" })[name]);
 }
 
