@@ -2703,12 +2703,16 @@ class Acknowledgements {
   /**
    * Resolves once every member has answered, failed, or is gone; items whose connection closed
    * go again on its replacement, up to `retries` times. Resolves with the requests that failed
-   * while their member stayed: it did not answer in time, or refused.
+   * while their member stayed: it did not answer in time, refused, or its connection closed
+   * more than `retries` times.
    */
   async settled(retries = 2): Promise<Failure[]> {
     const again = async (peer: Peer, op: string, items: Failure["items"]): Promise<Failure[]> => {
-      const live = retries > 0 ? await this.#cluster.connectionTo(peer.id) : undefined;
+      const live = await this.#cluster.connectionTo(peer.id);
       if (live === undefined || live === peer) return [];
+      // Still a member after every retry went on a connection that closed: these items never
+      // reached it, and their caller must not take them for stored.
+      if (retries === 0) return [{ peer: live, op, items, error: new KosyakError("ERR_PEER_GONE", `Peer ${peer.id} was reconnected too often to take "${op}"`) }];
       const next = new Acknowledgements(this.#cluster);
       for (const [item, units] of items) next.send(live, op, item, units);
       const failures = await next.settled(retries - 1);
@@ -3487,10 +3491,18 @@ class HashPlacement {
         this.#passAgain = false;
         const owed = [...this.#owed];
         this.#owed.clear();
-        await this.#moveEntries(true);
+        const failed = await this.#moveEntries(true);
         // A pass cut short by a stop has not handed everything over: its hand-over will, and the
         // members keep this node pending until it is gone.
         if (this.#core.lifecycle !== "ready") break;
+        if (failed) {
+          // Some entries did not reach their owners: another pass, a heartbeat later, hands them
+          // over, and the members owed a `moveDone` keep asking this node for their keys till then.
+          for (const peer of owed) this.#owed.add(peer);
+          this.#passAgain = true;
+          await this.#timers.sleep(this.#core.options.heartbeatInterval, () => this.#core.cluster.stoppedError()).catch(() => {});
+          continue;
+        }
         for (const peer of owed) if (!peer.closed) peer.send({ op: "moveDone", clock: this.#core.directory.clock });
       }
       this.#passing = false;
@@ -4127,18 +4139,24 @@ function nodeTransport(): Transport {
     // An 'error' is always followed by 'close'; listening for it keeps Node.js from throwing.
     socket.on("error", () => {});
     socket.on("close", () => handlers.close());
+    let closing = false;
     return {
       remoteHost: socket.remoteAddress ?? "",
       start(next) {
         handlers = next;
-        socket.on("data", (chunk: Uint8Array) => handlers.data(chunk));
+        // What comes after this side's close is read only to be let go.
+        socket.on("data", (chunk: Uint8Array) => closing || handlers.data(chunk));
       },
       write(bytes) {
         socket.write(bytes);
       },
       buffered: () => socket.writableLength,
       close() {
-        socket.end(() => socket.destroy());
+        if (closing) return;
+        closing = true;
+        // The write side ends, and the socket closes once the other side's does (as Deno's
+        // wrap explains, a socket closed with bytes unread would throw away what it wrote last).
+        socket.end();
         const cut = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
         cut.unref();
         socket.once("close", () => clearTimeout(cut));
@@ -4200,6 +4218,7 @@ interface DenoConn {
   readonly remoteAddr: { hostname?: string };
   read(buffer: Uint8Array): Promise<number | null>;
   write(bytes: Uint8Array): Promise<number>;
+  closeWrite(): Promise<void>;
   setNoDelay?(noDelay?: boolean): void;
   close(): void;
 }
@@ -4234,6 +4253,10 @@ function denoTransport(deno: DenoApi): Transport {
       }
       handlers.close();
     };
+    // Ends the write side once the queue is written, and reads on until the other side ends
+    // too: a socket closed with bytes still unread sends a reset, and a reset throws away what
+    // this side wrote last (a goodbye, a "duplicate") before the other side has read it.
+    const shutDown = () => conn.closeWrite().catch(finish);
     const flush = async () => {
       writing = true;
       try {
@@ -4252,7 +4275,7 @@ function denoTransport(deno: DenoApi): Transport {
         finish();
       }
       writing = false;
-      if (closing) finish();
+      if (closing && !closed) shutDown();
     };
     const read = async () => {
       const buffer = new Uint8Array(64 * 1024);
@@ -4260,7 +4283,8 @@ function denoTransport(deno: DenoApi): Transport {
         while (!closed) {
           const n = await conn.read(buffer);
           if (n === null) break;
-          handlers.data(buffer.slice(0, n));
+          // What comes after this side's close is read only to be let go.
+          if (!closing) handlers.data(buffer.slice(0, n));
         }
       } catch {
         // A reset, a failed TLS handshake or a close from our side ends the loop like an orderly end.
@@ -4282,9 +4306,10 @@ function denoTransport(deno: DenoApi): Transport {
       },
       buffered: () => queued,
       close() {
+        if (closing || closed) return;
         closing = true;
-        if (!writing) return finish();
         deno.unrefTimer(setTimeout(finish, CLOSE_GRACE_MS));
+        if (!writing) shutDown();
       },
     };
   }
@@ -4406,7 +4431,8 @@ function bunTransport(bun: BunApi): Transport {
     data(socket, chunk) {
       const state = socket.data;
       if (state.early) state.early.push(chunk.slice());
-      else state.handlers.data(chunk);
+      // What comes after this side's close is read only to be let go (see Deno's wrap).
+      else if (!state.closing) state.handlers.data(chunk);
     },
     drain: writeUnsent,
     close(socket) {
@@ -4440,8 +4466,10 @@ function bunTransport(bun: BunApi): Transport {
       close() {
         if (state.closing || state.closed) return;
         state.closing = true;
-        if (state.unsent.length === 0) return socket.end();
+        // The write side ends once the unsent bytes are out; the socket closes when the other
+        // side's does, or is cut after the grace.
         setTimeout(() => state.closed || socket.terminate(), CLOSE_GRACE_MS).unref();
+        if (state.unsent.length === 0) socket.end();
       },
     };
   }

@@ -194,10 +194,8 @@ describe("Hand-over under load", () => {
 });
 
 describe("Rolling restarts", () => {
-  // Hash placement's 100,000-key run lost 13,500 keys under Deno in a fresh-clone run (an open
-  // bug of issue 19, in the closing note); it joins this loop again once that is found.
-  for (const placement of ["local"] as const) {
-    const described = "";
+  for (const placement of ["local", "hash"] as const) {
+    const described = placement === "hash" ? " with hash placement" : "";
     it(`four ${runtime} processes${described} holding 100,000 keys, each stopped and restarted in turn: every node reads every key`, async () => {
       const results = await rollingRestart(`roll-${placement}`, [runtime, runtime, runtime, runtime], 100_000, { placement });
       const lost = results.reduce((sum, r) => sum + r.missing + r.wrong, 0);
