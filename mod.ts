@@ -2628,12 +2628,15 @@ function timeLeft(ttl: number, expires: number, now: number): number {
   return left > 0 ? left : -1;
 }
 
-/** Consecutive parts of `items` ([item, size]), each of at most `budget` in size or of a single item. */
+/**
+ * Consecutive parts of `items` ([item, size]), each of at most PART_ITEMS items and at most
+ * `budget` in size, or of a single item.
+ */
 function* partsWithin<T>(items: ReadonlyArray<[T, number]>, budget: number): Generator<Array<[T, number]>> {
   let part: Array<[T, number]> = [];
   let size = 0;
   for (const item of items) {
-    if (part.length > 0 && size + item[1] > budget) {
+    if (part.length === PART_ITEMS || (part.length > 0 && size + item[1] > budget)) {
       yield part;
       part = [];
       size = 0;
@@ -4550,6 +4553,13 @@ const MAX_VERSION = 2 ** 50;
 const ITEMS_PER_BATCH = 1000;
 /** Batches of a key list (see Core.#tellKeys) sent to a peer ahead of its answers. */
 const KEY_LISTS_IN_FLIGHT = 4;
+/**
+ * Entries of one part of a hand-over or of a move of hash placement, acknowledged before the
+ * next: small enough for the receiver to store it, and send its copies, well within
+ * `requestTimeout` on a busy machine (a part bounded only by bytes held 500,000 small entries, and
+ * a member joining two holding 1,000,000 timed out).
+ */
+const PART_ITEMS = 8 * ITEMS_PER_BATCH;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
 const MAX_HOPS = 16;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */
