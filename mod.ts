@@ -530,8 +530,10 @@ export interface NodeStats {
   fetchErrors: number;
   /** Entries this node handed to the others when it stopped. */
   handedOver: number;
-  /** Entries this node took over from members that stopped. */
+  /** Entries this node took over from members that stopped, or (hash placement) as their new owner. */
   adopted: number;
+  /** Entries this node gave to their new owners when the members changed (hash placement). */
+  moved: number;
   /** Entries held here as copies for other members (`replicas`). */
   copies: number;
   /** Copies this node made its own entries when the member they were kept for died. */
@@ -1710,7 +1712,7 @@ class Core {
   readonly near: NearCache | undefined;
   lifecycle: Lifecycle = "new";
   readonly counters = {
-    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0,
+    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0, moved: 0,
     promoted: 0, copiesSent: 0, copiesPending: 0,
   };
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
@@ -3386,7 +3388,7 @@ class HashPlacement {
       sent++;
       if (entry === stored) {
         core.store.delete(key);
-        core.counters.handedOver++;
+        core.counters.moved++;
       } else {
         this.#moving.delete(key);
       }
@@ -3527,6 +3529,7 @@ class HashPlacement {
     this.#copiesToAll = false;
     this.#copiesTo.clear();
     const keys = Array.from(store.live(), (entry): [string, number] => [entry.key, entry.size]);
+    const given = keeping ? "moved" : "handedOver";
     let failed = false;
     for (const part of partsWithin(keys, core.replication.partBytes)) {
       if (keeping && this.#core.lifecycle !== "ready") break;
@@ -3547,7 +3550,7 @@ class HashPlacement {
             this.#moving.set(key, entry);
             handed.push(entry);
             acknowledgements.send(owner, "handover", this.#handoverItem(entry), entry.size);
-            core.counters.handedOver++;
+            core.counters[given]++;
           }
           continue;
         }
@@ -3573,7 +3576,7 @@ class HashPlacement {
           this.#nearHolders.delete(entry.key);
           continue;
         }
-        core.counters.handedOver--;
+        core.counters[given]--;
         this.#restore(entry);
       }
       await this.#timers.sleep(0, () => cluster.stoppedError()).catch(() => {});
@@ -3672,7 +3675,8 @@ const METRICS: ReadonlyArray<[stat: keyof NodeStats, name: string, type: "counte
   ["fetches", "kosyak_fetches_total", "counter", "Calls to the fetch option."],
   ["fetchErrors", "kosyak_fetch_errors_total", "counter", "Calls to the fetch option that failed or timed out."],
   ["handedOver", "kosyak_handed_over_total", "counter", "Entries handed to the others on stop."],
-  ["adopted", "kosyak_adopted_total", "counter", "Entries taken over from stopping members."],
+  ["adopted", "kosyak_adopted_total", "counter", "Entries taken over from stopping members, or as their new owner."],
+  ["moved", "kosyak_moved_total", "counter", "Entries given to their new owners when the members changed."],
   ["copies", "kosyak_copies", "gauge", "Entries held as copies for other members."],
   ["promoted", "kosyak_promoted_total", "counter", "Copies made own entries when their holder died."],
   ["copiesSent", "kosyak_copies_sent_total", "counter", "Copies sent to the members that keep them."],
@@ -5092,6 +5096,8 @@ class Cluster {
   readonly #synced = new WeakSet<Peer>();
   /** Members that said they are stopping: they take no entries over and keep no copies. */
   readonly #leaving = new Set<string>();
+  /** Each member's start of its rendezvous scores (see rendezvousSeed), kept while it is one. */
+  readonly #rendezvousSeeds = new Map<string, number>();
   /** Connections of any state, so that stop can close even those mid-handshake. */
   readonly #connections = new Set<Peer>();
   /** Ids of nodes being dialled, so that two announcements of one member make one connection. */
@@ -5380,7 +5386,9 @@ class Cluster {
   #ranked(key: string, count: number, withSelf: boolean): Array<Peer | undefined> {
     const best: Array<{ id: string; score: number; peer: Peer | undefined }> = [];
     const consider = (id: string, peer: Peer | undefined) => {
-      const score = rendezvousScore(id, key);
+      let seed = this.#rendezvousSeeds.get(id);
+      if (seed === undefined) this.#rendezvousSeeds.set(id, (seed = rendezvousSeed(id)));
+      const score = rendezvousScore(seed, key);
       let at = best.length;
       while (at > 0 && ranksAbove(score, id, best[at - 1].score, best[at - 1].id)) at--;
       if (at < count) best.splice(at, 0, { id, score, peer });
@@ -5772,6 +5780,7 @@ class Cluster {
     if (this.#peers.get(peer.id) !== peer) return false;
     this.#peers.delete(peer.id);
     this.#leaving.delete(peer.id);
+    this.#rendezvousSeeds.delete(peer.id);
     if (reason !== "left" && !this.#stopping) this.#setMissing(peer.id, true);
     this.#host.lost(peer.id);
     // A node that is stopping has said goodbye; the connections it closes are no news.
@@ -5791,12 +5800,24 @@ class Cluster {
 }
 
 
-/** FNV-1a over a node id and a key, then mixed: a well-spread 32-bit score for rendezvous hashing. */
-function rendezvousScore(id: string, key: string): number {
+/**
+ * FNV-1a over a node id and a 0 after it: where the member's rendezvous scores start, computed
+ * once per member rather than for every key ranked (at 16 members, most of a ranking's cost).
+ */
+function rendezvousSeed(id: string): number {
   let hash = 0x811c9dc5;
-  const text = `${id}\u0000${key}`;
-  for (let i = 0; i < text.length; i++) {
-    hash ^= text.charCodeAt(i);
+  for (let i = 0; i < id.length; i++) {
+    hash ^= id.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return Math.imul(hash, 0x01000193);
+}
+
+/** FNV-1a over a node id, a 0 and a key (from the id's seed), then mixed: a well-spread 32-bit score for rendezvous hashing. */
+function rendezvousScore(seed: number, key: string): number {
+  let hash = seed;
+  for (let i = 0; i < key.length; i++) {
+    hash ^= key.charCodeAt(i);
     hash = Math.imul(hash, 0x01000193);
   }
   // FNV-1a alone scores keys that differ only in their last characters alike on every node,
@@ -6275,7 +6296,7 @@ export class Directory {
 
   /** Whether member `a` ranks above member `b` for `key`, as the cluster ranks members for a key. */
   #outranks(a: string, b: string, key: string): boolean {
-    return ranksAbove(rendezvousScore(a, key), a, rendezvousScore(b, key), b);
+    return ranksAbove(rendezvousScore(rendezvousSeed(a), key), a, rendezvousScore(rendezvousSeed(b), key), b);
   }
 
   /**

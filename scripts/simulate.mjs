@@ -10,8 +10,9 @@
 // It writes bench/simulation.json and the tables between the `simulation` and `verdict` markers
 // of docs/scale.md. Options: --nodes=16,32,64,128,256  --keys=200 (per node)  --quick (8,16,32)
 // --near (a near cache on every node: writes bench/simulation-near.json and the
-// `simulation-near` section)  --report-only (rewrite the sections from the saved results, after
-// a new scale benchmark).
+// `simulation-near` section)  --placement=hash (hash placement with replicas: 1, the join timed
+// until its moves are done: writes bench/simulation-hash.json and the `simulation-hash` section)
+// --report-only (rewrite the sections from the saved results, after a new scale benchmark).
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
@@ -35,7 +36,12 @@ const IDLE_MS = 10_000;
 const PARTITION_MS = 10_000;
 // With --near every node has a near cache, which changes its heartbeats and what a partition costs.
 const near = args.includes("--near");
-const saved = `${root}bench/simulation${near ? "-near" : ""}.json`;
+const placement = option("placement", "local");
+if (placement !== "local" && placement !== "hash") throw new Error(`--placement is "local" or "hash", not "${placement}"`);
+const hash = placement === "hash";
+const placementOptions = hash ? { placement: "hash", replicas: 1 } : {};
+const section = `simulation${near ? "-near" : ""}${hash ? "-hash" : ""}`;
+const saved = `${root}bench/${section}.json`;
 
 if (typeof globalThis.gc !== "function") throw new Error("run with --expose-gc (npm run simulate does)");
 // All the nodes share this process's heap, which grows with the square of their number; the
@@ -52,7 +58,7 @@ if (args.includes("--report-only")) {
 } else {
   const overheadUs = await networkOverhead();
   console.log(`the simulated network costs ${overheadUs.toFixed(2)} µs of CPU per delivery; it is taken off every CPU figure`);
-  run = { runtime: `Node.js ${process.version}`, threadCpu, near, keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results: [] };
+  run = { runtime: `Node.js ${process.version}`, threadCpu, near, placement, keysPerNode, latencyMs: LATENCY_MS, bytesPerMs: BYTES_PER_MS, overheadUs, results: [] };
   for (const size of sizes) {
     const row = await simulate(size, overheadUs);
     run.results.push(row);
@@ -60,13 +66,10 @@ if (args.includes("--report-only")) {
   }
   writeFileSync(saved, JSON.stringify(run, null, 2) + "\n");
 }
-if (near) {
-  writeSection("simulation-near", table(run));
-} else {
-  writeSection("simulation", table(run));
-  writeSection("verdict", verdict(run.results));
-}
-console.log(`wrote the ${near ? "simulation-near section" : "simulation and verdict sections"} of docs/scale.md`);
+writeSection(section, table(run));
+// What breaks first is the local placement's: its directory and its writes grow with the cluster.
+if (section === "simulation") writeSection("verdict", verdict(run.results));
+console.log(`wrote the ${section}${section === "simulation" ? " and verdict sections" : " section"} of docs/scale.md`);
 
 /** One cluster of `size` nodes, measured phase by phase; `overheadUs` is the network's CPU per delivery. */
 async function simulate(size, overheadUs) {
@@ -75,11 +78,12 @@ async function simulate(size, overheadUs) {
   const nodes = [];
   const start = async (index, transport) => {
     const host = `10.${index >> 16}.${(index >> 8) & 255}.${index & 255}`;
-    const options = { host, port: 0, clock, nearCache: near, transport: transport?.(network.transport(host)) ?? network.transport(host), resolve: async (name) => [name] };
+    const options = { ...placementOptions, host, port: 0, clock, nearCache: near, transport: transport?.(network.transport(host)) ?? network.transport(host), resolve: async (name) => [name] };
     if (index > 0) options.master = { host: "10.0.0.0", port: 1 };
     return clock.runUntil(Node.start(options), 600_000);
   };
   const traffic = () => sum(nodes, (node) => node.stats().messagesSent);
+  const moved = () => sum(nodes, (node) => node.stats().moved);
   const bytes = () => sum(nodes, (node) => node.stats().bytesSent);
   /** Runs `phase`, and returns what it cost: CPU less the network's, virtual ms, messages, bytes. */
   const measure = async (phase) => {
@@ -119,12 +123,22 @@ async function simulate(size, overheadUs) {
   // Idle: heartbeats only.
   const idle = await measure(() => clock.run(IDLE_MS));
 
-  // A join into the filled cluster: every member lists its keys to the joiner.
+  // A join into the filled cluster: every member lists its keys to the joiner (local placement),
+  // or hands it the keys it now owns and their copies (hash placement: timed until it holds them).
   const joinerCpu = { us: 0 };
-  const join = await measure(async () => nodes.push(await start(size, (inner) => timed(inner, joinerCpu))));
+  const movedBefore = moved();
+  const joinStartedAt = clock.now();
+  let joinDoneAt;
+  const join = await measure(async () => {
+    nodes.push(await start(size, (inner) => timed(inner, joinerCpu)));
+    joinDoneAt = hash ? await movesDone(clock, () => [moved(), nodes.at(-1).stats().entries]) : clock.now();
+  });
+  const keysMoved = moved() - movedBefore;
   const joiner = nodes.pop();
   const joinerBytes = joiner.stats().bytesReceived;
-  await clock.runUntil(joiner.stop({ handover: false }), 60_000);
+  // With hash placement the joiner hands its keys back, and the others own them again.
+  await clock.runUntil(joiner.stop({ handover: hash }), 60_000);
+  if (hash) await movesDone(clock, () => [moved(), sum(nodes, (node) => node.stats().copies)]);
   await clock.run(100);
 
   // Writes and reads of random keys on random nodes: one at a time, then 100 in flight.
@@ -172,7 +186,7 @@ async function simulate(size, overheadUs) {
       bytes: Math.round(idle.bytes / size / (IDLE_MS / 1000)),
       cpuShare: round(idle.cpuUs / size / (IDLE_MS * 1000), 5),
     },
-    joinOfFilled: { ms: round(join.ms, 1), joinerBytes, messages: join.messages, cpuMs: round(join.cpuUs / 1000, 1), joinerReadingMs: round(joinerCpu.us / 1000, 1) },
+    joinOfFilled: { ms: round(joinDoneAt - joinStartedAt, 1), keysMoved, joinerBytes, messages: join.messages, cpuMs: round(join.cpuUs / 1000, 1), joinerReadingMs: round(joinerCpu.us / 1000, 1) },
     perLoneWrite: { messages: round(lone.messages / LONE_WRITES, 1), bytes: Math.round(lone.bytes / LONE_WRITES), cpuUs: round(lone.cpuUs / LONE_WRITES, 1), ms: round(lone.ms / LONE_WRITES, 2) },
     perWrite: { messages: round(write.messages / WRITES, 1), bytes: Math.round(write.bytes / WRITES), cpuUs: round(write.cpuUs / WRITES, 1), ms: round(write.ms / (WRITES / 100), 2) },
     partitionPerNodePerSecond: {
@@ -183,6 +197,21 @@ async function simulate(size, overheadUs) {
     meshAgainMs,
     perRead: { messages: round(read.messages / READS, 2), bytes: Math.round(read.bytes / READS), cpuUs: round(read.cpuUs / READS, 1) },
   };
+}
+
+/**
+ * Runs the clock until the figures `now()` returns have stayed the same for 500 virtual ms (the
+ * moves of hash placement are done), at most 60 s; resolves with the time of their last change.
+ */
+async function movesDone(clock, now) {
+  let last = JSON.stringify(now());
+  let changedAt = clock.now();
+  for (let step = 0; step < 600 && clock.now() - changedAt < 500; step++) {
+    await clock.run(100);
+    const figures = JSON.stringify(now());
+    if (figures !== last) [last, changedAt] = [figures, clock.now()];
+  }
+  return changedAt;
 }
 
 /**
@@ -241,16 +270,17 @@ function networkOverhead() {
 
 // ─── The report ──────────────────────────────────────────────────────────────────────────────
 
-function table({ runtime, threadCpu, near, keysPerNode, overheadUs, results: rows }) {
+function table({ runtime, threadCpu, near, placement, keysPerNode, overheadUs, results: rows }) {
   const header = [
-    "| nodes | cluster keys | connections per node | heap per node | heap per cluster key | idle messages per node per s | idle CPU per node | one member cut off from all but one: messages, bytes per node per s, CPU per node | full mesh again after the heal | join of an empty node: messages (cluster) | join into the filled cluster: ms at 1 Gbit/s, MB the joiner read, its CPU reading them | messages per write | CPU per write (cluster) | messages per read | CPU per read | forming took (real s) |",
+    "| nodes | cluster keys | connections per node | heap per node | heap per cluster key | idle messages per node per s | idle CPU per node | one member cut off from all but one: messages, bytes per node per s, CPU per node | full mesh again after the heal | join of an empty node: messages (cluster) | join into the filled cluster: ms at 1 Gbit/s, MB the joiner read, its CPU reading them, keys moved | messages per write | CPU per write (cluster) | messages per read | CPU per read | forming took (real s) |",
     "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   const lines = rows.map((r) =>
-    `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.partitionPerNodePerSecond.messages}, ${(r.partitionPerNodePerSecond.bytes / 1000).toFixed(1)} kB, ${(r.partitionPerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.meshAgainMs === undefined ? "not within 60 s" : `${(r.meshAgainMs / 1000).toFixed(0)} s`} | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.joinerBytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.joinerReadingMs} ms | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
+    `| ${r.nodes} | ${r.clusterKeys.toLocaleString("en")} | ${r.connectionsPerNode} | ${(r.heapPerNodeBytes / 1e6).toFixed(1)} MB | ${r.heapPerClusterKeyBytes} B | ${r.idlePerNodePerSecond.messages} | ${(r.idlePerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.partitionPerNodePerSecond.messages}, ${(r.partitionPerNodePerSecond.bytes / 1000).toFixed(1)} kB, ${(r.partitionPerNodePerSecond.cpuShare * 100).toFixed(3)}% | ${r.meshAgainMs === undefined ? "not within 60 s" : `${(r.meshAgainMs / 1000).toFixed(0)} s`} | ${r.lastJoinOfEmpty.messages.toLocaleString("en")} | ${r.joinOfFilled.ms} ms, ${(r.joinOfFilled.joinerBytes / 1e6).toFixed(2)} MB, ${r.joinOfFilled.joinerReadingMs} ms, ${(r.joinOfFilled.keysMoved ?? 0).toLocaleString("en")} | ${r.perWrite.messages} | ${r.perWrite.cpuUs} µs | ${r.perRead.messages} | ${r.perRead.cpuUs} µs | ${r.formSeconds} |`
   );
+  const flags = [near && "--near", placement === "hash" && "--placement=hash"].filter(Boolean).join(" ");
   return [
-    `Measured by \`npm run simulate${near ? " -- --near" : ""}\` (${runtime}, ${near ? "a near cache on every node, " : ""}${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
+    `Measured by \`npm run simulate${flags ? ` -- ${flags}` : ""}\` (${runtime}, ${near ? "a near cache on every node, " : ""}${placement === "hash" ? "hash placement with replicas: 1, " : ""}${keysPerNode} keys per node, 0.1 ms latency, 1 Gbit/s per node; CPU is ${threadCpu ? "the main thread's" : "the process's"}, less ${overheadUs.toFixed(2)} µs per delivery for the simulated network):`,
     "",
     ...header,
     ...lines,
