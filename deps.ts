@@ -473,7 +473,7 @@ export interface WorkloadNode {
   readonly process: ChildProcess;
   /** Sends a command (`{cmd: "run" | "read" | "set" | "get" | "remove" | "stats", ...}`) and returns its result. */
   call(command: Record<string, unknown>, timeoutMs?: number): Promise<unknown>;
-  /** Runs a workload and returns its history. */
+  /** Runs a workload and returns its history, in this process's clock (as are {@linkcode recorded}'s ops). */
   run(workload: Workload): Promise<WorkloadOp[]>;
   /** What each key reads as on this node. */
   read(keys: string[]): Promise<Record<string, string | null>>;
@@ -493,6 +493,35 @@ export interface WorkloadNode {
    * SIGTERM (`{ signal: true }`), or without a hand-over (`{ handover: false }`).
    */
   stop(options?: { signal?: boolean; handover?: boolean }): Promise<void>;
+}
+
+/** How a child process's clock stands to ours: ours = its - offset, give or take error (ms). */
+interface ChildClock {
+  offset: number;
+  error: number;
+}
+
+/**
+ * Measures a child's clock against ours. Each process reads the wall clock once, for
+ * performance.timeOrigin, and then counts from the same monotonic clock; Node.js 24's reading
+ * can be a tenth of a millisecond off another process's, longer than an op on loopback takes,
+ * which made honest histories look stale. The child read its clock between our call and its
+ * answer, so the shortest of several round trips bounds the error by half of it.
+ */
+async function measureClock(childNow: () => Promise<number>): Promise<ChildClock> {
+  let best: ChildClock = { offset: 0, error: Infinity };
+  for (let trip = 0; trip < 20; trip++) {
+    const sent = performance.timeOrigin + performance.now();
+    const theirs = await childNow();
+    const answered = performance.timeOrigin + performance.now();
+    if ((answered - sent) / 2 < best.error) best = { offset: theirs - (sent + answered) / 2, error: (answered - sent) / 2 };
+  }
+  return best;
+}
+
+/** An op recorded in a child's clock, in ours: widened by the error, so that it surely holds the true span. */
+function inOurClock<T extends { start: number; end: number }>(op: T, clock: ChildClock): T {
+  return { ...op, start: op.start - clock.offset - clock.error, end: op.end - clock.offset + clock.error };
 }
 
 /** Starts `test/fixtures/workload-node.mjs` under `target` as node `name` and waits until it is ready. */
@@ -539,17 +568,18 @@ export function spawnWorkloadNode(name: string, options: NodeOptions = {}, targe
     child.stdin!.write(JSON.stringify({ ...message, seq }) + "\n");
     return within(`${message.cmd} on the ${target} workload node ${name}`, result, timeoutMs);
   };
+  let clock: ChildClock = { offset: 0, error: 0 };
   const handle = {
     name,
     runtime: target,
     process: child,
     call,
     // A run lasts its duration plus, at worst, the fixture's bound on its last ops.
-    run: (workload: Workload) => call({ cmd: "run", ...workload }, workload.durationMs + 30_000) as Promise<WorkloadOp[]>,
+    run: async (workload: Workload) => ((await call({ cmd: "run", ...workload }, workload.durationMs + 30_000)) as WorkloadOp[]).map((op) => inOurClock(op, clock)),
     read: (keys: string[]) => call({ cmd: "read", keys }) as Promise<Record<string, string | null>>,
     recorded: () =>
       [...streamed.values()].map(({ done, ...op }) => {
-        const { i: _, ...plain } = op as WorkloadOp & { i?: number };
+        const { i: _, ...plain } = inOurClock(op as WorkloadOp & { i?: number }, clock);
         return done ? plain : { ...plain, ok: false, end: exitedAt ?? performance.timeOrigin + performance.now() };
       }),
     pause: () => void process.kill(child.pid!, "SIGSTOP"),
@@ -566,7 +596,10 @@ export function spawnWorkloadNode(name: string, options: NodeOptions = {}, targe
   };
   track(handle);
   return within(`the ${target} workload node ${name} to start`, started, 20_000).then(
-    (info) => ({ ...handle, ...info }),
+    async (info) => {
+      clock = await measureClock(() => call({ cmd: "now" }) as Promise<number>);
+      return { ...handle, ...info };
+    },
     async (error) => {
       await kill();
       throw error;
