@@ -161,7 +161,8 @@ export interface NodeOptions {
   /**
    * How long to wait for a peer to answer a request (handshake, get, set, stats), and for a
    * connection to open, in milliseconds. A peer that does not answer in time is treated as not
-   * holding the key.
+   * holding the key. The time counts while the peer answers nothing: a request that waits
+   * behind others at a busy peer that is answering them waits on, up to 10 times this long.
    * @default {5000}
    */
   requestTimeout?: number;
@@ -2137,13 +2138,17 @@ class Core {
 
   /**
    * Stores writes here and tells every peer that this node now holds them (`own`); resolves once
-   * every live peer has acknowledged, so a get anywhere afterwards finds them.
+   * every live peer has acknowledged, so a get anywhere afterwards finds them. ITEMS_PER_BATCH
+   * writes at a time, with a turn of the event loop between: an `mset` of 10,000 entries done at
+   * once kept this node from reading and answering for half a second on a busy machine, long
+   * enough for its peers to take it for dead.
    */
   async write(writes: Write[]): Promise<void> {
     if (this.hash) return this.hash.write(writes);
     if (this.lifecycle !== "ready") await this.whenStarted("set");
     const acknowledgements = new Acknowledgements(this.cluster);
-    for (const { key, stored, size, ttl } of writes) {
+    for (const [index, { key, stored, size, ttl }] of writes.entries()) {
+      if (index > 0 && index % ITEMS_PER_BATCH === 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
       this.counters.sets++;
       this.overtake(key);
       const version = this.directory.write(key, stored, size, ttl);
@@ -2309,7 +2314,7 @@ class Core {
     for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
       if (writer === undefined || typeof from !== "string") throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
       this.overtake(key);
-      if (!this.directory.moved(key, peer.id, from, version, ttl, writer)) this.replication.refuteClaim(peer, key);
+      if (!this.directory.moved(key, peer.id, from, version, ttl, writer, this.lifecycle !== "ready")) this.replication.refuteClaim(peer, key);
     }
     return {};
   }
@@ -2695,7 +2700,11 @@ class Acknowledgements {
     }
     const { answer, index } = peer.batch(op, item, units);
     let sent = this.#sent.get(answer);
-    if (sent === undefined) this.#sent.set(answer, (sent = { peer, op, items: [] }));
+    if (sent === undefined) {
+      this.#sent.set(answer, (sent = { peer, op, items: [] }));
+      // Handled in settled(), which a caller that sends over several turns awaits only at the end.
+      answer.catch(() => {});
+    }
     sent.items.push([item, units, index]);
   }
 
@@ -4564,6 +4573,8 @@ const KEY_LISTS_IN_FLIGHT = 4;
  * a member joining two holding 1,000,000 timed out).
  */
 const PART_ITEMS = 8 * ITEMS_PER_BATCH;
+/** How many requestTimeouts a request may wait at a peer that answers others meanwhile (see Peer.request). */
+const PATIENCE = 10;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
 const MAX_HOPS = 16;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */
@@ -4807,8 +4818,9 @@ interface PendingRequest {
   resolve: (answer: Message) => void;
   reject: (error: Error) => void;
   sentAt: number;
-  deadline: number;
   timeout: number;
+  /** Whether `timeout` counts from `sentAt` whatever else the peer answers (see Peer.request). */
+  fixed: boolean;
 }
 
 /** The error a peer's `fail` answer stands for, with the peer's code when it is one of ours. */
@@ -4858,6 +4870,8 @@ class Peer {
   readonly #clock: Clock;
   readonly #traffic: Traffic;
   readonly #pending = new Map<number, PendingRequest>();
+  /** When the other node last answered a request of this one (see request). */
+  #lastAnswer = -Infinity;
   #nextRid = 1;
   #outgoing: Message[] = [];
   #open: OpenBatch | undefined;
@@ -4928,15 +4942,19 @@ class Peer {
   }
 
   /**
-   * Sends a request and resolves with the answer; rejects on `fail`, on close, or when no answer
-   * comes within `timeout` ms (by default the node's `requestTimeout`).
+   * Sends a request and resolves with the answer; rejects on `fail`, on close, or on a timeout.
+   * By default the timeout is the node's `requestTimeout` of no progress: the request fails when
+   * the peer has answered nothing for that long since it was sent, so that a request waiting
+   * behind many others at a busy peer that answers them is not taken for one that went
+   * unanswered; and, however busy the peer, after PATIENCE timeouts. A `timeout` given here
+   * counts from the sending, whatever else the peer answers (a remote fetch's loader).
    */
-  request(message: Message, timeout: number = this.#limits.requestTimeout): Promise<Message> {
+  request(message: Message, timeout?: number): Promise<Message> {
     if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
     const rid = this.#nextRid++;
     const sentAt = this.#clock.now();
     const answer = new Promise<Message>((resolve, reject) => {
-      this.#pending.set(rid, { resolve, reject, sentAt, deadline: sentAt + timeout, timeout });
+      this.#pending.set(rid, { resolve, reject, sentAt, timeout: timeout ?? this.#limits.requestTimeout, fixed: timeout !== undefined });
     });
     if (this.#sweeper === undefined) this.#sweepLater();
     this.send({ ...message, rid });
@@ -4996,6 +5014,7 @@ class Peer {
         throw new ProtocolError(`an answer to unknown request ${message.rid}`);
       }
       this.#pending.delete(message.rid!);
+      this.#lastAnswer = this.#clock.now();
       if (pending.sentAt > this.answeredAt) this.answeredAt = pending.sentAt;
       if (message.op === "ok") pending.resolve(message);
       else pending.reject(remoteError(message));
@@ -5021,18 +5040,28 @@ class Peer {
     if (this.#conn.buffered() > this.#limits.maxQueueBytes) this.close("stalled");
   }
 
-  /** Fails the requests whose time is up, checking a few times per `requestTimeout` while any wait. */
-  #sweepLater(): void {
+  /**
+   * Fails the requests whose time is up (see request), checking a few times per `requestTimeout`
+   * while any wait. A check that runs late, after this process was frozen or busy, runs before
+   * the answers waiting in the socket are read, and judges nothing; the next one does.
+   */
+  #sweepLater(late = false): void {
+    const interval = Math.max(this.#limits.requestTimeout / 4, 10);
+    const due = this.#clock.now() + interval;
     this.#sweeper = this.#clock.setTimeout(() => {
       const now = this.#clock.now();
+      if (!late && now - due > interval) return this.#sweepLater(true);
       for (const [rid, pending] of this.#pending) {
-        if (pending.deadline > now) continue;
+        const { sentAt, timeout, fixed } = pending;
+        const silent = now - Math.max(sentAt, this.#lastAnswer) >= timeout;
+        if (fixed ? now - sentAt < timeout : !silent && now - sentAt < PATIENCE * timeout) continue;
         this.#pending.delete(rid);
-        pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} did not answer within ${pending.timeout} ms`));
+        const why = fixed || silent ? `did not answer within ${timeout} ms` : `answered others but not this request within ${PATIENCE * timeout} ms`;
+        pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} ${why}`));
       }
       if (this.#pending.size > 0 && !this.#closed) this.#sweepLater();
       else this.#sweeper = undefined;
-    }, Math.max(this.#limits.requestTimeout / 4, 10));
+    }, interval);
   }
 
   #teardown(reason: PeerDownReason): void {
@@ -6264,8 +6293,14 @@ export class Directory {
    * forgetHolder, gives way to any claim), and the other keeps its entry as a copy of the
    * winner's. Returns false when this node holds the write as its own and wins: `holder` must
    * then be told to keep its entry as a copy of this node's.
+   *
+   * A claim to have taken the write over from this node lets this node's entry go only while
+   * it is `leaving` (it handed the entry over). Otherwise this node was taken for dead and is
+   * not: the claim is settled like a rival's, and the entry stays here, as its own or as a copy
+   * for `holder`. Dropped, it was lost when the claimant, which took a copy for the entry and
+   * then gave way to this node, died.
    */
-  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string): boolean {
+  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string, leaving = false): boolean {
     this.observe(version);
     if (this.#clearedAway(version, writer)) return true;
     const local = this.#store.peek(key);
@@ -6274,6 +6309,7 @@ export class Directory {
     const sameWrite = known !== undefined && known.version === version && known.writer === writer;
     if (known !== undefined && !sameWrite && !newer(version, writer, known.version, known.writer)) return true;
     if (sameWrite && local !== undefined && from !== this.#id) return this.#claim(key, local, holder, from);
+    if (sameWrite && local !== undefined && local.copyOf === undefined && !leaving) return this.#claim(key, local, holder);
     if (sameWrite && remote !== undefined && remote.holder !== from && !this.#presumed.has(key) && !this.#outranks(holder, remote.holder, key)) return true;
     this.#record(key, holder, version, ttl, writer);
     return true;

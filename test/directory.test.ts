@@ -226,6 +226,25 @@ describe("Directory", () => {
     }
   });
 
+  it("a member taken for dead keeps its entry when another claims to have taken it over, as its own or as the claimant's copy; a leaving one lets it go", () => {
+    const clock = new ManualClock();
+    for (const claimant of ["c1", "c2", "c3", "c4"]) {
+      const holder = nodeOf("h", clock);
+      holder.directory.write("k", "v", 2, 0);
+      const { version } = holder.store.peek("k")!;
+      const refused = !holder.directory.moved("k", claimant, "h", version, 0, "h");
+      const kept = holder.store.peek("k");
+      assert.ok(kept !== undefined, `the entry stays when ${claimant} claims it`);
+      // Refused: the claimant is told to keep its entry as a copy; else this one is its copy.
+      assert.equal(kept.copyOf, refused ? undefined : claimant);
+      const leaving = nodeOf("h", clock);
+      leaving.directory.write("k", "v", 2, 0);
+      assert.equal(leaving.directory.moved("k", claimant, "h", leaving.store.peek("k")!.version, 0, "h", true), true);
+      assert.equal(leaving.store.peek("k"), undefined, "a leaving member's entry goes to its heir");
+      assert.equal(holderSeenBy(leaving, "k"), claimant);
+    }
+  });
+
   it("a holder presumed after its holder died gives way to any member that took the write over", () => {
     const clock = new ManualClock();
     // A claimant that the presumed holder outranks: a plain record of the presumed holder keeps it.
