@@ -6297,8 +6297,8 @@ export class Directory {
    * A claim to have taken the write over from this node lets this node's entry go only while
    * it is `leaving` (it handed the entry over). Otherwise this node was taken for dead and is
    * not: the claim is settled like a rival's, and the entry stays here, as its own or as a copy
-   * for `holder`. Dropped, it was lost when the claimant, which took a copy for the entry and
-   * then gave way to this node, died.
+   * for `holder`. (Dropping it lost the key: the claimant could then give way to this node and
+   * keep only a copy of an entry that no longer existed.)
    */
   moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string, leaving = false): boolean {
     this.observe(version);
