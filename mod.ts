@@ -219,11 +219,21 @@ export interface NodeOptions {
    */
   maxValueBytes?: number;
   /**
-   * Most bytes that may wait to be sent to one peer; a peer that stops reading that long is
-   * disconnected (peerDown reason `stalled`) instead of being buffered for without limit.
+   * Most bytes that may wait to be sent to one peer. Requests wait in a queue while the peer has
+   * a window's worth (1,000 items) unanswered; a write or removal that finds more than this many
+   * bytes of requests waiting for any peer is refused at once with `ERR_OVERLOADED`, and a peer
+   * that stops reading until this many bytes wait in its socket is disconnected (peerDown reason
+   * `stalled`) instead of being buffered for without limit.
    * @default {33554432}
    */
   maxQueueBytes?: number;
+  /**
+   * Most items of requests (a write's announcement or copy, a key read or removed) that may wait
+   * in the queue to one peer; beyond it, as beyond `maxQueueBytes`, a write or removal is
+   * refused at once with `ERR_OVERLOADED`, changing nothing.
+   * @default {100000}
+   */
+  maxQueueItems?: number;
   /**
    * How many other members keep a copy of every entry this node holds, chosen by rendezvous
    * hashing of the key over the members. When a node dies without a goodbye, every member
@@ -582,6 +592,7 @@ export const DEFAULTS: {
   readonly maxKeyLength: number;
   readonly maxValueBytes: number;
   readonly maxQueueBytes: number;
+  readonly maxQueueItems: number;
   readonly replicas: number;
   readonly placement: "local" | "hash";
   readonly nearCache: { readonly maxEntries: number; readonly maxBytes: number };
@@ -602,6 +613,7 @@ export const DEFAULTS: {
   maxKeyLength: 1024,
   maxValueBytes: 8 * 1024 * 1024,
   maxQueueBytes: 32 * 1024 * 1024,
+  maxQueueItems: 100_000,
   replicas: 0,
   placement: "local",
   nearCache: Object.freeze({ maxEntries: 10_000, maxBytes: 16 * 1024 * 1024 }),
@@ -623,12 +635,13 @@ export type KosyakErrorCode =
   | "ERR_FETCH"
   | "ERR_AUTH"
   | "ERR_LIMIT"
-  | "ERR_REMOTE";
+  | "ERR_REMOTE"
+  | "ERR_OVERLOADED";
 
 /** Every code, to tell ours from anything else a peer sends; the record makes it complete. */
 const KOSYAK_ERROR_CODES = Object.keys({
   ERR_LISTEN: 0, ERR_CONNECT: 0, ERR_NOT_STARTED: 0, ERR_ALREADY_STARTED: 0, ERR_STOPPED: 0, ERR_PROTOCOL: 0,
-  ERR_TIMEOUT: 0, ERR_PEER_GONE: 0, ERR_FETCH: 0, ERR_AUTH: 0, ERR_LIMIT: 0, ERR_REMOTE: 0,
+  ERR_TIMEOUT: 0, ERR_PEER_GONE: 0, ERR_FETCH: 0, ERR_AUTH: 0, ERR_LIMIT: 0, ERR_REMOTE: 0, ERR_OVERLOADED: 0,
 } satisfies Record<KosyakErrorCode, 0>);
 
 /**
@@ -1725,6 +1738,8 @@ class Core {
   #stopped: Promise<void> | undefined;
   #startedAt = 0;
   readonly #timers: Timers;
+  /** The single writes of this turn of the event loop, sent and acknowledged together (see write). */
+  #turn: { acknowledgements: Acknowledgements; failures: Promise<Failure[]> } | undefined;
   readonly replication: Replication;
   /** Where keys live with `placement: "hash"`; undefined with "local" (the directory). */
   readonly hash: HashPlacement | undefined;
@@ -2144,9 +2159,11 @@ class Core {
    * enough for its peers to take it for dead.
    */
   async write(writes: Write[]): Promise<void> {
-    if (this.hash) return this.hash.write(writes);
     if (this.lifecycle !== "ready") await this.whenStarted("set");
-    const acknowledgements = new Acknowledgements(this.cluster);
+    this.cluster.refuseWhenOverloaded(writes.length === 1 ? `set "${writes[0].key}"` : `write ${writes.length} entries`);
+    if (this.hash) return this.hash.write(writes);
+    const turn = writes.length === 1 ? this.#writesOfThisTurn() : undefined;
+    const acknowledgements = turn?.acknowledgements ?? new Acknowledgements(this.cluster);
     for (const [index, { key, stored, size, ttl }] of writes.entries()) {
       if (index > 0 && index % ITEMS_PER_BATCH === 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
       this.counters.sets++;
@@ -2154,12 +2171,13 @@ class Core {
       const version = this.directory.write(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
       const entry = copies.length > 0 ? this.store.peek(key) : undefined;
-      if (entry !== undefined) this.replication.sendCopies(acknowledgements, entry);
+      if (entry !== undefined) this.replication.sendCopies(acknowledgements, entry, copies);
       acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
     }
     // A copy that a member did not confirm may be missing when this node dies: say so.
-    for (const failure of await acknowledgements.settled()) {
-      const copy = failure.items.find(([item]) => Array.isArray((item as unknown[])[4]));
+    const written = turn === undefined ? undefined : writes[0].key;
+    for (const failure of await (turn?.failures ?? acknowledgements.settled())) {
+      const copy = failure.items.find(([item]) => Array.isArray((item as unknown[])[4]) && (written === undefined || (item as unknown[])[0] === written));
       if (copy === undefined) continue;
       const key = (copy[0] as [string])[0];
       throw new KosyakError("ERR_TIMEOUT", `Cannot set "${key}" with replicas: member ${failure.peer.id} did not store its copy: ${describe(failure.error)}`);
@@ -2167,12 +2185,28 @@ class Core {
   }
 
   /**
+   * The acknowledgements that the single writes begun in this turn of the event loop share, and
+   * the failures they settle with once the turn's writes are all sent. A burst of sets costs
+   * one wait for every member's answers, as an `mset` of them would, rather than one each.
+   */
+  #writesOfThisTurn(): { acknowledgements: Acknowledgements; failures: Promise<Failure[]> } {
+    if (this.#turn !== undefined) return this.#turn;
+    const acknowledgements = new Acknowledgements(this.cluster);
+    const failures = new Promise<Failure[]>((resolve) => queueMicrotask(() => {
+      this.#turn = undefined;
+      resolve(acknowledgements.settled());
+    }));
+    return (this.#turn = { acknowledgements, failures });
+  }
+
+  /**
    * Removes a key here, and from every peer and directory (`drop`). Every peer hears of it: a
    * directory can miss a holder for a while, and a removal must reach the holder all the same.
    */
   async remove(key: string): Promise<boolean> {
-    if (this.hash) return this.hash.remove(key);
     await this.whenStarted("remove");
+    this.cluster.refuseWhenOverloaded(`remove "${key}"`);
+    if (this.hash) return this.hash.remove(key);
     this.overtake(key);
     const heldHere = this.store.peek(key) !== undefined;
     const version = this.directory.remove(key);
@@ -2489,8 +2523,8 @@ class Replication {
   }
 
   /** Sends copies of an entry this node holds to the members that keep them. */
-  sendCopies(acknowledgements: Acknowledgements, entry: StoredEntry): void {
-    for (const peer of this.#core.cluster.replicasOf(entry.key, this.#core.options.replicas)) {
+  sendCopies(acknowledgements: Acknowledgements, entry: StoredEntry, keepers = this.#core.cluster.replicasOf(entry.key, this.#core.options.replicas)): void {
+    for (const peer of keepers) {
       acknowledgements.send(peer, "own", this.copyItem(entry), entry.size);
       this.#core.counters.copiesSent++;
     }
@@ -3737,6 +3771,7 @@ interface ResolvedOptions {
   maxKeyLength: number;
   maxValueBytes: number;
   maxQueueBytes: number;
+  maxQueueItems: number;
   replicas: number;
   placement: "local" | "hash";
   nearCache: { maxEntries: number; maxBytes: number } | undefined;
@@ -3748,7 +3783,7 @@ const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "discover", "resolve", "socket", "server", "stringify", "fetch", "connectDelay",
   "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
-  "maxValueBytes", "maxQueueBytes", "replicas", "placement", "nearCache", "clock", "transport",
+  "maxValueBytes", "maxQueueBytes", "maxQueueItems", "replicas", "placement", "nearCache", "clock", "transport",
 ]);
 
 function resolveOptions(options: NodeOptions): ResolvedOptions {
@@ -3817,7 +3852,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   }
   const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
   if (typeof maxBytes !== "number" || !(maxBytes >= 1)) fail("maxBytes must be a number of 1 or more, or Infinity", maxBytes, RangeError);
-  const whole = (name: "maxFrameBytes" | "maxConnections" | "maxKeyLength" | "maxValueBytes" | "maxQueueBytes" | "replicas", min: number): number => {
+  const whole = (name: "maxFrameBytes" | "maxConnections" | "maxKeyLength" | "maxValueBytes" | "maxQueueBytes" | "maxQueueItems" | "replicas", min: number): number => {
     const value = options[name] ?? DEFAULTS[name];
     if (!Number.isSafeInteger(value) || value < min) fail(`${name} must be an integer of ${min} or more`, value, RangeError);
     return value;
@@ -3877,6 +3912,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     maxKeyLength,
     maxValueBytes,
     maxQueueBytes: whole("maxQueueBytes", 1024),
+    maxQueueItems: whole("maxQueueItems", 1),
     replicas: whole("replicas", 0),
     placement: resolvePlacement(options.placement, fail),
     nearCache: resolveNearCache(options.nearCache, fail),
@@ -4573,6 +4609,11 @@ const KEY_LISTS_IN_FLIGHT = 4;
  * a member joining two holding 1,000,000 timed out).
  */
 const PART_ITEMS = 8 * ITEMS_PER_BATCH;
+/**
+ * Items of requests a node sends one peer ahead of its answers (see Peer): a batch's worth,
+ * which a busy peer on a quarter of a core still answers within a few hundred milliseconds.
+ */
+const WINDOW_ITEMS = ITEMS_PER_BATCH;
 /** How many requestTimeouts a request may wait at a peer that answers others meanwhile (see Peer.request). */
 const PATIENCE = 10;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
@@ -4804,7 +4845,7 @@ function isSame(a: Holding | undefined, b: Holding | undefined): boolean {
 // ─── Peer: one connection ────────────────────────────────────────────────────────────────────
 
 /** The options a connection obeys. */
-type PeerLimits = Pick<ResolvedOptions, "requestTimeout" | "maxFrameBytes" | "maxQueueBytes">;
+type PeerLimits = Pick<ResolvedOptions, "requestTimeout" | "heartbeatInterval" | "maxFrameBytes" | "maxQueueBytes" | "maxQueueItems">;
 
 /** Messages and bytes that a node's connections carried, counted by each of its Peers. */
 interface Traffic {
@@ -4817,7 +4858,12 @@ interface Traffic {
 interface PendingRequest {
   resolve: (answer: Message) => void;
   reject: (error: Error) => void;
-  sentAt: number;
+  /** When the request left the queue for the socket; undefined while it waits in the queue. */
+  sentAt: number | undefined;
+  /** Its items (a batch's keys, else 1), counted against WINDOW_ITEMS once sent. */
+  weight: number;
+  /** Its bytes as the batch counts them (see Peer.batch), while it waits in the queue. */
+  units: number;
   timeout: number;
   /** Whether `timeout` counts from `sentAt` whatever else the peer answers (see Peer.request). */
   fixed: boolean;
@@ -4832,6 +4878,7 @@ function remoteError(message: Message): KosyakError {
 /** A request whose `keys` list still takes items: see {@linkcode Peer.batch}. */
 interface OpenBatch {
   readonly message: Message;
+  readonly pending: PendingRequest;
   readonly items: unknown[];
   readonly answer: Promise<Message>;
   /** The length of the keys in the items so far, in UTF-16 code units. */
@@ -4839,9 +4886,14 @@ interface OpenBatch {
 }
 
 /**
- * One connection to another node: frames out and in, request ids and their timeouts, and one
- * outbound queue that sends everything queued in one tick, in the order it was queued, in one
- * socket write. Items of batched requests queued back to back travel as one request.
+ * One connection to another node: frames out and in, request ids and their timeouts, and flow
+ * control. What this node sends waits in one queue, in order, and each tick's worth goes out in
+ * one socket write; requests leave it only while the other node has fewer than WINDOW_ITEMS
+ * items of requests unanswered, so that however many a burst queues here, a busy peer is never
+ * given more than it can answer within a few turns of its event loop, and its heartbeats and
+ * answers are never stuck behind a backlog. Answers and pings skip the queue: two nodes waiting
+ * for room at each other would otherwise wait for ever. Items of batched requests queued back
+ * to back travel as one request, so a queue that waits fills its batches.
  */
 class Peer {
   /** The other node's id, known once the handshake is done. */
@@ -4870,10 +4922,19 @@ class Peer {
   readonly #clock: Clock;
   readonly #traffic: Traffic;
   readonly #pending = new Map<number, PendingRequest>();
-  /** When the other node last answered a request of this one (see request). */
-  #lastAnswer = -Infinity;
   #nextRid = 1;
-  #outgoing: Message[] = [];
+  /** Requests and other messages waiting to be sent, in order. */
+  #queue: Message[] = [];
+  /** The items and bytes (as their units, see batch) of the requests in the queue. */
+  #queuedItems = 0;
+  #queuedUnits = 0;
+  /** Answers and pings for the next write, ahead of the queue. */
+  #urgent: Message[] = [];
+  /** Items of the requests sent and not yet answered. */
+  #inFlight = 0;
+  #flushDue = false;
+  /** Whether the handshake is done: only then may a ping go between its messages. */
+  #trusted = false;
   #open: OpenBatch | undefined;
   #sweeper: unknown;
   #closed = false;
@@ -4906,6 +4967,7 @@ class Peer {
   /** The handshake is done: frames up to `maxFrameBytes` are welcome from now on. */
   trust(): void {
     this.#decoder.limit = this.#limits.maxFrameBytes;
+    this.#trusted = true;
   }
 
   /**
@@ -4934,31 +4996,38 @@ class Peer {
     });
   }
 
-  /** Queues a message that expects no answer. */
+  /**
+   * What is wrong when more requests wait in the queue than `maxQueueItems` or `maxQueueBytes`
+   * allow (their bytes as batch counts them), else undefined.
+   */
+  get overloaded(): string | undefined {
+    const { maxQueueItems, maxQueueBytes } = this.#limits;
+    if (this.#queuedItems > maxQueueItems) return `${this.#queuedItems} items wait to be sent to member ${this.id}, more than maxQueueItems (${maxQueueItems})`;
+    if (this.#queuedUnits > maxQueueBytes) return `${this.#queuedUnits} bytes wait to be sent to member ${this.id}, more than maxQueueBytes (${maxQueueBytes})`;
+    return undefined;
+  }
+
+  /** Queues a message that expects no answer; a ping goes ahead of the queue once the handshake is done. */
   send(message: Message): void {
     if (this.#closed) return;
-    if (this.#outgoing.length === 0) queueMicrotask(() => this.#flush());
-    this.#outgoing.push(message);
+    if (this.#skipsQueue(message)) this.#urgent.push(message);
+    else this.#queue.push(message);
+    this.#flushSoon();
+    this.#keepAlive();
   }
 
   /**
    * Sends a request and resolves with the answer; rejects on `fail`, on close, or on a timeout.
    * By default the timeout is the node's `requestTimeout` of no progress: the request fails when
-   * the peer has answered nothing for that long since it was sent, so that a request waiting
-   * behind many others at a busy peer that answers them is not taken for one that went
-   * unanswered; and, however busy the peer, after PATIENCE timeouts. A `timeout` given here
-   * counts from the sending, whatever else the peer answers (a remote fetch's loader).
+   * the peer has sent nothing at all, no answer and no heartbeat, for that long since it was
+   * sent (and queued requests wait for the window before their time begins), so that a request
+   * behind many others at a busy peer is not taken for one that went unanswered; and, however
+   * busy the peer, after PATIENCE timeouts. A `timeout` given here counts from the sending,
+   * whatever else the peer sends (a remote fetch's loader).
    */
   request(message: Message, timeout?: number): Promise<Message> {
     if (this.#closed) return Promise.reject(new KosyakError("ERR_PEER_GONE", `Peer ${this.id} is gone`));
-    const rid = this.#nextRid++;
-    const sentAt = this.#clock.now();
-    const answer = new Promise<Message>((resolve, reject) => {
-      this.#pending.set(rid, { resolve, reject, sentAt, timeout: timeout ?? this.#limits.requestTimeout, fixed: timeout !== undefined });
-    });
-    if (this.#sweeper === undefined) this.#sweepLater();
-    this.send({ ...message, rid });
-    return answer;
+    return this.#request({ ...message }, timeout, 0).answer;
   }
 
   /**
@@ -4969,17 +5038,22 @@ class Peer {
   batch(op: string, item: unknown, units: number): { answer: Promise<Message>; index: number } {
     const open = this.#open;
     if (
-      open !== undefined && open.message.op === op && this.#outgoing.at(-1) === open.message &&
+      open !== undefined && open.message.op === op && this.#queue.at(-1) === open.message &&
       open.items.length < ITEMS_PER_BATCH && fitsInFrame(open.units + units, this.#limits.maxFrameBytes)
     ) {
       open.items.push(item);
       open.units += units;
+      open.pending.units += units;
+      this.#queuedItems++;
+      this.#queuedUnits += units;
+      this.#keepAlive();
       return { answer: open.answer, index: open.items.length - 1 };
     }
     const items = [item];
-    const answer = this.request({ op, keys: items });
-    // A closed connection queues nothing: its request has already failed.
-    if (!this.#closed) this.#open = { message: this.#outgoing.at(-1)!, items, answer, units };
+    if (this.#closed) return { answer: this.request({ op, keys: items }), index: 0 };
+    const message: Message = { op, keys: items };
+    const { answer, pending } = this.#request(message, undefined, units);
+    this.#open = { message, pending, items, answer, units };
     return { answer, index: 0 };
   }
 
@@ -4987,13 +5061,13 @@ class Peer {
   reply(rid: number, fields: Record<string, unknown>): void {
     fields.op = "ok";
     fields.rid = rid;
-    this.send(fields as Message);
+    this.#answer(fields as Message);
   }
 
   /** Answers a request of the other node with an error. */
   fail(rid: number, error: unknown): void {
     const code = error instanceof KosyakError ? error.code : "ERR_REMOTE";
-    this.send({ op: "fail", rid, code, message: describe(error) });
+    this.#answer({ op: "fail", rid, code, message: describe(error) });
   }
 
   /** Writes what is queued, closes the connection, and fails every pending request. */
@@ -5014,8 +5088,8 @@ class Peer {
         throw new ProtocolError(`an answer to unknown request ${message.rid}`);
       }
       this.#pending.delete(message.rid!);
-      this.#lastAnswer = this.#clock.now();
-      if (pending.sentAt > this.answeredAt) this.answeredAt = pending.sentAt;
+      if (pending.sentAt! > this.answeredAt) this.answeredAt = pending.sentAt!;
+      this.#unanswered(pending);
       if (message.op === "ok") pending.resolve(message);
       else pending.reject(remoteError(message));
       return;
@@ -5023,12 +5097,96 @@ class Peer {
     this.#onMessage(message);
   }
 
+  /** Queues `message` as a request whose items take `units` (see batch). */
+  #request(message: Message, timeout: number | undefined, units: number): { answer: Promise<Message>; pending: PendingRequest } {
+    const rid = this.#nextRid++;
+    let pending!: PendingRequest;
+    const answer = new Promise<Message>((resolve, reject) => {
+      pending = { resolve, reject, sentAt: undefined, weight: this.#skipsQueue(message) ? 0 : 1, units, timeout: timeout ?? this.#limits.requestTimeout, fixed: timeout !== undefined };
+    });
+    this.#pending.set(rid, pending);
+    if (this.#sweeper === undefined) this.#sweepLater();
+    if (!this.#skipsQueue(message)) {
+      this.#queuedItems++;
+      this.#queuedUnits += units;
+    }
+    message.rid = rid;
+    this.send(message);
+    return { answer, pending };
+  }
+
+  /** A ping, which tells of this node's liveness, waits for nothing (see Peer) but the handshake. */
+  #skipsQueue(message: Message): boolean {
+    return message.op === "ping" && this.#trusted;
+  }
+
+  #answer(message: Message): void {
+    if (this.#closed) return;
+    this.#urgent.push(message);
+    this.#flushSoon();
+    this.#keepAlive();
+  }
+
+  /**
+   * Writes at once, with a ping when nothing else may go, should half a heartbeat interval have
+   * passed since the last write: a turn of the event loop that sends or answers thousands of
+   * requests keeps this node heard, rather than silent till its end, which on a busy machine
+   * came later than peerTimeout.
+   */
+  #keepAlive(): void {
+    if (!this.#trusted || this.#clock.now() - this.lastSent < this.#limits.heartbeatInterval / 2) return;
+    if (this.#urgent.length === 0) this.#urgent.push({ op: "ping" });
+    this.#flush();
+  }
+
+  /** A request left the window: answered, failed or timed out. The queue may move on. */
+  #unanswered(pending: PendingRequest): void {
+    if (pending.sentAt === undefined) return;
+    this.#inFlight -= pending.weight;
+    if (this.#queue.length > 0) this.#flushSoon();
+  }
+
+  #flushSoon(): void {
+    if (this.#flushDue) return;
+    this.#flushDue = true;
+    queueMicrotask(() => {
+      this.#flushDue = false;
+      this.#flush();
+    });
+  }
+
+  /** Writes what the window lets go of the queue, then the answers and pings, in one socket write. */
   #flush(): void {
-    this.#open = undefined;
-    if (this.#outgoing.length === 0 || this.#closed) return;
-    const messages = this.#outgoing;
-    this.#outgoing = [];
-    this.lastSent = this.#clock.now();
+    if (this.#closed) return;
+    const messages: Message[] = [];
+    const now = this.#clock.now();
+    let taken = 0;
+    for (const message of this.#queue) {
+      const pending = message.rid === undefined ? undefined : this.#pending.get(message.rid);
+      if (pending !== undefined) {
+        const weight = Array.isArray(message.keys) ? message.keys.length : 1;
+        if (this.#inFlight > 0 && this.#inFlight + weight > WINDOW_ITEMS) break;
+        pending.sentAt = now;
+        pending.weight = weight;
+        this.#inFlight += weight;
+        this.#queuedItems -= weight;
+        this.#queuedUnits -= pending.units;
+      }
+      messages.push(message);
+      taken++;
+    }
+    if (taken > 0) this.#queue.splice(0, taken);
+    // Answers and pings overtake only what waits for the window. A ping request is timed, but
+    // takes no room in the window.
+    for (const message of this.#urgent) {
+      if (message.rid !== undefined && message.op === "ping") this.#pending.get(message.rid)!.sentAt = now;
+      messages.push(message);
+    }
+    this.#urgent = [];
+    // A batch that went can take no more items.
+    if (this.#open !== undefined && this.#queue.at(-1) !== this.#open.message) this.#open = undefined;
+    if (messages.length === 0) return;
+    this.lastSent = now;
     // A value changed after set (say, a BigInt added) must fail one answer, not the process.
     const failInstead = (message: Message, problem: string): Message | undefined =>
       message.op === "ok" ? { op: "fail", rid: message.rid, code: "ERR_REMOTE", message: problem } : undefined;
@@ -5043,20 +5201,25 @@ class Peer {
   /**
    * Fails the requests whose time is up (see request), checking a few times per `requestTimeout`
    * while any wait. A check that runs late, after this process was frozen or busy, runs before
-   * the answers waiting in the socket are read, and judges nothing; the next one does.
+   * the data waiting in the socket is read: a little late, it takes the silence it sees to be
+   * that much shorter; later than its interval, it judges nothing, and the next one does.
    */
   #sweepLater(late = false): void {
     const interval = Math.max(this.#limits.requestTimeout / 4, 10);
     const due = this.#clock.now() + interval;
     this.#sweeper = this.#clock.setTimeout(() => {
       const now = this.#clock.now();
-      if (!late && now - due > interval) return this.#sweepLater(true);
+      const lateness = Math.max(now - due, 0);
+      if (!late && lateness > interval) return this.#sweepLater(true);
       for (const [rid, pending] of this.#pending) {
         const { sentAt, timeout, fixed } = pending;
-        const silent = now - Math.max(sentAt, this.#lastAnswer) >= timeout;
+        // A request that waits in the queue has not been sent: its time has not begun.
+        if (sentAt === undefined) continue;
+        const silent = now - Math.max(sentAt, this.lastHeard) - lateness >= timeout;
         if (fixed ? now - sentAt < timeout : !silent && now - sentAt < PATIENCE * timeout) continue;
         this.#pending.delete(rid);
-        const why = fixed || silent ? `did not answer within ${timeout} ms` : `answered others but not this request within ${PATIENCE * timeout} ms`;
+        this.#unanswered(pending);
+        const why = fixed || silent ? `did not answer within ${timeout} ms` : `did not answer this request within ${PATIENCE * timeout} ms, though it was heard from meanwhile`;
         pending.reject(new KosyakError("ERR_TIMEOUT", `Peer ${this.id} ${why}`));
       }
       if (this.#pending.size > 0 && !this.#closed) this.#sweepLater();
@@ -5067,7 +5230,9 @@ class Peer {
   #teardown(reason: PeerDownReason): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#outgoing = [];
+    this.#queue = [];
+    this.#urgent = [];
+    this.#queuedItems = this.#queuedUnits = this.#inFlight = 0;
     this.#open = undefined;
     if (this.#sweeper !== undefined) this.#clock.clearTimeout(this.#sweeper);
     this.#sweeper = undefined;
@@ -5220,6 +5385,20 @@ class Cluster {
   /** Every member's connection. */
   peers(): IterableIterator<Peer> {
     return this.#peers.values();
+  }
+
+  /**
+   * Throws `ERR_OVERLOADED` when more requests wait to be sent to a member than maxQueueItems or
+   * maxQueueBytes allow: writes come faster than the cluster takes them, and one more would only
+   * wait longer, and hold more memory, than a caller can tell from a member that stopped.
+   */
+  refuseWhenOverloaded(operation: string): void {
+    for (const peer of this.#peers.values()) {
+      const problem = peer.overloaded;
+      if (problem !== undefined) {
+        throw new KosyakError("ERR_OVERLOADED", `Cannot ${operation}: ${problem}; the cluster takes writes slower than they come: retry after a pause`);
+      }
+    }
   }
 
   /**
@@ -5721,10 +5900,13 @@ class Cluster {
     if (this.#options.nearCache && this.#missing.size > 0) void this.#recheckMissing();
     // After this process was busy for a while, timers run before the data that waits in the
     // sockets is read: judge silence only at the next check, once it has been.
-    const stalled = now - this.#lastCheck > 2 * heartbeatInterval;
+    // A check that is a little late comes after a long turn, and the data that came meanwhile
+    // waits in the sockets for as long: the silence it sees is that much too long.
+    const late = now - this.#lastCheck - heartbeatInterval;
+    const stalled = late > heartbeatInterval;
     this.#lastCheck = now;
     for (const peer of this.#peers.values()) {
-      if (now - peer.lastHeard > peerTimeout && !stalled) peer.close("timeout");
+      if (now - peer.lastHeard > peerTimeout + Math.max(late, 0) && !stalled) peer.close("timeout");
       // With a near cache, an answer at least once an interval keeps it trusted (see nearCache).
       else if (this.#options.nearCache && now - peer.answeredAt >= heartbeatInterval / 2) peer.request({ op: "ping" }).catch(() => {});
       // Half an interval of quiet is enough: checks come once an interval, pings never later than 1.5.
