@@ -2508,8 +2508,9 @@ class Replication {
    */
   lost(peerId: string): void {
     const leaving = this.#core.lifecycle === "stopping" || this.#core.lifecycle === "stopped";
-    if (this.#core.options.replicas === 0 || leaving) return this.#core.directory.forgetHolder(peerId);
-    this.#core.directory.forgetHolder(peerId, (key) => this.#core.cluster.successorOf(key));
+    const keepAlive = () => this.#core.cluster.keepAlive();
+    if (this.#core.options.replicas === 0 || leaving) return this.#core.directory.forgetHolder(peerId, undefined, keepAlive);
+    this.#core.directory.forgetHolder(peerId, (key) => this.#core.cluster.successorOf(key), keepAlive);
     // A member may have joined since a copy was made, and rank first now: whoever keeps a copy
     // says so (moved), and every directory settles on it.
     const promoted = this.#core.store.promoteCopiesOf(peerId);
@@ -5013,7 +5014,7 @@ class Peer {
     if (this.#skipsQueue(message)) this.#urgent.push(message);
     else this.#queue.push(message);
     this.#flushSoon();
-    this.#keepAlive();
+    this.keepAlive();
   }
 
   /**
@@ -5046,7 +5047,7 @@ class Peer {
       open.pending.units += units;
       this.#queuedItems++;
       this.#queuedUnits += units;
-      this.#keepAlive();
+      this.keepAlive();
       return { answer: open.answer, index: open.items.length - 1 };
     }
     const items = [item];
@@ -5124,16 +5125,16 @@ class Peer {
     if (this.#closed) return;
     this.#urgent.push(message);
     this.#flushSoon();
-    this.#keepAlive();
+    this.keepAlive();
   }
 
   /**
    * Writes at once, with a ping when nothing else may go, should half a heartbeat interval have
    * passed since the last write: a turn of the event loop that sends or answers thousands of
-   * requests keeps this node heard, rather than silent till its end, which on a busy machine
-   * came later than peerTimeout.
+   * requests, or does other long work that calls this, keeps this node heard, rather than
+   * silent till its end, which on a busy machine came later than peerTimeout.
    */
-  #keepAlive(): void {
+  keepAlive(): void {
     if (!this.#trusted || this.#clock.now() - this.lastSent < this.#limits.heartbeatInterval / 2) return;
     if (this.#urgent.length === 0) this.#urgent.push({ op: "ping" });
     this.#flush();
@@ -5385,6 +5386,11 @@ class Cluster {
   /** Every member's connection. */
   peers(): IterableIterator<Peer> {
     return this.#peers.values();
+  }
+
+  /** Lets every peer hear from this node, in a long piece of work that does not send (see Peer.keepAlive). */
+  keepAlive(): void {
+    for (const peer of this.#peers.values()) peer.keepAlive();
   }
 
   /**
@@ -6552,11 +6558,15 @@ export class Directory {
    * Forgets every key `holder` holds: it is down, or left. With `successor`, a key goes to the
    * member that function names (the one that should keep a copy) instead, when it names one: a
    * presumption, which the claim of a member that really took the write over replaces (see
-   * moved). Costs one pass over the directory.
+   * moved). Costs one pass over the directory, calling `keepAlive` every ITEMS_PER_BATCH keys:
+   * with hundreds of thousands of keys, on a busy machine, the pass takes longer than
+   * peerTimeout, and the node must not seem dead meanwhile.
    */
-  forgetHolder(holder: string, successor?: (key: string) => string | undefined): void {
+  forgetHolder(holder: string, successor?: (key: string) => string | undefined, keepAlive: () => void = () => {}): void {
     const slot = this.#slotOf.get(holder);
+    let seen = 0;
     for (const [key, packed] of this.#remote) {
+      if (++seen % ITEMS_PER_BATCH === 0) keepAlive();
       if (typeof packed === "number" ? packed % HOLDER_SLOTS !== slot : packed.holder !== holder) continue;
       const next = successor?.(key);
       const holding = next === undefined ? undefined : this.#holding(key)!;
