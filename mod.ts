@@ -5071,10 +5071,14 @@ class Peer {
     this.#answer({ op: "fail", rid, code, message: describe(error) });
   }
 
-  /** Writes what is queued, closes the connection, and fails every pending request. */
+  /**
+   * Writes what is queued, but the requests that wait for the window, closes the connection, and
+   * fails every pending request. What was queued to go before the close (a `duplicate`, a
+   * goodbye) goes, even from behind requests that are failed instead.
+   */
   close(reason: PeerDownReason = "closed"): void {
     if (this.#closed) return;
-    this.#flush();
+    this.#flush(true);
     // Torn down first: some runtimes report the close of the socket before close() returns.
     this.#teardown(reason);
     this.#conn.close();
@@ -5156,8 +5160,11 @@ class Peer {
     });
   }
 
-  /** Writes what the window lets go of the queue, then the answers and pings, in one socket write. */
-  #flush(): void {
+  /**
+   * Writes what the window lets go of the queue, then the answers and pings, in one socket write;
+   * when `closing`, every message but the requests the window holds back.
+   */
+  #flush(closing = false): void {
     if (this.#closed) return;
     const messages: Message[] = [];
     const now = this.#clock.now();
@@ -5166,7 +5173,11 @@ class Peer {
       const pending = message.rid === undefined ? undefined : this.#pending.get(message.rid);
       if (pending !== undefined) {
         const weight = Array.isArray(message.keys) ? message.keys.length : 1;
-        if (this.#inFlight > 0 && this.#inFlight + weight > WINDOW_ITEMS) break;
+        if (this.#inFlight > 0 && this.#inFlight + weight > WINDOW_ITEMS) {
+          if (!closing) break;
+          taken++;
+          continue;
+        }
         pending.sentAt = now;
         pending.weight = weight;
         this.#inFlight += weight;
