@@ -177,8 +177,9 @@ const root = fileURLToPath(new URL(".", import.meta.url));
 export function commandFor(target: Runtime, script: string): [string, string[]] {
   // Node.js is the one on PATH (the machine's own); Deno and Bun are the npm packages' binaries.
   const own = target === runtime ? process.execPath : target === "node" ? "node" : `${root}node_modules/.bin/${target}`;
-  if (target === "deno") return [own, ["run", "-A", script]];
-  return [own, [script]];
+  // With gc() exposed, so that a soak can weigh what a process holds (Bun has Bun.gc).
+  if (target === "deno") return [own, ["run", "-A", "--v8-flags=--expose-gc", script]];
+  return [own, target === "node" ? ["--expose-gc", script] : [script]];
 }
 
 /** A child process whose output the test reads line by line. */

@@ -1,7 +1,8 @@
 // `npm test`: type-checks (the code and its doc examples), lints the docs, dry-runs the JSR
 // publish, builds, then runs the one shared suite under Node.js (vitest; the Node.js that runs
 // this script, then Node.js 22 and 24 from the npm packages node22 and node24), Deno and Bun,
-// one runtime after another. Prints a summary per runtime and, as its very last line, the
+// one runtime after another, then a 60-second soak of a mixed cluster (scripts/soak.ts, counted
+// as one test). Prints a summary per runtime and, as its very last line, the
 // totals as "N passed, N failed". Exits non-zero if a step fails or a runtime runs no test.
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
@@ -29,7 +30,7 @@ function run(title, command, args) {
 
 const checks = [
   ["type check (tsc)", bin("tsc"), ["--noEmit", "-p", "."]],
-  ["type check (deno)", bin("deno"), ["check", "mod.ts", "cli.ts", "keyv.ts", "deps.ts", "test/", "examples/deno-server.ts"]],
+  ["type check (deno)", bin("deno"), ["check", "mod.ts", "cli.ts", "keyv.ts", "deps.ts", "test/", "scripts/soak.ts", "examples/deno-server.ts"]],
   ["type check of the @example blocks", bin("deno"), ["check", "--doc", "mod.ts"]],
   ["documentation lint (JSR)", bin("deno"), ["doc", "--lint", "mod.ts"]],
   ["JSR publish dry run", bin("deno"), ["publish", "--dry-run", "--allow-dirty"]],
@@ -49,6 +50,14 @@ for (const [name, command, args] of suites) {
   const exitedZero = run(`suite under ${name}`, command, args);
   summary.push({ name, exitedZero, ...countJUnit(`${results}/${name}.xml`) });
 }
+
+// The soak (scripts/soak.ts) for 60 s, in a mixed cluster: one test, which passes on its verdict.
+console.log(`\n=== soak, 60 s: ${bin("deno")} run -A scripts/soak.ts --seconds=60`);
+const soak = spawnSync(bin("deno"), ["run", "-A", "scripts/soak.ts", "--seconds=60", `--chart=${results}/soak.svg`], { cwd: root, env, encoding: "utf8" });
+process.stdout.write(soak.stdout ?? "");
+process.stderr.write(soak.stderr ?? "");
+const verdict = (soak.stdout ?? "").split("\n").find((line) => line.startsWith("soak verdict:")) ?? "soak: no verdict";
+summary.push({ name: "soak", exitedZero: soak.status === 0, passed: soak.status === 0 ? 1 : 0, failed: soak.status === 0 ? 0 : 1, failures: soak.status === 0 ? [] : [verdict], skipped: 0, missing: false });
 
 /**
  * Counts the tests in a JUnit report: passed, failed, and skipped (a test whose runtime cannot run
