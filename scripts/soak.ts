@@ -121,9 +121,10 @@ async function segment(index: number): Promise<void> {
     windows.push({ from, to: now() });
     history.push(...lossDuring(victim.name, windows[0]));
   }
-  // A victim that ran on (frozen and resumed) returns its history; one that exited left what it streamed.
+  // A victim that ran on (frozen and resumed) returns its history; one that exited left what it
+  // streamed, which holds what it streamed when it was a victim before too.
   const victimOps = await victimRun;
-  history.push(...(victimOps.length > 0 ? victimOps : victim.recorded()));
+  history.push(...(victimOps.length > 0 ? victimOps : victim.recorded().filter((op) => op.start >= start)));
   const rest = segmentEnd - now();
   const replacementRun = rest > 0 && replacement !== victim ? replacement.run({ ...workload(1_000 * index + 99, rest), ...STEADY }) : Promise.resolve([]);
   for (const ops of await Promise.all([...runs, replacementRun])) history.push(...(ops ?? []));
