@@ -1762,7 +1762,9 @@ class Core {
     this.nearLease = nearLease(options);
     // Whatever changes what the directory knows of a key drops the value kept for it.
     const near = this.near;
-    this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)), options.placement === "hash");
+    // A removal outlives what may still be queued for this node, and on its way.
+    const removalMemory = PATIENCE * options.requestTimeout + options.peerTimeout;
+    this.directory = new Directory(id, this.store, options.clock, near && ((key) => near.delete(key)), options.placement === "hash", removalMemory);
     this.cluster = new Cluster(id, options, {
       handlers: {
         get: (_peer, message) => this.#answerGet(requireArray(message, "keys")),
@@ -6334,6 +6336,15 @@ export class Directory {
   readonly #hybrid: boolean;
   /** The newest clear of the whole cluster seen, as (version, writer): older writes are refused. */
   #cleared = { version: 0, writer: "" };
+  /**
+   * Removals made or heard of lately, by key, oldest first: the removal's version and writer, and
+   * when it came. A write older than one, announced, listed, handed over or copied before the
+   * removal but waiting in a queue meanwhile, may arrive after it, and must not bring the key
+   * back; a removal leaves no entry whose version would refuse it. Each is kept for
+   * `removalMemory` ms, and at most REMOVALS_REMEMBERED of them.
+   */
+  readonly #removals = new Map<string, { version: number; writer: string; at: number }>();
+  readonly #removalMemory: number;
 
   /**
    * Makes the directory of one node.
@@ -6348,13 +6359,16 @@ export class Directory {
    *   versions the lost one gave, and its writes must still win over them when that one comes
    *   back; with the clock in the version they do, so long as the members' clocks differ by
    *   less than the time it takes to declare a member lost.
+   * @param removalMemory How long a removal refuses older writes of its key that arrive after
+   *   it, in ms: at least as long as a message may wait in a queue and on the way.
    */
-  constructor(id: string, store: Store, clock: Clock, changed?: (key: string) => void, hybrid = false) {
+  constructor(id: string, store: Store, clock: Clock, changed?: (key: string) => void, hybrid = false, removalMemory = 0) {
     this.#id = id;
     this.#store = store;
     this.#clock = clock;
     this.#changed = changed;
     this.#hybrid = hybrid;
+    this.#removalMemory = removalMemory;
   }
 
   /** Keys known to be held by peers (expired ones included until looked up). */
@@ -6382,6 +6396,7 @@ export class Directory {
   /** Stores a write made here under a new version, which it returns; any remote holder is forgotten. */
   write(key: string, value: unknown, size: number, ttl: number): number {
     const version = this.#tick();
+    if (this.#removals.size > 0) this.#removals.delete(key);
     this.#forget(key);
     this.#store.set(key, value, size, ttl, version, this.#id);
     return version;
@@ -6394,7 +6409,7 @@ export class Directory {
    */
   adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer)) return false;
+    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
@@ -6412,7 +6427,7 @@ export class Directory {
    */
   keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer)) return true;
+    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return true;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return true;
@@ -6458,7 +6473,30 @@ export class Directory {
   remove(key: string): number {
     this.#forget(key);
     this.#store.delete(key);
-    return this.#tick();
+    const version = this.#tick();
+    this.#rememberRemoval(key, version, this.#id);
+    return version;
+  }
+
+  /** Remembers that `writer` removed `key` at `version` (see #removals). */
+  #rememberRemoval(key: string, version: number, writer: string): void {
+    if (this.#removalMemory === 0) return;
+    const known = this.#removals.get(key);
+    if (known !== undefined && !newer(version, writer, known.version, known.writer)) return;
+    const now = this.#clock.now();
+    this.#removals.delete(key);
+    this.#removals.set(key, { version, writer, at: now });
+    for (const [oldest, removal] of this.#removals) {
+      if (this.#removals.size <= REMOVALS_REMEMBERED && now - removal.at <= this.#removalMemory) break;
+      this.#removals.delete(oldest);
+    }
+  }
+
+  /** Whether a removal of `key` newer than the write (`version`, `writer`) came within removalMemory. */
+  #removedAfter(key: string, version: number, writer: string): boolean {
+    if (this.#removals.size === 0) return false;
+    const removal = this.#removals.get(key);
+    return removal !== undefined && this.#clock.now() - removal.at <= this.#removalMemory && newer(removal.version, removal.writer, version, writer);
   }
 
   /**
@@ -6470,7 +6508,7 @@ export class Directory {
    */
   own(key: string, holder: string, version: number, ttl: number, writer: string = holder): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer)) return false;
+    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     const presumedSame = local === undefined && this.#presumed.has(key) && known?.version === version && known.writer === writer;
@@ -6501,7 +6539,7 @@ export class Directory {
    */
   moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string, leaving = false): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer)) return true;
+    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return true;
     const local = this.#store.peek(key);
     const remote = local === undefined ? this.holderOf(key) : undefined;
     const known = local ?? remote;
@@ -6540,6 +6578,7 @@ export class Directory {
    */
   drop(key: string, writer: string, version: number): boolean {
     this.observe(version);
+    this.#rememberRemoval(key, version, writer);
     const local = this.#store.peek(key);
     const dropped = local !== undefined && newer(version, writer, local.version, local.writer);
     if (dropped) this.#store.delete(key);

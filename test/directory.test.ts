@@ -22,6 +22,31 @@ function holderSeenBy(node: ReturnType<typeof nodeOf>, key: string): string | un
 }
 
 describe("Directory", () => {
+  it("a removal refuses, for removalMemory, an announcement, a copy, a hand-over or a claim of an older write that arrives after it, and takes a newer one", () => {
+    const clock = new ManualClock();
+    const store = new Store(UNBOUNDED, clock, () => {});
+    const a = new Directory("a", store, clock, undefined, false, 1_000);
+    // b wrote k at version 5 and c removed it at version 7; the removal reaches a first, and
+    // what b sent of its write before it (queued behind other requests) comes after.
+    a.drop("k", "c", 7);
+    assert.equal(a.own("k", "b", 5, 0), false);
+    assert.equal(a.keepCopy("k", "v", 1, 0, 5, "b", "b"), true);
+    assert.equal(a.adopt("k", "v", 1, 0, 5, "b"), false);
+    a.moved("k", "d", "b", 5, 0, "b");
+    assert.equal(store.peek("k"), undefined, "no entry or copy here");
+    assert.equal(a.holderOf("k"), undefined, "no holder known");
+    assert.equal(a.own("k", "b", 8, 0), true, "a newer write is taken");
+    // A removal made here is remembered too, and a write made here replaces it.
+    const removed = a.remove("j");
+    assert.equal(a.own("j", "b", removed - 1, 0), false);
+    a.write("j", "again", 5, 0);
+    assert.equal(store.peek("j")?.value, "again");
+    // Past removalMemory, nothing is left to refuse an older write.
+    a.drop("m", "c", 20);
+    clock.advance(1_001);
+    assert.equal(a.own("m", "b", 19, 0), true);
+  });
+
   it("a clear drops older local entries and holders, refuses older writes that arrive after it, and takes newer ones", () => {
     const clock = new ManualClock();
     const a = nodeOf("a", clock);
