@@ -217,6 +217,7 @@ try {
   for (let minute = 0; minute < minutes; minute++) {
     const inMinute = (at: number) => at >= started + minute * 60_000 && at < started + (minute + 1) * 60_000;
     const values = latenciesIn(minute * 60_000, (minute + 1) * 60_000);
+    if (values.length === 0) continue;
     const memory = samples.filter((s) => inMinute(s.at));
     const last = memory.at(-1);
     console.log(
