@@ -2339,7 +2339,7 @@ class Core {
     for (const [key, version, ttl, writer, copy] of requireKeyList(message)) {
       this.overtake(key);
       if (Array.isArray(copy) && message.op === "own") this.replication.keepCopy(peer, key, copy, version, ttl, writer ?? peer.id);
-      else this.directory.own(key, peer.id, version, ttl, writer);
+      else this.directory.own(key, peer.id, version, ttl, writer ?? peer.id, message.op === "keys");
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
     return {};
@@ -6504,11 +6504,14 @@ export class Directory {
    * `writer` made that write (the holder itself, unless it took the entry over). It wins over
    * the local entry or the known holder if its write is newer, and over a holder only presumed
    * to have the same write (see forgetHolder): a member that was taken for dead and comes back
-   * lists what it really holds; returns whether it did.
+   * lists what it really holds; returns whether it did. A write older than a removal seen lately
+   * is refused when announced (its holder heard of the removal too), but not when `listed` by a
+   * member that connects again: that member missed the removal and still holds the entry, and
+   * the key it lists comes back on every member alike, as it did before removals were kept.
    */
-  own(key: string, holder: string, version: number, ttl: number, writer: string = holder): boolean {
+  own(key: string, holder: string, version: number, ttl: number, writer: string = holder, listed = false): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return false;
+    if (this.#clearedAway(version, writer) || (!listed && this.#removedAfter(key, version, writer))) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     const presumedSame = local === undefined && this.#presumed.has(key) && known?.version === version && known.writer === writer;

@@ -35,6 +35,8 @@ describe("Directory", () => {
     a.moved("k", "d", "b", 5, 0, "b");
     assert.equal(store.peek("k"), undefined, "no entry or copy here");
     assert.equal(a.holderOf("k"), undefined, "no holder known");
+    // A member that missed the removal lists the key when it connects again: it comes back.
+    assert.equal(a.own("k", "b", 5, 0, "b", true), true);
     assert.equal(a.own("k", "b", 8, 0), true, "a newer write is taken");
     // A removal made here is remembered too, and a write made here replaces it.
     const removed = a.remove("j");
