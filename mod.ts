@@ -5012,11 +5012,7 @@ class Peer {
 
   /** Queues a message that expects no answer; a ping goes ahead of the queue once the handshake is done. */
   send(message: Message): void {
-    if (this.#closed) return;
-    if (this.#skipsQueue(message)) this.#urgent.push(message);
-    else this.#queue.push(message);
-    this.#flushSoon();
-    this.keepAlive();
+    this.#enqueue(message, this.#skipsQueue(message));
   }
 
   /**
@@ -5107,18 +5103,19 @@ class Peer {
   /** Queues `message` as a request whose items take `units` (see batch). */
   #request(message: Message, timeout: number | undefined, units: number): { answer: Promise<Message>; pending: PendingRequest } {
     const rid = this.#nextRid++;
+    const urgent = this.#skipsQueue(message);
     let pending!: PendingRequest;
     const answer = new Promise<Message>((resolve, reject) => {
-      pending = { resolve, reject, sentAt: undefined, weight: this.#skipsQueue(message) ? 0 : 1, units, timeout: timeout ?? this.#limits.requestTimeout, fixed: timeout !== undefined };
+      pending = { resolve, reject, sentAt: undefined, weight: urgent ? 0 : 1, units, timeout: timeout ?? this.#limits.requestTimeout, fixed: timeout !== undefined };
     });
     this.#pending.set(rid, pending);
     if (this.#sweeper === undefined) this.#sweepLater();
-    if (!this.#skipsQueue(message)) {
+    if (!urgent) {
       this.#queuedItems++;
       this.#queuedUnits += units;
     }
     message.rid = rid;
-    this.send(message);
+    this.#enqueue(message, urgent);
     return { answer, pending };
   }
 
@@ -5128,8 +5125,14 @@ class Peer {
   }
 
   #answer(message: Message): void {
+    this.#enqueue(message, true);
+  }
+
+  /** Puts `message` in the queue, or ahead of it when `urgent`, for the next write. */
+  #enqueue(message: Message, urgent: boolean): void {
     if (this.#closed) return;
-    this.#urgent.push(message);
+    if (urgent) this.#urgent.push(message);
+    else this.#queue.push(message);
     this.#flushSoon();
     this.keepAlive();
   }
