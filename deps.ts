@@ -63,9 +63,33 @@ export function it(name: string, body: Body, timeoutMs = 20_000): void {
 }
 
 /** A test that is reported as skipped and not run; say why in the log before calling it. */
-export function skip(name: string, body: Body): void {
+export function skip(name: string, body: Body, _timeoutMs?: number): void {
   runner.it.skip(name, body);
 }
+
+// ─── What a run covers ───────────────────────────────────────────────────────────────────────
+
+/**
+ * Whether this run takes the fault and load tests of member processes: kills, freezes, cuts,
+ * rolling restarts and workloads judged by the history checker. `npm test` leaves them out
+ * (KOSYAK_TEST_CLUSTERS=0) under Node.js 22 and 24, whose members would run the same JavaScript
+ * as under Node.js 20; what differs between Node.js versions (sockets, TLS, timers, child
+ * processes) the rest of the suite still meets there, process tests and the burst included.
+ */
+export const clusterTests: boolean = process.env.KOSYAK_TEST_CLUSTERS !== "0";
+
+/**
+ * Whether this run takes the tests of clusters that mix Node.js, Deno and Bun processes. Their
+ * members are the same whichever runtime drives the test, so `npm test` runs them under its
+ * first suite only (KOSYAK_TEST_MIXED=0 for the others).
+ */
+export const mixedClusterTests: boolean = clusterTests && process.env.KOSYAK_TEST_MIXED !== "0";
+
+/** A fault or load test of member processes: `it`, or reported as skipped when `clusterTests` is off. */
+export const clusterIt: typeof it = clusterTests ? it : skip;
+
+/** A test of a cluster mixing runtimes: `it`, or reported as skipped when `mixedClusterTests` is off. */
+export const mixedIt: typeof it = mixedClusterTests ? it : skip;
 
 // ─── Waiting ─────────────────────────────────────────────────────────────────────────────────
 
@@ -397,6 +421,9 @@ export async function rawConnect(address: Address): Promise<RawClient> {
   const socket = connect(address.port, address.host);
   await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
   socket.on("error", () => {});
+  // As nodes do: with Nagle's algorithm, a small write waits for the ack of the one before it,
+  // which loopback delays by 40 ms.
+  socket.setNoDelay(true);
   const received: Uint8Array[] = [];
   const messages: Array<Record<string, unknown>> = [];
   let unread = new Uint8Array(0);

@@ -2,7 +2,11 @@
 // publish, builds, then runs the one shared suite under Node.js (vitest; the Node.js that runs
 // this script, then Node.js 22 and 24 from the npm packages node22 and node24), Deno and Bun,
 // one runtime after another, then a 60-second soak of a mixed cluster (scripts/soak.ts, counted
-// as one test). Prints a summary per runtime and, as its very last line, the
+// as one test). Each runtime's cluster tests start members of that runtime; the tests of clusters
+// mixing runtimes run under Node.js 20 only (their members are the same whichever runtime drives
+// them), and Node.js 22 and 24 leave out the fault and load tests of member processes, whose
+// JavaScript Node.js 20 runs (see clusterTests in deps.ts). Prints a summary per runtime and, as
+// its very last line, the
 // totals as "N passed, N failed". Exits non-zero if a step fails or a runtime runs no test.
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
@@ -21,9 +25,10 @@ const nodeOf = (name) => `${root}node_modules/${name}/bin/node`;
 // node24 packages link it): without it, "node" stays the machine's own, for the suite too.
 const env = { ...process.env, PATH: (process.env.PATH ?? "").split(delimiter).filter((dir) => !dir.endsWith("node_modules/.bin")).join(delimiter) };
 
-function run(title, command, args) {
-  console.log(`\n=== ${title}: ${[command, ...args].join(" ")}`);
-  const { status, error } = spawnSync(command, args, { cwd: root, stdio: "inherit", env });
+function run(title, command, args, settings = {}) {
+  const shown = Object.entries(settings).map(([name, value]) => `${name}=${value} `).join("");
+  console.log(`\n=== ${title}: ${shown}${[command, ...args].join(" ")}`);
+  const { status, error } = spawnSync(command, args, { cwd: root, stdio: "inherit", env: { ...env, ...settings } });
   if (error) console.error(error.message);
   return status === 0;
 }
@@ -39,15 +44,17 @@ const checks = [
 let checksPassed = true;
 for (const [title, command, args] of checks) checksPassed = run(title, command, args) && checksPassed;
 
+const vitest = (name) => [`${root}node_modules/vitest/vitest.mjs`, "run", "--reporter=default", "--reporter=junit", `--outputFile.junit=${results}/${name}.xml`];
 const suites = [
-  ...[["node", process.execPath], ["node22", nodeOf("node22")], ["node24", nodeOf("node24")]].map(([name, node]) =>
-    [name, node, [`${root}node_modules/vitest/vitest.mjs`, "run", "--reporter=default", "--reporter=junit", `--outputFile.junit=${results}/${name}.xml`]]),
-  ["deno", bin("deno"), ["test", "-A", `--junit-path=${results}/deno.xml`, "test/"]],
-  ["bun", bin("bun"), ["test", "--reporter=junit", `--reporter-outfile=${results}/bun.xml`, "test/"]],
+  ["node", process.execPath, vitest("node"), {}],
+  ["node22", nodeOf("node22"), vitest("node22"), { KOSYAK_TEST_CLUSTERS: "0" }],
+  ["node24", nodeOf("node24"), vitest("node24"), { KOSYAK_TEST_CLUSTERS: "0" }],
+  ["deno", bin("deno"), ["test", "-A", `--junit-path=${results}/deno.xml`, "test/"], { KOSYAK_TEST_MIXED: "0" }],
+  ["bun", bin("bun"), ["test", "--reporter=junit", `--reporter-outfile=${results}/bun.xml`, "test/"], { KOSYAK_TEST_MIXED: "0" }],
 ];
 const summary = [];
-for (const [name, command, args] of suites) {
-  const exitedZero = run(`suite under ${name}`, command, args);
+for (const [name, command, args, settings] of suites) {
+  const exitedZero = run(`suite under ${name}`, command, args, settings);
   summary.push({ name, exitedZero, ...countJUnit(`${results}/${name}.xml`) });
 }
 
@@ -61,7 +68,8 @@ summary.push({ name: "soak", exitedZero: soak.status === 0, passed: soak.status 
 
 /**
  * Counts the tests in a JUnit report: passed, failed, and skipped (a test whose runtime cannot run
- * it, which says why in the log). Deno also reports each describe() as a test case of its own,
+ * it, which says why in the log, or one this suite leaves to another, as its settings on the
+ * "===" line say). Deno also reports each describe() as a test case of its own,
  * whose steps are the real tests, so a case that has sub-cases ("name > ...") is not counted.
  */
 function countJUnit(path) {

@@ -1,13 +1,13 @@
 // Coherence under concurrency and faults: nodes in separate processes run seeded random
 // workloads on the same few keys, and test/history.ts checks the merged histories for reads of
 // replaced values; afterwards every node must read the same value for every key.
-import { afterEach, assert, describe, it, runtime, spawnWorkloadNode, stopAll, waitFor } from "../deps.ts";
+import { afterEach, assert, clusterIt, describe, mixedIt, runtime, spawnWorkloadNode, stopAll, waitFor } from "../deps.ts";
 import { agreement, assertCoherent, check, cluster, FAST, fullMesh, KEYS, lossDuring, now, peersAre, recordedSet, workload } from "./workloads.ts";
 
 afterEach(stopAll);
 
 describe("Coherence of concurrent reads and writes across processes", () => {
-  it(`four ${runtime} processes writing and reading the same keys never read a replaced value, and then agree on every key`, async () => {
+  clusterIt(`four ${runtime} processes writing and reading the same keys never read a replaced value, and then agree on every key`, async () => {
     const nodes = await cluster("a", [runtime, runtime, runtime, runtime]);
     const histories = await Promise.all(nodes.map((node, i) => node.run(workload(100 + i, 4_000))));
     const divergent = await agreement(nodes, 5_000);
@@ -15,7 +15,7 @@ describe("Coherence of concurrent reads and writes across processes", () => {
     assertCoherent(violations, divergent);
   }, 40_000);
 
-  it("a cluster of Node.js, Deno and Bun processes writing and reading the same keys never reads a replaced value, and then agrees", async () => {
+  mixedIt("a cluster of Node.js, Deno and Bun processes writing and reading the same keys never reads a replaced value, and then agrees", async () => {
     const nodes = await cluster("b", ["node", "deno", "bun", runtime]);
     const histories = await Promise.all(nodes.map((node, i) => node.run(workload(200 + i, 4_000))));
     const divergent = await agreement(nodes, 5_000);
@@ -26,7 +26,7 @@ describe("Coherence of concurrent reads and writes across processes", () => {
   // With near caches too: a frozen node's kept values must not outlive the writes it missed. With
   // hash placement, the frozen node owns keys that get new owners meanwhile.
   for (const [nearCache, placement, prefix] of [[false, "local", "c"], [true, "local", "cn"], [false, "hash", "ch"]] as const) {
-    it(`a node frozen past peerTimeout while the others overwrite its keys serves no replaced value once it runs again, and all agree${nearCache ? " (near caches)" : ""}${placement === "hash" ? " (hash placement)" : ""}`, async () => {
+    clusterIt(`a node frozen past peerTimeout while the others overwrite its keys serves no replaced value once it runs again, and all agree${nearCache ? " (near caches)" : ""}${placement === "hash" ? " (hash placement)" : ""}`, async () => {
       const nodes = await cluster(prefix, [runtime, runtime, runtime, runtime], { ...FAST, nearCache, placement });
       const frozen = nodes[3];
       const others = nodes.slice(0, 3);
@@ -44,7 +44,7 @@ describe("Coherence of concurrent reads and writes across processes", () => {
       const convergedAt = now();
 
       const window = { from: pausedAt, to: convergedAt };
-      const afterwards = await Promise.all(nodes.map((node, i) => node.run(workload(310 + i, 3_000))));
+      const afterwards = await Promise.all(nodes.map((node, i) => node.run(workload(310 + i, 2_000))));
       const divergent = await agreement(nodes, 5_000);
       const history = [...seeded, ...frozenHistories.flat(), ...afterwards.flat(), ...lossDuring(frozen.name, window)];
       const violations = check(
@@ -63,12 +63,12 @@ describe("Coherence of concurrent reads and writes across processes", () => {
   }
 
   for (const [placement, prefix] of [["local", "d"], ["hash", "dh"]] as const) {
-    it(`a node killed mid-workload and replaced by a fresh process joining through a survivor leaves no replaced value readable, and all agree${placement === "hash" ? " (hash placement)" : ""}`, async () => {
+    clusterIt(`a node killed mid-workload and replaced by a fresh process joining through a survivor leaves no replaced value readable, and all agree${placement === "hash" ? " (hash placement)" : ""}`, async () => {
       const nodes = await cluster(prefix, [runtime, runtime, runtime, runtime], { ...FAST, placement });
       const victim = nodes[3];
       const survivors = nodes.slice(0, 3);
-      const running = survivors.map((node, i) => node.run(workload(400 + i, 5_000)));
-      const doomed = victim.run({ ...workload(403, 5_000), stream: true }).catch(() => []);
+      const running = survivors.map((node, i) => node.run(workload(400 + i, 4_000)));
+      const doomed = victim.run({ ...workload(403, 4_000), stream: true }).catch(() => []);
       await waitFor("the victim to complete 100 ops", () => victim.recorded().filter((op) => op.ok).length >= 100, 5_000);
 
       const killedAt = now();

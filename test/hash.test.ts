@@ -2,7 +2,7 @@
 // `replicas` copies on the members ranked next. In one process first (routing, what each node
 // keeps, moves on a join and a stop, single flight, refusal of a mixed cluster), then in separate
 // processes under a workload checked for stale reads and for linearizability.
-import { afterEach, assert, describe, it, runtime, spawnWorkloadNode, startCluster, startNode, stopAll, track, waitFor, type WorkloadNode } from "../deps.ts";
+import { afterEach, assert, clusterIt, describe, it, mixedIt, runtime, spawnWorkloadNode, startCluster, startNode, stopAll, track, waitFor, type WorkloadNode } from "../deps.ts";
 import { KosyakError, Node, type NodeOptions } from "../mod.ts";
 import { checkLinearizable } from "./linearizable.ts";
 import { agreement, assertCoherent, check, cluster, FAST, fullMesh, now, peersAre, workload } from "./workloads.ts";
@@ -168,14 +168,14 @@ describe("Hash placement across processes", () => {
     assert.deepEqual([report.violations.map((violation) => violation.key), report.undecided], [[], []], "keys not linearizable, and undecided");
   }
 
-  it(`four ${runtime} processes in hash placement writing, removing and reading the same keys: every key linearizable, and all agree`, async () => {
+  clusterIt(`four ${runtime} processes in hash placement writing, removing and reading the same keys: every key linearizable, and all agree`, async () => {
     const nodes = await cluster("h", [runtime, runtime, runtime, runtime], HASH);
     const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(300 + i, 2_500), concurrency: 4, maxOps: 1_500 })));
     const divergent = await agreement(nodes, 5_000);
     assertLinearizable(`four ${runtime} processes, hash placement`, histories.flat(), divergent);
   }, 60_000);
 
-  it(`four ${runtime} processes in hash placement with near caches: every key linearizable, the near caches served reads, and all agree`, async () => {
+  clusterIt(`four ${runtime} processes in hash placement with near caches: every key linearizable, the near caches served reads, and all agree`, async () => {
     const nodes = await cluster("hn", [runtime, runtime, runtime, runtime], { ...HASH, nearCache: true });
     const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(350 + i, 2_500), writeRatio: 0.1, concurrency: 4, maxOps: 1_500 })));
     const divergent = await agreement(nodes, 5_000);
@@ -184,7 +184,7 @@ describe("Hash placement across processes", () => {
     assert.ok(stats.some((s) => s.nearHits > 0), "the near caches served reads");
   }, 60_000);
 
-  it("Node.js, Deno and Bun processes in hash placement with replicas: 1: every key linearizable, and all agree", async () => {
+  mixedIt("Node.js, Deno and Bun processes in hash placement with replicas: 1: every key linearizable, and all agree", async () => {
     const nodes = await cluster("hm", ["node", "deno", "bun", runtime], { ...HASH, replicas: 1 });
     const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(400 + i, 2_500), concurrency: 4, maxOps: 1_500 })));
     const divergent = await agreement(nodes, 5_000);
@@ -192,7 +192,7 @@ describe("Hash placement across processes", () => {
   }, 60_000);
 
   for (const nearCache of [false, true]) {
-    it(`${runtime} processes in hash placement while a member joins and another stops gracefully: no stale read, no lost key, and all agree${nearCache ? " (near caches)" : ""}`, async () => {
+    clusterIt(`${runtime} processes in hash placement while a member joins and another stops gracefully: no stale read, no lost key, and all agree${nearCache ? " (near caches)" : ""}`, async () => {
       const options = { ...HASH, ...FAST, replicas: 1, nearCache };
       const nodes = await cluster("hj", [runtime, runtime, runtime, runtime], options);
       const [writers, leaver] = [nodes.slice(0, 3), nodes[3]];
@@ -219,7 +219,7 @@ describe("Hash placement across processes", () => {
     }, 60_000);
   }
 
-  it(`four ${runtime} processes in hash placement with replicas: 1 holding 20,000 keys: one killed with SIGKILL, and no key is lost`, async () => {
+  clusterIt(`four ${runtime} processes in hash placement with replicas: 1 holding 20,000 keys: one killed with SIGKILL, and no key is lost`, async () => {
     const nodes = await cluster("hk", [runtime, runtime, runtime, runtime], { ...HASH, ...FAST, replicas: 1 });
     await nodes[0].call({ cmd: "fill", prefix: "crash:", count: 20_000, tag: "v1" }, 60_000);
     await nodes[2].kill();

@@ -1,7 +1,7 @@
 // The near cache (NodeOptions.nearCache): values read from a peer are served again on the reader,
 // and never once a newer write, a removal, the entry's expiry or its eviction has called back.
 // The trials and the history run in separate processes of the suite's runtime.
-import { afterEach, assert, describe, it, runtime, spawnWorkloadNode, startNode, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
+import { afterEach, assert, clusterIt, describe, it, runtime, spawnWorkloadNode, startNode, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
 import { Node, type NodeStats } from "../mod.ts";
 import { agreement, assertCoherent, check, cluster, FAST, KEYS, workload } from "./workloads.ts";
 
@@ -154,17 +154,17 @@ describe("Near cache", () => {
     await waitFor("a near hit once the holder, too, has lost the killed member", nearHitAfter, 5_000);
   });
 
-  it(`a ${runtime} reader with a near cache reads no value older than a set on another process that has called back: ${ROUNDS * BATCH} trials`, async () => {
+  clusterIt(`a ${runtime} reader with a near cache reads no value older than a set on another process that has called back: ${ROUNDS * BATCH} trials`, async () => {
     const { stale, examples } = await trials("set", {}, (writer, prefix) => writer.call({ cmd: "fill", prefix, count: BATCH, tag: "new" }), "new");
     assert.equal(stale, 0, `stale reads after the set: ${examples.join(", ")}`);
   }, 60_000);
 
-  it(`a ${runtime} reader with a near cache reads no value of a key whose removal on another process has called back: ${ROUNDS * BATCH} trials`, async () => {
+  clusterIt(`a ${runtime} reader with a near cache reads no value of a key whose removal on another process has called back: ${ROUNDS * BATCH} trials`, async () => {
     const { stale, examples } = await trials("remove", {}, (writer, prefix) => writer.call({ cmd: "removeAll", prefix, count: BATCH }), "nothing");
     assert.equal(stale, 0, `values read after their removal: ${examples.join(", ")}`);
   }, 60_000);
 
-  it(`a ${runtime} reader with a near cache reads no value whose ttl is up on its holder: ${ROUNDS * BATCH} trials`, async () => {
+  clusterIt(`a ${runtime} reader with a near cache reads no value whose ttl is up on its holder: ${ROUNDS * BATCH} trials`, async () => {
     // Waiting for the time itself: the holder is left alone, so that no announcement of the
     // expiry can reach the reader first, and the near cache's own expiry time is what counts.
     const expired = (_writer: WorkloadNode, _prefix: string, filledAt: number) =>
@@ -173,13 +173,13 @@ describe("Near cache", () => {
     assert.equal(stale, 0, `values read after their expiry: ${examples.join(", ")}`);
   }, 60_000);
 
-  it(`a ${runtime} reader with a near cache reads no value its holder evicted in a write that has called back: ${ROUNDS * BATCH} trials`, async () => {
+  clusterIt(`a ${runtime} reader with a near cache reads no value its holder evicted in a write that has called back: ${ROUNDS * BATCH} trials`, async () => {
     const evict = (writer: WorkloadNode, prefix: string) => writer.call({ cmd: "fill", prefix: `${prefix}filler-`, count: BATCH, tag: "filler" });
     const { stale, examples } = await trials("evict", { maxEntries: BATCH }, evict, "nothing");
     assert.equal(stale, 0, `values read after their eviction: ${examples.join(", ")}`);
   }, 60_000);
 
-  it(`three ${runtime} processes with near caches, setting (some with a ttl), removing and reading the same keys, never read a replaced or expired value, and agree`, async () => {
+  clusterIt(`three ${runtime} processes with near caches, setting (some with a ttl), removing and reading the same keys, never read a replaced or expired value, and agree`, async () => {
     const nodes = await cluster("n", [runtime, runtime, runtime], { nearCache: true });
     const histories = await Promise.all(nodes.map((node, i) => node.run({ ...workload(900 + i, 4_000), writeRatio: 0.2, removeRatio: 0.03, ttlRatio: 0.3, ttl: 40 })));
     const divergent = await agreement(nodes, 5_000);

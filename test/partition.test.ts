@@ -2,7 +2,7 @@
 // bridge (see netns.ts); a node's link is cut and healed while the nodes keep running, so that
 // they see real silence, not a closed socket. Needs root and `ip netns`; see the end of the file
 // for what happens without them.
-import { afterEach, assert, describe, it, type ProcessNode, runtime, skip, spawnNode, spawnWorkloadNode, stopAll, waitFor, within, type WorkloadNode } from "../deps.ts";
+import { afterEach, assert, clusterIt, describe, it, type ProcessNode, runtime, skip, spawnNode, spawnWorkloadNode, stopAll, waitFor, within, type WorkloadNode } from "../deps.ts";
 import { agreement, assertCoherent, check, FAST, fullMesh, lossDuring, now, peersAre, workload } from "./workloads.ts";
 import { createNetwork, netnsAvailable, type TestNetwork } from "./netns.ts";
 
@@ -117,7 +117,7 @@ function describePartitions(): void {
     }
   });
 
-  it("a node cut off alone and the majority both overwrite the same keys: after the heal every node returns the same value", async () => {
+  clusterIt("a node cut off alone and the majority both overwrite the same keys: after the heal every node returns the same value", async () => {
     const nodes = await startNetworkCluster(4);
     const untouched: Written = new Map();
     for (let i = 0; i < 10; i++) await nodes[i % 4].call("set", `k${i}`, `before ${i}`);
@@ -141,7 +141,7 @@ function describePartitions(): void {
     await expectAgreement(nodes, written, healedAt);
   }, 45_000);
 
-  it("two nodes each cut off alone and the majority all overwrite the same keys: after both heal every node returns the same value", async () => {
+  clusterIt("two nodes each cut off alone and the majority all overwrite the same keys: after both heal every node returns the same value", async () => {
     const nodes = await startNetworkCluster(4);
     const untouched: Written = new Map();
     for (let i = 0; i < 10; i++) await nodes[i % 4].call("set", `k${i}`, `before ${i}`);
@@ -165,7 +165,7 @@ function describePartitions(): void {
   // With near caches too: a kept value must not survive the heal. And with hash placement: the
   // cut-off owner's keys get new owners, and its entries meet theirs after the heal.
   for (const [nearCache, placement] of [[false, "local"], [true, "local"], [false, "hash"]] as const) {
-    it(`four nodes writing and reading the same keys while one is cut off read no replaced value outside the cut, and agree after the heal${nearCache ? " (near caches)" : ""}${placement === "hash" ? " (hash placement)" : ""}`, async () => {
+    clusterIt(`four nodes writing and reading the same keys while one is cut off read no replaced value outside the cut, and agree after the heal${nearCache ? " (near caches)" : ""}${placement === "hash" ? " (hash placement)" : ""}`, async () => {
       const net = (network = createNetwork(4, "kosyak"));
       const nodes: WorkloadNode[] = [];
       for (let i = 0; i < 4; i++) {
@@ -187,7 +187,7 @@ function describePartitions(): void {
       const afterHeal = await agreement(nodes, AGREEMENT_MS);
       const healedAt = now();
 
-      const after = await run(520, 2_000);
+      const after = await run(520, 1_500);
       const divergent = await agreement(nodes, AGREEMENT_MS);
       // Only operations of nodes connected throughout are judged. Until every node agrees again,
       // and until the last connection lost or made after the cut, what the cut-off node wrote may
@@ -212,7 +212,7 @@ function describePartitions(): void {
     }, 45_000);
   }
 
-  it("a cut shorter than peerTimeout takes no peer down, and writes on both sides during it converge after the heal", async () => {
+  clusterIt("a cut shorter than peerTimeout takes no peer down, and writes on both sides during it converge after the heal", async () => {
     const nodes = await startNetworkCluster(3);
     for (let i = 0; i < 10; i++) await nodes[i % 3].call("set", `k${i}`, `before ${i}`);
     const setsBefore = await setCounts(nodes);

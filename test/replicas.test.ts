@@ -1,6 +1,6 @@
 // Replicas: every entry also kept on `replicas` other members, so that a node that dies without a
 // goodbye takes nothing with it.
-import { afterEach, assert, describe, it, runtime, startCluster, startNode, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
+import { afterEach, assert, clusterIt, describe, it, mixedIt, runtime, startCluster, startNode, stopAll, waitFor, type WorkloadNode } from "../deps.ts";
 import { Node } from "../mod.ts";
 import { assertCoherent, check, cluster, FAST, now, peersAre, workload } from "./workloads.ts";
 
@@ -111,7 +111,7 @@ async function readBack(readers: WorkloadNode[], prefixes: string[], perNode: nu
 }
 
 describe("Replicas across processes", () => {
-  it(`four ${runtime} processes with replicas: 1 holding 100,000 keys: one killed with SIGKILL, and no key is lost`, async () => {
+  clusterIt(`four ${runtime} processes with replicas: 1 holding 100,000 keys: one killed with SIGKILL, and no key is lost`, async () => {
     const nodes = await cluster("r", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "crash", 25_000);
     await copiesWhole(nodes);
@@ -132,7 +132,7 @@ describe("Replicas across processes", () => {
     }, 30_000);
   }, 120_000);
 
-  it("a Node.js, Deno and Bun cluster with replicas: 1 loses no key when one is killed", async () => {
+  mixedIt("a Node.js, Deno and Bun cluster with replicas: 1 loses no key when one is killed", async () => {
     const nodes = await cluster("x", ["node", "deno", "bun", runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "mixed", 5_000);
     await nodes[1].kill();
@@ -141,7 +141,7 @@ describe("Replicas across processes", () => {
     assert.deepEqual((await readBack(survivors, prefixes, 5_000)).filter((r) => r.missing + r.wrong > 0), []);
   }, 120_000);
 
-  it("with replicas: 1, two of four killed at once lose only the keys whose holder and copy both died, and nothing is wrong", async () => {
+  clusterIt("with replicas: 1, two of four killed at once lose only the keys whose holder and copy both died, and nothing is wrong", async () => {
     const nodes = await cluster("t", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const prefixes = await fill(nodes, "double", 5_000);
     await Promise.all([nodes[1].kill(), nodes[3].kill()]);
@@ -155,7 +155,7 @@ describe("Replicas across processes", () => {
     assert.ok(missing > 20_000 / 12 && missing < 20_000 / 3, `lost ${missing}`);
   }, 120_000);
 
-  it("writes and reads on every key while a holder is killed: no read on a survivor returns an older value than an acknowledged write", async () => {
+  clusterIt("writes and reads on every key while a holder is killed: no read on a survivor returns an older value than an acknowledged write", async () => {
     const nodes = await cluster("w", [runtime, runtime, runtime, runtime], { ...FAST, replicas: 1 });
     const victim = nodes[3];
     const survivors = nodes.slice(0, 3);
