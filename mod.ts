@@ -2456,18 +2456,21 @@ class Replication {
       // it takes (sent all at once, they passed maxQueueBytes and the heir was cut off as stalled).
       for (const part of partsWithin(keys, this.partBytes)) {
         const acknowledgements = new Acknowledgements(this.#core.cluster);
+        // A member whose connection is down takes nothing: it may not come back before the stop.
+        const passedOver = new Set(refused);
+        for (const peer of this.#core.cluster.peers()) if (peer.closed) passedOver.add(peer.id);
         for (const [key, units] of part) {
           // Read as it is now, with the time it has left now: a part goes out after the ones
           // before it are stored, and with the time left when the hand-over began, each entry
           // would outlive its TTL by that wait (37 ms in 20,000 entries).
           const entry = store.peek(key);
-          const heir = entry === undefined || entry.copyOf !== undefined ? undefined : this.#core.cluster.heirOf(key, refused);
+          const heir = entry === undefined || entry.copyOf !== undefined ? undefined : this.#core.cluster.heirOf(key, passedOver);
           if (heir === undefined) continue;
           const item: HandoverItem = [key, this.#core.reveal(entry!.value), entry!.version, store.ttlOf(entry!), entry!.writer, entry!.expires];
           acknowledgements.send(heir, "handover", item, units);
           this.#core.counters.handedOver++;
         }
-        for (const failure of await acknowledgements.settled()) {
+        for (const failure of [...await acknowledgements.settled(), ...acknowledgements.undelivered]) {
           refused.add(failure.peer.id);
           for (const [item, units] of failure.items) {
             failed.push([(item as HandoverItem)[0], units]);
@@ -2710,6 +2713,12 @@ interface Failure {
 class Acknowledgements {
   /** The items a member answered that it held a live entry of (a `drop`'s `held`). */
   readonly held = new Set<unknown>();
+  /**
+   * The items whose member left the cluster after their connection closed, before it took them
+   * (or on a connection that closed before they were sent). Nobody needs a change told to a
+   * member that is gone; an entry handed to one is not stored anywhere, and goes to another.
+   */
+  readonly undelivered: Array<{ peer: Peer; op: string; items: Failure["items"] }> = [];
   readonly #cluster: Cluster;
   /**
    * The items of each request sent, by the request's answer, each with its units and its place
@@ -2760,6 +2769,7 @@ class Acknowledgements {
   async settled(retries = 2): Promise<Failure[]> {
     const again = async (peer: Peer, op: string, items: Failure["items"]): Promise<Failure[]> => {
       const live = await this.#cluster.connectionTo(peer.id);
+      if (live === undefined) this.undelivered.push({ peer, op, items });
       if (live === undefined || live === peer) return [];
       // Still a member after every retry went on a connection that closed: these items never
       // reached it, and their caller must not take them for stored.
@@ -2768,6 +2778,7 @@ class Acknowledgements {
       for (const [item, units] of items) next.send(live, op, item, units);
       const failures = await next.settled(retries - 1);
       for (const item of next.held) this.held.add(item);
+      this.undelivered.push(...next.undelivered);
       return failures;
     };
     const failures = await Promise.all([
@@ -3609,7 +3620,7 @@ class HashPlacement {
         }
       }
       const refused = new Set<string>();
-      for (const failure of await acknowledgements.settled()) {
+      for (const failure of [...await acknowledgements.settled(), ...acknowledgements.undelivered]) {
         if (failure.op !== "handover") continue;
         failed = true;
         for (const [item] of failure.items) refused.add((item as HandoverItem)[0]);

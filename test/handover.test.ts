@@ -109,6 +109,27 @@ describe("Hand-over on stop", () => {
     assert.deepEqual(await c.mget(keys), keys);
   });
 
+  for (const placement of ["local", "hash"] as const) {
+    it(`a member whose connection is down when a node stops takes nothing: every entry goes to a member the node reaches (${placement} placement)`, async () => {
+      const [a, b] = await startCluster(2, { ...QUIET, requestTimeout: 1_000, placement });
+      const keys = keysOf(1000);
+      await a.mset(keys.map((key): [string, string] => [key, key]));
+      // A third member joins, then closes its connection saying that another one replaces it,
+      // which never comes: the node waits for it up to requestTimeout (with hash placement, the
+      // member's keys are its until then). The member would rank
+      // first for about a third of the keys.
+      const raw = await rawConnect(a.address);
+      raw.socket.write(frame({ op: "hello", version: 7, placement, id: "dropped-member", host: "127.0.0.1", port: 9 }));
+      assert.equal((await raw.next()).op, "welcome");
+      await raw.exchangeKeys();
+      if (placement === "hash") raw.socket.write(frame({ op: "moveDone", clock: 0 }));
+      raw.socket.end(frame({ op: "duplicate" }));
+      await waitFor("the node to see the connection close", () => a.stats().connections === 1, 5_000);
+      await a.stop();
+      assert.deepEqual(await b.mget(keys), keys);
+    });
+  }
+
   it("writes racing with a hand-over win over the entries handed over", async () => {
     const [a, b, c] = await startCluster(3);
     const keys = keysOf(2000);
