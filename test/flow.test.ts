@@ -49,60 +49,67 @@ const size = { perNode: Number(process.env.KOSYAK_BURST_WRITES ?? 5_000), inFlig
 const members = (process.env.KOSYAK_BURST_RUNTIMES?.split(",") as Runtime[] | undefined) ?? Array<Runtime>(8).fill(runtime);
 
 describe("Flow control across processes", () => {
-  it(`${members.length} busy members (${[...new Set(members)].join(", ")}) with replicas: 1 and tight timeouts, all writing 2,000 at a time: no write fails, no key is lost, nobody is declared down`, async () => {
-    const nodes = await cluster("f", members, TIGHT);
-    const outcome = await burst(nodes, nodes, size.perNode, size.inFlight);
-    assert.equal(outcome.failed, 0, `failed writes; the first: ${outcome.first}`);
-    assert.equal(outcome.lost, 0, "keys lost");
-    assert.deepEqual(outcome.downs, [], "live members declared down");
-  }, 600_000);
+  for (const placement of ["local", "hash"] as const) {
+    it(`${members.length} busy members (${[...new Set(members)].join(", ")}) in ${placement} placement with replicas: 1 and tight timeouts, all writing 2,000 at a time: no write fails, no key is lost, nobody is declared down`, async () => {
+      const nodes = await cluster(`f${placement[0]}`, members, { ...TIGHT, placement });
+      const outcome = await burst(nodes, nodes, size.perNode, size.inFlight);
+      assert.equal(outcome.failed, 0, `failed writes; the first: ${outcome.first}`);
+      assert.equal(outcome.lost, 0, "keys lost");
+      assert.deepEqual(outcome.downs, [], "live members declared down");
+    }, 600_000);
+  }
 
-  it("a member whose event loop is blocked for most of peerTimeout, twice, while the others write to it with replicas: no write fails, no key is lost, nobody is declared down", async () => {
-    const nodes = await cluster("blk", [runtime, runtime, runtime], TIGHT);
-    const blocked = nodes[2];
-    const blocks = (async () => {
-      for (let time = 0; time < 2; time++) {
-        await blocked.call({ cmd: "block", ms: TIGHT.peerTimeout - 150 });
-        // Its next answer comes only once it has read and answered everything that waited.
-        await blocked.call({ cmd: "stats" });
+  for (const placement of ["local", "hash"] as const) {
+    it(`a member whose event loop is blocked for most of peerTimeout, twice, while the others write to it (${placement} placement) with replicas: no write fails, no key is lost, nobody is declared down`, async () => {
+      const nodes = await cluster(`blk${placement[0]}`, [runtime, runtime, runtime], { ...TIGHT, placement });
+      const blocked = nodes[2];
+      const blocks = (async () => {
+        for (let time = 0; time < 2; time++) {
+          await blocked.call({ cmd: "block", ms: TIGHT.peerTimeout - 150 });
+          // Its next answer comes only once it has read and answered everything that waited.
+          await blocked.call({ cmd: "stats" });
+        }
+      })();
+      const outcome = await burst(nodes, nodes.slice(0, 2), 5_000, 500, blocks);
+      assert.equal(outcome.failed, 0, `failed writes; the first: ${outcome.first}`);
+      assert.equal(outcome.lost, 0, "keys lost");
+      assert.deepEqual(outcome.downs, [], "live members declared down");
+    }, 120_000);
+  }
+
+  // With replicas: 1 in a cluster of two, every write waits for the frozen member, whichever placement.
+  for (const placement of ["local", "hash"] as const) {
+    it(`writes faster than a frozen member takes them (${placement} placement): beyond maxQueueItems they are refused at once with ERR_OVERLOADED, nobody is disconnected, and the rest complete once it runs again`, async () => {
+      const patient = { heartbeatInterval: 200, peerTimeout: 30_000, requestTimeout: 30_000, replicas: 1, placement };
+      const frozen = await spawnWorkloadNode(`frozen-${placement}`, patient);
+      const node = await startNode({ ...patient, maxQueueItems: 2_000, master: frozen.address });
+      await waitFor("the two to meet", () => node.stats().peers === 1, 10_000);
+      const downs: string[] = [];
+      node.on("peerDown", (peer) => downs.push(peer.reason));
+      frozen.pause();
+      const outcomes: string[] = [];
+      let refusal: unknown;
+      const writes = Array.from({ length: 10_000 }, (_, i) =>
+        node.set(`k${i}`, i).then(() => outcomes.push("ok"), (error) => {
+          refusal ??= error;
+          outcomes.push(error instanceof KosyakError ? error.code : String(error));
+        }));
+      try {
+        await waitFor("the refusals, while the member is still frozen", () => outcomes.length > 0, 5_000);
+        assert.deepEqual([...new Set(outcomes)], ["ERR_OVERLOADED"], "only refusals settle while the member is frozen");
+        assert.match(String(refusal), /Cannot set "k\d+": \d+ items wait to be sent to member \w+, more than maxQueueItems \(2000\)/);
+      } finally {
+        frozen.resume();
       }
-    })();
-    const outcome = await burst(nodes, nodes.slice(0, 2), 5_000, 500, blocks);
-    assert.equal(outcome.failed, 0, `failed writes; the first: ${outcome.first}`);
-    assert.equal(outcome.lost, 0, "keys lost");
-    assert.deepEqual(outcome.downs, [], "live members declared down");
-  }, 120_000);
-
-  it("writes faster than a frozen member takes them: beyond maxQueueItems they are refused at once with ERR_OVERLOADED, nobody is disconnected, and the rest complete once it runs again", async () => {
-    const patient = { heartbeatInterval: 200, peerTimeout: 30_000, requestTimeout: 30_000 };
-    const frozen = await spawnWorkloadNode("frozen", patient);
-    const node = await startNode({ ...patient, maxQueueItems: 2_000, master: frozen.address });
-    await waitFor("the two to meet", () => node.stats().peers === 1, 10_000);
-    const downs: string[] = [];
-    node.on("peerDown", (peer) => downs.push(peer.reason));
-    frozen.pause();
-    const outcomes: string[] = [];
-    let refusal: unknown;
-    const writes = Array.from({ length: 10_000 }, (_, i) =>
-      node.set(`k${i}`, i).then(() => outcomes.push("ok"), (error) => {
-        refusal ??= error;
-        outcomes.push(error instanceof KosyakError ? error.code : String(error));
-      }));
-    try {
-      await waitFor("the refusals, while the member is still frozen", () => outcomes.length > 0, 5_000);
-      assert.deepEqual([...new Set(outcomes)], ["ERR_OVERLOADED"], "only refusals settle while the member is frozen");
-      assert.match(String(refusal), /Cannot set "k\d+": \d+ items wait to be sent to member \w+, more than maxQueueItems \(2000\)/);
-    } finally {
-      frozen.resume();
-    }
-    await Promise.all(writes);
-    const accepted = outcomes.filter((outcome) => outcome === "ok").length;
-    assert.equal(outcomes.length, 10_000);
-    assert.ok(accepted >= 2_000 && accepted < 10_000, `writes accepted: ${accepted}`);
-    assert.equal(outcomes.filter((outcome) => outcome !== "ok" && outcome !== "ERR_OVERLOADED").length, 0, "no other failure");
-    assert.deepEqual(downs, [], "the frozen member was not disconnected");
-    // The queue drained: a write is taken again, and the member reads it.
-    await node.set("after", "taken");
-    assert.equal(await frozen.call({ cmd: "get", key: "after" }), "taken");
-  }, 60_000);
+      await Promise.all(writes);
+      const accepted = outcomes.filter((outcome) => outcome === "ok").length;
+      assert.equal(outcomes.length, 10_000);
+      assert.ok(accepted >= 2_000 && accepted < 10_000, `writes accepted: ${accepted}`);
+      assert.equal(outcomes.filter((outcome) => outcome !== "ok" && outcome !== "ERR_OVERLOADED").length, 0, "no other failure");
+      assert.deepEqual(downs, [], "the frozen member was not disconnected");
+      // The queue drained: a write is taken again, and the member reads it.
+      await node.set("after", "taken");
+      assert.equal(await frozen.call({ cmd: "get", key: "after" }), "taken");
+    }, 60_000);
+  }
 });
