@@ -9,7 +9,7 @@ afterEach(stopAll);
 describe("Coherence of concurrent reads and writes across processes", () => {
   clusterIt(`four ${runtime} processes writing and reading the same keys never read a replaced value, and then agree on every key`, async () => {
     const nodes = await cluster("a", [runtime, runtime, runtime, runtime]);
-    const histories = await Promise.all(nodes.map((node, i) => node.run(workload(100 + i, 4_000))));
+    const histories = await Promise.all(nodes.map((node, i) => node.run(workload(100 + i, 3_000))));
     const divergent = await agreement(nodes, 5_000);
     const violations = check(`four ${runtime} processes`, histories.flat(), divergent);
     assertCoherent(violations, divergent);
@@ -17,7 +17,7 @@ describe("Coherence of concurrent reads and writes across processes", () => {
 
   mixedIt("a cluster of Node.js, Deno and Bun processes writing and reading the same keys never reads a replaced value, and then agrees", async () => {
     const nodes = await cluster("b", ["node", "deno", "bun", runtime]);
-    const histories = await Promise.all(nodes.map((node, i) => node.run(workload(200 + i, 4_000))));
+    const histories = await Promise.all(nodes.map((node, i) => node.run(workload(200 + i, 3_000))));
     const divergent = await agreement(nodes, 5_000);
     const violations = check("node, deno, bun and " + runtime, histories.flat(), divergent);
     assertCoherent(violations, divergent);

@@ -169,7 +169,7 @@ describe("Copies go with their entry", () => {
     }, 60_000);
 
     test(`${title}, replicas: 1: entries handed over at half their TTL are never read after it`, async () => {
-      const ttl = 3_000;
+      const ttl = 2_000;
       const nodes = await cluster("ttl-", targets, { replicas: 1 });
       const history: Op[] = [];
       const keys = await filled(nodes[0], "expiring:", 20_000, history, ttl);

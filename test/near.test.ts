@@ -9,7 +9,7 @@ afterEach(stopAll);
 
 /** Keys per round of trials; each key read back after the change is one trial. */
 const BATCH = 1_000;
-const ROUNDS = 10;
+const ROUNDS = 5;
 /** The ttl of the expiry trials: long enough to read every key twice before it is up. */
 const TTL_MS = 300;
 

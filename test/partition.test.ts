@@ -174,7 +174,7 @@ function describePartitions(): void {
       }
       await fullMesh(nodes, 10_000);
       const run = (seed: number, durationMs: number) => Promise.all(nodes.map((node, i) => node.run(workload(seed + i, durationMs))));
-      const before = await run(500, 1_500);
+      const before = await run(500, 1_000);
 
       // Every node, the cut-off one too, goes on writing while the link is down.
       const cutAt = now();
