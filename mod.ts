@@ -909,7 +909,8 @@ export class Node {
 
   /**
    * Gets many keys at once: one request to each peer that holds some of them, then `fetch` for
-   * the rest.
+   * the rest; 1,000 keys at a time, with a turn of the event loop between, so that the node goes
+   * on reading and answering while it works through a long list.
    *
    * @param keys The keys, strings.
    * @param callback `callback(err, values)`.
@@ -934,9 +935,7 @@ export class Node {
     if (!Array.isArray(keys)) throw new TypeError(`Cannot mget: keys must be an array of strings: received ${quote(keys)}`);
     for (const key of keys) checkKey(key, "mget", this.#core.options.maxKeyLength);
     if (callback !== undefined) assertFunction(callback, "mget", "callback");
-    const core = this.#core;
-    // Gets started in one tick reach each holder as one request.
-    const values = core.whenStarted("mget").then(() => Promise.all(keys.map((key) => core.getShared(key))));
+    const values = this.#core.whenStarted("mget").then(() => this.#core.getMany(keys));
     return settle(values as Promise<Array<T | null>>, callback);
   }
 
@@ -1903,6 +1902,23 @@ class Core {
     }
     // Callers share one result; with stringify, each still gets a copy of its own.
     return this.options.stringify ? pending.then(copyJson) : pending;
+  }
+
+  /**
+   * Gets many keys, ITEMS_PER_BATCH at a time with a turn of the event loop between (as write
+   * does): the gets begun in one turn reach each holder as one request, and 10,000 begun at once
+   * kept this node from reading and answering for longer than peerTimeout on a busy machine.
+   */
+  async getMany(keys: string[]): Promise<unknown[]> {
+    const slices: Array<Promise<unknown[]>> = [];
+    for (let from = 0; from < keys.length; from += ITEMS_PER_BATCH) {
+      if (from > 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
+      const slice = Promise.all(keys.slice(from, from + ITEMS_PER_BATCH).map((key) => this.getShared(key)));
+      // Its failure is the result's, once every slice has begun: not an unhandled one meanwhile.
+      slice.catch(() => {});
+      slices.push(slice);
+    }
+    return (await Promise.all(slices)).flat();
   }
 
   /** Whether a live entry for `key` is held here or, as far as the directory knows, by a peer. */

@@ -299,6 +299,25 @@ describe("Batch and iteration API", () => {
     assert.throws(() => a.mget("b1" as never), { name: "TypeError", message: /keys must be an array of strings/ });
   });
 
+  for (const placement of ["local", "hash"] as const) {
+    it(`mget of 5,000 keys held elsewhere begins 1,000 gets a turn of the event loop, so that the node goes on reading and answering meanwhile (${placement} placement)`, async () => {
+      const [a, b] = await startCluster(2, { placement });
+      const written = Array.from({ length: 12_000 }, (_, i): [string, number] => [`far:${i}`, i]);
+      await a.mset(written);
+      // With hash placement, b owns about half of them: those it reads without asking.
+      const far = written.filter(([key]) => placement === "local" || !b.has(key)).slice(0, 5_000);
+      assert.equal(far.length, 5_000);
+      const keys = far.map(([key]) => key);
+      const values = b.mget(keys);
+      // After the first turn, the last key changes: the get of it has not begun yet.
+      const rewritten = new Promise((resolve) => setTimeout(() => resolve(b.set(keys[4_999], "newer")), 0));
+      const expected = far.map(([, value]) => value as unknown);
+      expected[4_999] = "newer";
+      assert.deepEqual(await values, expected);
+      await rewritten;
+    });
+  }
+
   it("a value as large as maxValueBytes is read from another node", async () => {
     const options = { maxFrameBytes: 256 * 1024, maxValueBytes: 192 * 1024 };
     const [a, b] = await startCluster(2, options);
