@@ -2486,7 +2486,7 @@ class Replication {
           acknowledgements.send(heir, "handover", item, units);
           this.#core.counters.handedOver++;
         }
-        for (const failure of [...await acknowledgements.settled(), ...acknowledgements.undelivered]) {
+        for (const failure of await acknowledgements.untaken()) {
           refused.add(failure.peer.id);
           for (const [item, units] of failure.items) {
             failed.push([(item as HandoverItem)[0], units]);
@@ -2813,6 +2813,15 @@ class Acknowledgements {
       ...Array.from(this.#waiting, ([peer, byOp]) => Promise.all(Array.from(byOp, ([op, items]) => again(peer, op, items))).then((lists) => lists.flat())),
     ]);
     return failures.flat();
+  }
+
+  /**
+   * Resolves, once settled, with every request whose items no member took: those that failed
+   * while their member stayed, and those whose member is gone. A hand-over places each elsewhere.
+   */
+  async untaken(): Promise<Array<Omit<Failure, "error">>> {
+    const failures = await this.settled();
+    return [...failures, ...this.undelivered];
   }
 
   /**
@@ -3636,7 +3645,7 @@ class HashPlacement {
         }
       }
       const refused = new Set<string>();
-      for (const failure of [...await acknowledgements.settled(), ...acknowledgements.undelivered]) {
+      for (const failure of await acknowledgements.untaken()) {
         if (failure.op !== "handover") continue;
         failed = true;
         for (const [item] of failure.items) refused.add((item as HandoverItem)[0]);
