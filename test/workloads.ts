@@ -84,9 +84,12 @@ export function check(title: string, history: Op[], divergent: string[], exclude
   const outside = (op: Op) => !exclude.some((w) => op.start <= w.to && op.end >= w.from);
   const ops = history.filter(outside);
   const reads = ops.filter((op) => op.kind === "get" && op.ok).length;
-  const failed = history.filter((op) => !op.ok).length;
+  const failedBy = new Map<string, number>();
+  for (const op of history) if (!op.ok) failedBy.set(op.node, (failedBy.get(op.node) ?? 0) + 1);
+  const failed = [...failedBy.values()].reduce((sum, count) => sum + count, 0);
+  const failures = failed === 0 ? "0 failed" : `${failed} failed: ${[...failedBy].map(([node, count]) => `${count} on ${node}`).join(", ")}`;
   console.log(
-    `coherence, ${title}: ${history.length} ops (${ops.length} outside fault windows, ${failed} failed), ` +
+    `coherence, ${title}: ${history.length} ops (${ops.length} outside fault windows, ${failures}), ` +
       `${reads} reads checked, ${violations.length} violations, divergent keys: [${divergent.join(", ")}]` +
       violations.slice(0, 3).map((v) => `\n  ${explain(v)}`).join(""),
   );
