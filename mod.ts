@@ -4037,7 +4037,6 @@ function quote(value: unknown): string {
   return String(value);
 }
 
-/** A deep copy of a JSON value. */
 /** Up to `count` next items of an async iterator; fewer only at its end. */
 async function take<T>(iterator: AsyncIterator<T>, count: number): Promise<T[]> {
   const items: T[] = [];
