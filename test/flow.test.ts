@@ -25,12 +25,16 @@ interface Burst {
  */
 async function burst(nodes: WorkloadNode[], writers: WorkloadNode[], perNode: number, inFlight: number, meanwhile: Promise<unknown> = Promise.resolve()) {
   const prefixOf = (writer: WorkloadNode) => `${writer.name}:`;
+  await Promise.all(nodes.map((node) => node.call({ cmd: "stalls" })));
   const [bursts] = await Promise.all([
     Promise.all(writers.map((writer) => writer.call({ cmd: "burst", prefix: prefixOf(writer), count: perNode, inFlight, tag: "v1" }, 600_000))) as Promise<Burst[]>,
     meanwhile,
   ]);
   const events = (await Promise.all(nodes.map((node) => node.call({ cmd: "events" })))) as Array<Array<{ event: string; reason?: string }>>;
   const downs = events.flat().filter((e) => e.event === "peerDown").map((e) => e.reason);
+  const stalls = (await Promise.all(nodes.map((node) => node.call({ cmd: "stalls" })))) as Array<{ longestMs: number; cpuMs: number; gcLongestMs: number }>;
+  const worst = stalls.reduce((a, b) => (b.longestMs > a.longestMs ? b : a));
+  const gcLongestMs = Math.max(...stalls.map((stall) => stall.gcLongestMs));
   const verified = (await Promise.all(writers.map((writer) => {
     const reader = nodes[(nodes.indexOf(writer) + 1) % nodes.length];
     return reader.call({ cmd: "verify", prefix: prefixOf(writer), count: perNode, tag: "v1" }, 120_000);
@@ -40,7 +44,9 @@ async function burst(nodes: WorkloadNode[], writers: WorkloadNode[], perNode: nu
   const first = bursts.find((b) => b.first)?.first;
   console.log(
     `burst, ${nodes.map((n) => n.runtime).join("+")}: ${writers.length * perNode} writes, ${inFlight} in flight per writer, ` +
-      `${failed} failed, ${lost} lost, ${downs.length} peerDowns [${downs.join(", ")}]` + (first ? `; the first error: ${first}` : ""),
+      `${failed} failed, ${lost} lost, ${downs.length} peerDowns [${downs.join(", ")}], ` +
+      `a member's event loop ${Math.round(worst.longestMs)} ms late at worst (${Math.round(worst.cpuMs)} ms of CPU spent meanwhile; ` +
+      `longest collection ${Math.round(gcLongestMs)} ms)` + (first ? `; the first error: ${first}` : ""),
   );
   return { failed, lost, downs, first };
 }
