@@ -188,6 +188,24 @@ describe("Node data API", () => {
     assert.equal(seen, "v");
   });
 
+  it("set on a node alone calls back before returning; with a peer, only once the peer has acknowledged", async () => {
+    const [node, peer] = await startCluster(2);
+    let acknowledged = false;
+    const done = new Promise<void>((resolve) => node.set("shared", 1, () => resolve()));
+    assert.equal(node.has("shared"), true);
+    // The peer knows the holder once the set has called back, not before: the callback waited.
+    void done.then(() => (acknowledged = peer.has("shared")));
+    await within("the set to call back", done);
+    assert.equal(acknowledged, true);
+    const alone = await startNode();
+    let seen: unknown;
+    alone.set("k", "v", (err, value) => (seen = err ?? value));
+    assert.equal(seen, "v");
+    assert.equal(await alone.get("k"), "v");
+    assert.equal(await alone.set("k", "w"), "w");
+    assert.equal((alone.stats() as NodeStats).entries, 1);
+  });
+
   it("remove deletes the key and calls back with null", async () => {
     const node = await startNode();
     await node.set("k", 1);
