@@ -1,7 +1,10 @@
 // The benchmark's "bare limit": request/response over the runtime's own sockets (node:net,
-// Deno.listen/connect, Bun.listen/connect) with kosyak's framing (4-byte length, JSON) and the
-// frames of one tick written together, and no cache, no checks, no timeouts. What kosyak costs
-// on top of this is the price of everything it does.
+// Deno.listen/connect, Bun.listen/connect) with kosyak's framing (4-byte length, JSON), and no
+// cache, no checks, no timeouts. `nativeClient` sends one message per request, the frames of one
+// tick written together; `batchingClient` puts the gets of one tick into one message, as kosyak
+// does, and the server answers it with one message: that is the limit, since nothing that
+// answers gets over these sockets can do less. What kosyak costs on top of it is the price of
+// everything it does.
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -169,5 +172,31 @@ export async function nativeClient(port) {
       return answer;
     },
     close: () => connection.close(),
+  };
+}
+
+/**
+ * A client that sends the keys asked for in one tick as one `{op: "get", keys, rid}` message and
+ * takes one `{values, rid}` answer for them all: `get(key)` resolves with the value.
+ */
+export async function batchingClient(port) {
+  const client = await nativeClient(port);
+  let keys = [];
+  let waiting = [];
+  return {
+    get(key) {
+      if (keys.length === 0) {
+        queueMicrotask(() => {
+          const asked = keys;
+          const answers = waiting;
+          keys = [];
+          waiting = [];
+          client.request({ op: "get", keys: asked }).then(({ values }) => values.forEach((value, i) => answers[i](value)));
+        });
+      }
+      keys.push(key);
+      return new Promise((resolve) => waiting.push(resolve));
+    },
+    close: () => client.close(),
   };
 }

@@ -24,7 +24,9 @@ if (mode === "node") {
   ready(node.address.port);
 } else if (mode === "bare") {
   const value = "a value of some 30 bytes......";
-  const server = await nativeListen((request) => ({ op: "ok", rid: request.rid, value }));
+  // One value per request, or one per key of a batched request (see batchingClient).
+  const server = await nativeListen((request) =>
+    request.keys === undefined ? { op: "ok", rid: request.rid, value } : { op: "ok", rid: request.rid, values: request.keys.map(() => value) });
   stop = () => server.close();
   ready(server.port);
 } else {

@@ -11,7 +11,7 @@ import { createClient } from "redis";
 import memjs from "memjs";
 import { LRUCache } from "lru-cache";
 import { Node } from "kosyak";
-import { nativeClient } from "./bench-native.mjs";
+import { batchingClient, nativeClient } from "./bench-native.mjs";
 
 const settings = JSON.parse(process.argv[2]);
 const { runtime, redisPort, memcachedPort, rounds, joinKeys, peerCommand } = settings;
@@ -128,7 +128,20 @@ const writer3 = await new Node().init().ready();
 for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: writer3.address.port } });
 const replicated = await new Node({ replicas: 1 }).init().ready();
 for (let i = 0; i < 3; i++) await startPeer("node", { master: { port: replicated.address.port }, replicas: 1 });
-const bare = await nativeClient(await startPeer("bare"));
+// Hash placement: a key lives on its owner. The reader gets keys its one peer owns; the writer
+// sets keys of both, each acknowledged by one peer (the owner, or the copy keeper of its own).
+const hashReader = await new Node({ placement: "hash", master: { port: await startPeer("node", { placement: "hash" }) } }).init().ready();
+for (let i = 0; i < KEYS; i++) await hashReader.set(`hash:${i}`, VALUE);
+const PEER_OWNED = Array.from({ length: KEYS }, (_, i) => `hash:${i}`).filter((k) => !hashReader.has(k));
+if (PEER_OWNED.length === 0) throw new Error("the hash reader's peer owns none of the keys");
+const peerOwned = (i) => PEER_OWNED[i % PEER_OWNED.length];
+const hashWriter = await new Node({ placement: "hash", replicas: 1 }).init().ready();
+await startPeer("node", { master: { port: hashWriter.address.port }, placement: "hash", replicas: 1 });
+const barePort = await startPeer("bare");
+/** The limit: the gets of one tick in one message, as kosyak sends them (see bench-native.mjs). */
+const limit = await batchingClient(barePort);
+/** The same server asked one message per get. */
+const bare = await nativeClient(barePort);
 let memcached;
 if (memcachedPort) {
   memcached = memjs.Client.create(`127.0.0.1:${memcachedPort}`, { logger: { log() {} } });
@@ -137,11 +150,22 @@ if (memcachedPort) {
 let redis;
 /** node-redis with RESP3 client-side caching: Redis tells it when a key it cached changes. */
 let cachingRedis;
+/** Each Redis client at its best setting, by the name its rows carry. */
+const redisClients = {};
 if (redisPort) {
   redis = new Redis({ host: "127.0.0.1", port: redisPort });
   for (let i = 0; i < KEYS; i++) await redis.set(key(i), VALUE);
   cachingRedis = createClient({ socket: { host: "127.0.0.1", port: redisPort }, RESP: 3, clientSideCache: { ttl: 0, maxEntries: 10_000 } });
   await cachingRedis.connect();
+  redisClients["ioredis"] = redis;
+  // The commands of one tick in one write: ioredis's fastest setting.
+  redisClients["ioredis auto-pipelining"] = new Redis({ host: "127.0.0.1", port: redisPort, enableAutoPipelining: true });
+  // node-redis pipelines the commands of one tick by itself.
+  redisClients["node-redis"] = await createClient({ socket: { host: "127.0.0.1", port: redisPort } }).connect();
+  if (globalThis.Bun?.RedisClient) {
+    redisClients["Bun RedisClient"] = new Bun.RedisClient(`redis://127.0.0.1:${redisPort}`);
+    await redisClients["Bun RedisClient"].connect();
+  }
 }
 
 /**
@@ -178,15 +202,19 @@ const workloads = {
   })),
   "local set, kosyak promise": () => sequentialRate((i) => local.set(key(i), VALUE)),
   "remote get, kosyak, sequential": () => latency((i) => reader.get(key(i))),
-  "remote get, bare limit, sequential": () => latency((i) => bare.request({ op: "get", key: key(i) })),
+  "remote get, bare limit, sequential": () => latency((i) => limit.get(key(i))),
   "set acked by 1 peer, sequential": () => latency((i) => writer1.set(key(i), VALUE)),
   "set acked by 3 peers, sequential": () => latency((i) => writer3.set(key(i), VALUE)),
   "set acked by 3 peers, replicas: 1, sequential": () => latency((i) => replicated.set(key(i), VALUE)),
 };
 for (const inFlight of [1, 16, 64]) {
   workloads[`remote get, kosyak, ${inFlight} in flight`] = () => asyncRate((i) => reader.get(key(i)), inFlight);
-  workloads[`remote get, bare limit, ${inFlight} in flight`] = () => asyncRate((i) => bare.request({ op: "get", key: key(i) }), inFlight);
+  workloads[`remote get, bare limit, ${inFlight} in flight`] = () => asyncRate((i) => limit.get(key(i)), inFlight);
 }
+workloads["remote get, hash placement, sequential"] = () => latency((i) => hashReader.get(peerOwned(i)));
+workloads["remote get, hash placement, 64 in flight"] = () => asyncRate((i) => hashReader.get(peerOwned(i)), 64);
+workloads["set acked by 1 peer, hash placement, replicas: 1, 64 in flight"] = () => asyncRate((i) => hashWriter.set(key(i), VALUE), 64);
+workloads["remote get, bare socket, one message per get, 64 in flight"] = () => asyncRate((i) => bare.request({ op: "get", key: key(i) }), 64);
 workloads["hot remote get, kosyak near cache, sequential"] = () => latency((i) => nearReader.get(hotKey(i)));
 workloads["hot remote get, kosyak near cache, 64 in flight"] = () => asyncRate((i) => nearReader.get(hotKey(i)), 64);
 workloads["hot remote get, kosyak, sequential"] = () => latency((i) => reader.get(hotKey(i)));
@@ -195,11 +223,13 @@ workloads["stale reads after an acknowledged write, kosyak near cache"] = () => 
 workloads["set acked by 1 peer, 64 in flight"] = () => asyncRate((i) => writer1.set(key(i), VALUE), 64);
 workloads["set acked by 3 peers, 64 in flight"] = () => asyncRate((i) => writer3.set(key(i), VALUE), 64);
 workloads["set acked by 3 peers, replicas: 1, 64 in flight"] = () => asyncRate((i) => replicated.set(key(i), VALUE), 64);
+for (const [name, client] of Object.entries(redisClients)) {
+  workloads[`remote get, ${name}+Redis, sequential`] = () => latency((i) => client.get(key(i)));
+  workloads[`set, ${name}+Redis, sequential`] = () => latency((i) => client.set(key(i), VALUE));
+  for (const inFlight of [1, 16, 64]) workloads[`remote get, ${name}+Redis, ${inFlight} in flight`] = () => asyncRate((i) => client.get(key(i)), inFlight);
+  workloads[`set, ${name}+Redis, 64 in flight`] = () => asyncRate((i) => client.set(key(i), VALUE), 64);
+}
 if (redis) {
-  workloads["remote get, ioredis+Redis, sequential"] = () => latency((i) => redis.get(key(i)));
-  workloads["set, ioredis+Redis, sequential"] = () => latency((i) => redis.set(key(i), VALUE));
-  for (const inFlight of [1, 16, 64]) workloads[`remote get, ioredis+Redis, ${inFlight} in flight`] = () => asyncRate((i) => redis.get(key(i)), inFlight);
-  workloads["set, ioredis+Redis, 64 in flight"] = () => asyncRate((i) => redis.set(key(i), VALUE), 64);
   workloads["hot remote get, ioredis+Redis, sequential"] = () => latency((i) => redis.get(hotKey(i)));
   workloads["hot remote get, ioredis+Redis, 64 in flight"] = () => asyncRate((i) => redis.get(hotKey(i)), 64);
   workloads["hot remote get, node-redis client-side caching, sequential"] = () => latency((i) => cachingRedis.get(hotKey(i)));
@@ -438,8 +468,12 @@ for (let round = 1; round <= 3; round++) {
 
 // ─── Tear-down ────────────────────────────────────────────────────────────────────────────────
 
-await Promise.all([local, reader, nearReader, nearWriter, writer1, writer3, replicated].map((node) => node.stop({ handover: false })));
+await Promise.all([local, reader, nearReader, nearWriter, writer1, writer3, replicated, hashReader, hashWriter].map((node) => node.stop({ handover: false })));
 bare.close();
+limit.close();
+await redisClients["ioredis auto-pipelining"]?.quit();
+await redisClients["node-redis"]?.close();
+redisClients["Bun RedisClient"]?.close();
 await redis?.quit();
 await cachingRedis?.close();
 memcached?.close();
