@@ -70,8 +70,14 @@ if (workload === "local-set") {
   nodes.push(writer);
   await startPeer({ master: { port: writer.address.port } });
   run = (until) => inFlight64((i) => writer.set(key(i), VALUE), until);
+} else if (workload === "hash-set") {
+  // Hash placement with replicas: 1 over two nodes: each set goes to its owner, and the owner's copy to the other.
+  const writer = await new Node({ placement: "hash", replicas: 1 }).init().ready();
+  nodes.push(writer);
+  await startPeer({ master: { port: writer.address.port }, placement: "hash", replicas: 1 });
+  run = (until) => inFlight64((i) => writer.set(key(i), VALUE), until);
 } else {
-  throw new Error(`unknown workload ${workload}: local-set, remote-get or remote-set`);
+  throw new Error(`unknown workload ${workload}: local-set, remote-get, remote-set or hash-set`);
 }
 
 await run(performance.now() + 500); // warm-up, not profiled

@@ -1,6 +1,6 @@
-// `npm run profile`: where the microseconds of a local set, a remote get and a remote set go, on
-// each runtime. For each runtime and workload it runs scripts/profile-worker.mjs with the CPU
-// profiler on for a few seconds, then sums the profile's samples by function (self time) and by
+// `npm run profile`: where the microseconds of a local set, a remote get, a remote set and a set in
+// hash placement with replicas: 1 go, on each runtime. For each runtime and workload it runs
+// scripts/profile-worker.mjs with the CPU profiler on for a few seconds, then sums the profile's samples by function (self time) and by
 // kind (kosyak's own code, the runtime's code, garbage collection, the rest), and writes the
 // table to bench/profile.md. Options: --runtimes=node,deno,bun, --workloads=local-set,...,
 // --seconds=N (3), --top=N (12 functions a workload). Ops/s include the profiler's overhead.
@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 const root = fileURLToPath(new URL("..", import.meta.url));
 const option = (name, fallback) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1] ?? fallback;
 const runtimes = option("runtimes", "node,deno,bun").split(",");
-const workloads = option("workloads", "local-set,remote-get,remote-set").split(",");
+const workloads = option("workloads", "local-set,remote-get,remote-set,hash-set").split(",");
 const seconds = Number(option("seconds", "3"));
 const top = Number(option("top", "12"));
 const worker = `${root}scripts/profile-worker.mjs`;
