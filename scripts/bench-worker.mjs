@@ -12,6 +12,7 @@ import memjs from "memjs";
 import { LRUCache } from "lru-cache";
 import { Node } from "kosyak";
 import { batchingClient, nativeClient } from "./bench-native.mjs";
+import { startPeer as startBenchPeer, stopPeers } from "./bench-peers.mjs";
 
 const settings = JSON.parse(process.argv[2]);
 const { runtime, redisPort, memcachedPort, rounds, joinKeys, peerCommand } = settings;
@@ -24,16 +25,7 @@ const gc = () => (globalThis.Bun ? Bun.gc(true) : globalThis.gc?.());
 const children = [];
 
 /** Starts scripts/bench-peer.mjs in this runtime and resolves with its port. */
-async function startPeer(mode, options = {}) {
-  const script = fileURLToPath(new URL("./bench-peer.mjs", import.meta.url));
-  const child = spawn(peerCommand[0], [...peerCommand.slice(1), script, mode, JSON.stringify(options)], { stdio: ["pipe", "pipe", "inherit"] });
-  children.push(child);
-  const line = await new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout }).once("line", resolve);
-    child.once("exit", () => reject(new Error(`a ${mode} peer exited early`)));
-  });
-  return JSON.parse(line).port;
-}
+const startPeer = (mode, options) => startBenchPeer(peerCommand, children, mode, options);
 
 /** Yields to the event loop, so that the nodes of this process keep up their heartbeats. */
 const breathe = () => new Promise((resolve) => setTimeout(resolve, 0));
@@ -477,7 +469,6 @@ redisClients["Bun RedisClient"]?.close();
 await redis?.quit();
 await cachingRedis?.close();
 memcached?.close();
-for (const child of children) child.stdin.end();
-await Promise.all(children.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
+await stopPeers(children);
 if (sink === -1) console.log(sink);
 process.exit(0);

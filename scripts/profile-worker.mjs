@@ -3,12 +3,10 @@
 // seconds given with the CPU profiler on (node:inspector under Node.js and Deno; under Bun the
 // launcher passes --cpu-prof instead), writes the profile to PROFILE_PATH where it took it
 // itself, and prints {"opsPerSec": N} (with the profiler's overhead in it).
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import process from "node:process";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { Node } from "kosyak";
+import { startPeer as startBenchPeer, stopPeers } from "./bench-peers.mjs";
 
 const [workload, seconds, profilePath] = process.argv.slice(2);
 const KEYS = 1000;
@@ -17,17 +15,8 @@ const key = (i) => `key:${i % KEYS}`;
 const runtimeCommand = globalThis.Deno ? [Deno.execPath(), "run", "-A"] : [process.execPath];
 const children = [];
 
-/** Starts scripts/bench-peer.mjs in this runtime and resolves with its port. */
-async function startPeer(options) {
-  const script = fileURLToPath(new URL("./bench-peer.mjs", import.meta.url));
-  const child = spawn(runtimeCommand[0], [...runtimeCommand.slice(1), script, "node", JSON.stringify(options)], { stdio: ["pipe", "pipe", "inherit"] });
-  children.push(child);
-  const line = await new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout }).once("line", resolve);
-    child.once("exit", () => reject(new Error("a peer exited early")));
-  });
-  return JSON.parse(line).port;
-}
+/** Starts a kosyak node of scripts/bench-peer.mjs in this runtime and resolves with its port. */
+const startPeer = (options) => startBenchPeer(runtimeCommand, children, "node", options);
 
 /** `op(i)` from 64 loops at once, each awaiting one after another, until `until`. */
 async function inFlight64(op, until) {
@@ -95,7 +84,6 @@ const opsPerSec = done / ((performance.now() - started) / 1000);
 if (session) writeFileSync(profilePath, JSON.stringify((await post("Profiler.stop")).profile));
 
 await Promise.all(nodes.map((node) => node.stop({ handover: false })));
-for (const child of children) child.stdin.end();
-await Promise.all(children.map((child) => child.exitCode === null && new Promise((resolve) => child.once("exit", resolve))));
+await stopPeers(children);
 process.stdout.write(JSON.stringify({ opsPerSec }) + "\n");
 process.exit(0);
