@@ -1003,9 +1003,9 @@ export class Node {
     optionsOrCallback?: SetOptions | Callback<T>,
     callback?: Callback<T>,
   ): Promise<T> | void {
-    const [options, done] = typeof optionsOrCallback === "function" ? [{}, optionsOrCallback] : [optionsOrCallback, callback];
+    const done = typeof optionsOrCallback === "function" ? optionsOrCallback : callback;
     if (done !== undefined) assertFunction(done, "set", "callback");
-    const write = this.#core.prepareWrite("set", key, value, options);
+    const write = this.#core.prepareWrite("set", key, value, typeof optionsOrCallback === "function" ? undefined : optionsOrCallback);
     if (this.#core.storeAlone(write)) {
       if (done === undefined) return Promise.resolve(value);
       callLater(done, null, value);
@@ -1057,7 +1057,7 @@ export class Node {
       if (!Array.isArray(pair)) throw new TypeError(`Cannot mset: each entry must be a [key, value] pair: received ${quote(pair)}`);
       return this.#core.prepareWrite("mset", pair[0], pair[1], options);
     });
-    return settle(this.#core.write(writes), done);
+    return settle(this.#core.write(writes).then(() => undefined), done);
   }
 
   /**
@@ -2183,14 +2183,27 @@ class Core {
    * once kept this node from reading and answering for half a second on a busy machine, long
    * enough for its peers to take it for dead.
    */
-  async write(writes: Write[]): Promise<void> {
-    if (this.lifecycle !== "ready") await this.whenStarted("set");
-    this.cluster.refuseWhenOverloaded(writes.length === 1 ? `set "${writes[0].key}"` : `write ${writes.length} entries`);
-    if (this.hash) return this.hash.write(writes);
+  write(writes: Write[]): Promise<unknown> {
+    return this.lifecycle === "ready" ? this.#writeStarted(writes) : this.whenStarted("set").then(() => this.#writeStarted(writes));
+  }
+
+  #writeStarted(writes: Write[]): Promise<unknown> {
+    try {
+      if (writes.length === 1) this.cluster.refuseWhenOverloaded("set", writes[0].key);
+      else this.cluster.refuseWhenOverloaded(`write ${writes.length} entries`);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.hash ? this.hash.write(writes) : this.#writeHere(writes);
+  }
+
+  /** Core.write in local placement: stores here, then tells every peer (`own`) and sends the copies. */
+  async #writeHere(writes: Write[]): Promise<void> {
     const turn = writes.length === 1 ? this.#writesOfThisTurn() : undefined;
     const acknowledgements = turn?.acknowledgements ?? new Acknowledgements(this.cluster);
-    for (const [index, { key, stored, size, ttl }] of writes.entries()) {
+    for (let index = 0; index < writes.length; index++) {
       if (index > 0 && index % ITEMS_PER_BATCH === 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
+      const { key, stored, size, ttl } = writes[index];
       const version = this.#storeOwn(key, stored, size, ttl);
       const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
       const entry = copies.length > 0 ? this.store.peek(key) : undefined;
@@ -2246,7 +2259,7 @@ class Core {
    */
   async remove(key: string): Promise<boolean> {
     await this.whenStarted("remove");
-    this.cluster.refuseWhenOverloaded(`remove "${key}"`);
+    this.cluster.refuseWhenOverloaded("remove", key);
     if (this.hash) return this.hash.remove(key);
     this.overtake(key);
     const heldHere = this.store.peek(key) !== undefined;
@@ -3001,20 +3014,25 @@ class HashPlacement {
     if (asks?.size === 0) this.#asking.delete(key);
   }
 
+  /** Stores each write on its owner; resolves once every owner has stored it and its copies. */
+  write(writes: Write[]): Promise<unknown> {
+    return writes.length === 1 ? this.#writeOne(writes[0]) : this.#writeMany(writes);
+  }
+
   /**
-   * Stores each write on its owner; resolves once every owner has stored it and its copies.
    * ITEMS_PER_BATCH writes at a time, so that an `mset` of a million entries does not put them
    * all in flight at once (their owners took longer than `requestTimeout` to answer them all).
    */
-  async write(writes: Write[]): Promise<void> {
-    const core = this.#core;
-    if (core.lifecycle !== "ready") await core.whenStarted("set");
+  async #writeMany(writes: Write[]): Promise<void> {
     for (let from = 0; from < writes.length; from += ITEMS_PER_BATCH) {
-      await Promise.all(writes.slice(from, from + ITEMS_PER_BATCH).map((write) => {
-        const item = [write.key, core.reveal(write.stored), write.ttl];
-        return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
-      }));
+      await Promise.all(writes.slice(from, from + ITEMS_PER_BATCH).map((write) => this.#writeOne(write)));
     }
+  }
+
+  /** Stores `write` on its owner (this node, or a peer in one hop). */
+  #writeOne(write: Write): Promise<OwnerAnswer> {
+    const item = [write.key, this.#core.reveal(write.stored), write.ttl];
+    return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
   }
 
   /** Removes `key` on its owner; resolves with whether it held a live entry. */
@@ -3067,10 +3085,21 @@ class HashPlacement {
    * connected; after two hops, each waits for the next change of membership, since views differ
    * only while one spreads.
    */
-  async #atOwner(operation: string, key: string, op: string, item: unknown, units: number, here: () => OwnerAnswer | Promise<OwnerAnswer>): Promise<OwnerAnswer> {
+  #atOwner(operation: string, key: string, op: string, item: unknown, units: number, here: () => OwnerAnswer | Promise<OwnerAnswer>): Promise<OwnerAnswer> {
+    const owner = this.ownerOf(key);
+    if (owner === undefined) return this.#hops(operation, key, op, item, units, here, 0);
+    // The common case, a peer that owns the key, without the loop's frame: a burst of sets
+    // begun in one turn holds one of each until its answer comes.
+    return this.#ask(owner, op, item, units).then(
+      (answer) => (isRedirect(answer) ? this.#hops(operation, key, op, item, units, here, 1, this.#redirectedTo(op, answer)) : throwIfError(answer)),
+      (error) => this.#core.cluster.connectionTo(this.#unanswered(operation, key, owner, error)).then(() => this.#hops(operation, key, op, item, units, here, 1)),
+    );
+  }
+
+  /** #atOwner from hop `first`, with `named` the member a redirect named. */
+  async #hops(operation: string, key: string, op: string, item: unknown, units: number, here: () => OwnerAnswer | Promise<OwnerAnswer>, first: number, named?: string): Promise<OwnerAnswer> {
     const cluster = this.#core.cluster;
-    let named: string | undefined;
-    for (let hop = 0; hop < MAX_HOPS; hop++) {
+    for (let hop = first; hop < MAX_HOPS; hop++) {
       if (hop >= 2) await cluster.nextChange(this.#core.options.heartbeatInterval);
       let owner: Peer | undefined;
       if (named !== undefined && named !== this.#core.id) {
@@ -3088,29 +3117,39 @@ class HashPlacement {
         answer = owner === undefined ? await here() : await this.#ask(owner, op, item, units);
       } catch (error) {
         if (owner === undefined) throw error;
-        // A closed connection: its member is gone or reconnecting; ask the owner of the view then.
-        if (owner.closed) {
-          await cluster.connectionTo(owner.id);
-          continue;
-        }
-        throw new KosyakError("ERR_TIMEOUT", `Cannot ${operation} "${key}": its owner ${owner.id} did not answer: ${describe(error)}`, { cause: error });
+        await cluster.connectionTo(this.#unanswered(operation, key, owner, error));
+        continue;
       }
       if (!isRedirect(answer)) return throwIfError(answer);
-      if (!isNodeId(answer[1])) throw new ProtocolError(`"${op}" names an owner that is not a node id`);
-      named = answer[1];
+      named = this.#redirectedTo(op, answer);
     }
     throw new KosyakError("ERR_TIMEOUT", `Cannot ${operation} "${key}": the members did not agree on its owner within ${MAX_HOPS} hops`);
   }
 
+  /**
+   * After `owner` failed a request: the member to wait for a connection to, when its connection
+   * closed (gone or reconnecting; then the owner of the view is asked); else throws ERR_TIMEOUT.
+   */
+  #unanswered(operation: string, key: string, owner: Peer, error: unknown): string {
+    if (owner.closed) return owner.id;
+    throw new KosyakError("ERR_TIMEOUT", `Cannot ${operation} "${key}": its owner ${owner.id} did not answer: ${describe(error)}`, { cause: error });
+  }
+
+  /** The member a redirect names. */
+  #redirectedTo(op: string, answer: Redirect): string {
+    if (!isNodeId(answer[1])) throw new ProtocolError(`"${op}" names an owner that is not a node id`);
+    return answer[1];
+  }
+
   /** Sends `item` in an `op` request to `peer` (batched with the tick's others); resolves with its answer. */
-  async #ask(peer: Peer, op: string, item: unknown, units: number): Promise<OwnerAnswer> {
+  #ask(peer: Peer, op: string, item: unknown, units: number): Promise<OwnerAnswer> {
     const { answer, index } = peer.batch(op, item, units);
-    const values = (await answer).values;
-    const result = Array.isArray(values) ? values[index] : undefined;
-    if (result === undefined) throw new ProtocolError(`"${op}" answered without a value for each key`);
-    if (result !== 0) return result;
-    const alone = (await peer.request({ op, keys: [item] })).values;
-    return Array.isArray(alone) ? alone[0] : undefined;
+    return answer.then(({ values }) => {
+      const result = Array.isArray(values) ? values[index] : undefined;
+      if (result === undefined) throw new ProtocolError(`"${op}" answered without a value for each key`);
+      if (result !== 0) return result;
+      return peer.request({ op, keys: [item] }).then(({ values: alone }) => (Array.isArray(alone) ? alone[0] : undefined));
+    });
   }
 
   /**
@@ -5361,6 +5400,8 @@ class Cluster {
   /** Every op a peer may send, membership's and the host's, to its handler. */
   readonly #handlers: Record<string, Handler>;
   readonly #peers = new Map<string, Peer>();
+  /** #peers' values, for the loops that every operation runs (an iterator is an allocation each, till the code is optimised). */
+  #peerList: Peer[] = [];
   /** Connections whose peer has told all the keys it holds. */
   readonly #synced = new WeakSet<Peer>();
   /** Members that said they are stopping: they take no entries over and keep no copies. */
@@ -5464,6 +5505,13 @@ class Cluster {
     return this.#peers.values();
   }
 
+  /** Makes `peer` the connection that serves member `id`, or forgets the member (undefined). */
+  #setPeer(id: string, peer: Peer | undefined): void {
+    if (peer === undefined) this.#peers.delete(id);
+    else this.#peers.set(id, peer);
+    this.#peerList = [...this.#peers.values()];
+  }
+
   /** Lets every peer hear from this node, in a long piece of work that does not send (see Peer.keepAlive). */
   keepAlive(): void {
     for (const peer of this.#peers.values()) peer.keepAlive();
@@ -5474,11 +5522,13 @@ class Cluster {
    * maxQueueBytes allow: writes come faster than the cluster takes them, and one more would only
    * wait longer, and hold more memory, than a caller can tell from a member that stopped.
    */
-  refuseWhenOverloaded(operation: string): void {
-    for (const peer of this.#peers.values()) {
+  refuseWhenOverloaded(operation: string, key?: string): void {
+    for (let i = 0; i < this.#peerList.length; i++) {
+      const peer = this.#peerList[i];
       const problem = peer.overloaded;
       if (problem !== undefined) {
-        throw new KosyakError("ERR_OVERLOADED", `Cannot ${operation}: ${problem}; the cluster takes writes slower than they come: retry after a pause`);
+        const what = key === undefined ? operation : `${operation} "${key}"`;
+        throw new KosyakError("ERR_OVERLOADED", `Cannot ${what}: ${problem}; the cluster takes writes slower than they come: retry after a pause`);
       }
     }
   }
@@ -5641,7 +5691,7 @@ class Cluster {
    * view of the members picks the same one.
    */
   successorOf(key: string): string | undefined {
-    return this.#ranked(key, 1, true)[0]?.id;
+    return this.#first(key, true)?.id;
   }
 
   /**
@@ -5650,7 +5700,7 @@ class Cluster {
    * every node with the same view of the members picks the same one.
    */
   fetcherOf(key: string): Peer | undefined {
-    return this.#ranked(key, 1, true)[0];
+    return this.#first(key, true);
   }
 
   /**
@@ -5659,7 +5709,7 @@ class Cluster {
    * (or when no other is left).
    */
   ownerOf(key: string, withSelf: boolean): Peer | undefined {
-    return this.#ranked(key, 1, withSelf)[0];
+    return this.#first(key, withSelf);
   }
 
   /** Whether this node is among the `count` members that rank highest for `key`. */
@@ -5676,9 +5726,7 @@ class Cluster {
   #ranked(key: string, count: number, withSelf: boolean): Array<Peer | undefined> {
     const best: Array<{ id: string; score: number; peer: Peer | undefined }> = [];
     const consider = (id: string, peer: Peer | undefined) => {
-      let seed = this.#rendezvousSeeds.get(id);
-      if (seed === undefined) this.#rendezvousSeeds.set(id, (seed = rendezvousSeed(id)));
-      const score = rendezvousScore(seed, key);
+      const score = rendezvousScore(this.#seedOf(id), key);
       let at = best.length;
       while (at > 0 && ranksAbove(score, id, best[at - 1].score, best[at - 1].id)) at--;
       if (at < count) best.splice(at, 0, { id, score, peer });
@@ -5687,6 +5735,30 @@ class Cluster {
     if (withSelf) consider(this.#id, undefined);
     for (const peer of this.#peers.values()) if (!this.#leaving.has(peer.id)) consider(peer.id, peer);
     return best.map((ranked) => ranked.peer);
+  }
+
+  /** The top of #ranked(key, 1, withSelf), without the list: it is asked once or more for every operation. */
+  #first(key: string, withSelf: boolean): Peer | undefined {
+    let bestId = withSelf ? this.#id : undefined;
+    let bestScore = withSelf ? rendezvousScore(this.#seedOf(this.#id), key) : -1;
+    let best: Peer | undefined;
+    for (let i = 0; i < this.#peerList.length; i++) {
+      const peer = this.#peerList[i];
+      if (this.#leaving.has(peer.id)) continue;
+      const score = rendezvousScore(this.#seedOf(peer.id), key);
+      if (bestId !== undefined && !ranksAbove(score, peer.id, bestScore, bestId)) continue;
+      bestId = peer.id;
+      bestScore = score;
+      best = peer;
+    }
+    return best;
+  }
+
+  /** Where the rendezvous scores of member `id` start, computed once per member. */
+  #seedOf(id: string): number {
+    let seed = this.#rendezvousSeeds.get(id);
+    if (seed === undefined) this.#rendezvousSeeds.set(id, (seed = rendezvousSeed(id)));
+    return seed;
   }
 
   /** Sends a request to every ready peer and gathers the answers of those that answer. */
@@ -5913,12 +5985,12 @@ class Cluster {
         this.#retire(peer);
         return existing;
       }
-      this.#peers.set(peer.id, peer);
+      this.#setPeer(peer.id, peer);
       this.#retire(existing);
     }
     // The directory knows holders by id, so what this node knew of the peer's keys through a
     // connection this one replaces stays valid meanwhile.
-    this.#peers.set(peer.id, peer);
+    this.#setPeer(peer.id, peer);
     this.#setMissing(peer.id, false);
     // With a near cache, an answer at once, so that this peer's vouches from the start.
     if (this.#options.nearCache) peer.request({ op: "ping" }).catch(() => {});
@@ -6079,7 +6151,7 @@ class Cluster {
   /** Forgets a peer and the keys it held; returns whether it was a current member. */
   #forgetPeer(peer: Peer, reason: PeerDownReason): boolean {
     if (this.#peers.get(peer.id) !== peer) return false;
-    this.#peers.delete(peer.id);
+    this.#setPeer(peer.id, undefined);
     this.#leaving.delete(peer.id);
     this.#rendezvousSeeds.delete(peer.id);
     if (reason !== "left" && !this.#stopping) this.#setMissing(peer.id, true);

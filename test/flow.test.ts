@@ -18,6 +18,28 @@ interface Burst {
   first: string | null;
 }
 
+interface Stalls {
+  longestMs: number;
+  cpuMs: number;
+  gcLongestMs: number;
+  episodes: Array<{ at: number; lateMs: number; cpuMs: number }>;
+}
+
+type MembershipEvent = { at: number; event: string; id: string; reason?: string };
+
+/**
+ * Each member's peerDowns and event-loop stalls, in ms since `start`, with the ids of the
+ * members: what to read when a live member was declared down.
+ */
+function timeline(nodes: WorkloadNode[], ids: string[], events: MembershipEvent[][], stalls: Stalls[], start: number): string {
+  const nameOf = (id: string) => nodes[ids.indexOf(id)]?.name ?? id;
+  return nodes.map((node, i) => {
+    const downs = events[i].filter((e) => e.event === "peerDown").map((e) => `${Math.round(e.at - start)} ms: ${nameOf(e.id)} down (${e.reason})`);
+    const late = stalls[i].episodes.map((e) => `${Math.round(e.at - start)} ms: ${e.lateMs} ms late (${e.cpuMs} ms of CPU)`);
+    return `  ${node.name}: ${[...downs, ...late].join("; ") || "nothing"}`;
+  }).join("\n");
+}
+
 /**
  * Each of `writers` sets `perNode` keys of its own, `inFlight` at a time, while `meanwhile` runs;
  * then every key is read back through another member. Resolves with the failed writes, the keys
@@ -26,13 +48,18 @@ interface Burst {
 async function burst(nodes: WorkloadNode[], writers: WorkloadNode[], perNode: number, inFlight: number, meanwhile: Promise<unknown> = Promise.resolve()) {
   const prefixOf = (writer: WorkloadNode) => `${writer.name}:`;
   await Promise.all(nodes.map((node) => node.call({ cmd: "stalls" })));
+  const start = performance.timeOrigin + performance.now();
   const [bursts] = await Promise.all([
     Promise.all(writers.map((writer) => writer.call({ cmd: "burst", prefix: prefixOf(writer), count: perNode, inFlight, tag: "v1" }, 600_000))) as Promise<Burst[]>,
     meanwhile,
   ]);
-  const events = (await Promise.all(nodes.map((node) => node.call({ cmd: "events" })))) as Array<Array<{ event: string; reason?: string }>>;
+  const events = (await Promise.all(nodes.map((node) => node.call({ cmd: "events" })))) as MembershipEvent[][];
   const downs = events.flat().filter((e) => e.event === "peerDown").map((e) => e.reason);
-  const stalls = (await Promise.all(nodes.map((node) => node.call({ cmd: "stalls" })))) as Array<{ longestMs: number; cpuMs: number; gcLongestMs: number }>;
+  const stalls = (await Promise.all(nodes.map((node) => node.call({ cmd: "stalls" })))) as Stalls[];
+  if (downs.length > 0) {
+    const ids = ((await Promise.all(nodes.map((node) => node.call({ cmd: "stats" })))) as Array<{ id: string }>).map((stats) => stats.id);
+    console.log(`members declared down in the burst, and each member's stalls:\n${timeline(nodes, ids, events, stalls, start)}`);
+  }
   const worst = stalls.reduce((a, b) => (b.longestMs > a.longestMs ? b : a));
   const gcLongestMs = Math.max(...stalls.map((stall) => stall.gcLongestMs));
   const verified = (await Promise.all(writers.map((writer) => {
