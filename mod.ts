@@ -2191,33 +2191,34 @@ class Core {
     try {
       if (writes.length === 1) this.cluster.refuseWhenOverloaded("set", writes[0].key);
       else this.cluster.refuseWhenOverloaded(`write ${writes.length} entries`);
+      if (this.hash) return this.hash.write(writes);
+      if (writes.length > 1) return this.#writeManyHere(writes);
+      // A single write shares the acknowledgements of the turn's others (see #writesOfThisTurn).
+      const turn = this.#writesOfThisTurn();
+      this.#writeHere(writes[0], turn.acknowledgements);
+      return turn.failures.then((failures) => throwIfCopyFailed(failures, writes[0].key));
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.hash ? this.hash.write(writes) : this.#writeHere(writes);
   }
 
-  /** Core.write in local placement: stores here, then tells every peer (`own`) and sends the copies. */
-  async #writeHere(writes: Write[]): Promise<void> {
-    const turn = writes.length === 1 ? this.#writesOfThisTurn() : undefined;
-    const acknowledgements = turn?.acknowledgements ?? new Acknowledgements(this.cluster);
+  /** Local placement: ITEMS_PER_BATCH writes a turn, with their acknowledgements waited for together. */
+  async #writeManyHere(writes: Write[]): Promise<void> {
+    const acknowledgements = new Acknowledgements(this.cluster);
     for (let index = 0; index < writes.length; index++) {
       if (index > 0 && index % ITEMS_PER_BATCH === 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
-      const { key, stored, size, ttl } = writes[index];
-      const version = this.#storeOwn(key, stored, size, ttl);
-      const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
-      const entry = copies.length > 0 ? this.store.peek(key) : undefined;
-      if (entry !== undefined) this.replication.sendCopies(acknowledgements, entry, copies);
-      acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
+      this.#writeHere(writes[index], acknowledgements);
     }
-    // A copy that a member did not confirm may be missing when this node dies: say so.
-    const written = turn === undefined ? undefined : writes[0].key;
-    for (const failure of await (turn?.failures ?? acknowledgements.settled())) {
-      const copy = failure.items.find(([item]) => Array.isArray((item as unknown[])[4]) && (written === undefined || (item as unknown[])[0] === written));
-      if (copy === undefined) continue;
-      const key = (copy[0] as [string])[0];
-      throw new KosyakError("ERR_TIMEOUT", `Cannot set "${key}" with replicas: member ${failure.peer.id} did not store its copy: ${describe(failure.error)}`);
-    }
+    throwIfCopyFailed(await acknowledgements.settled());
+  }
+
+  /** Local placement: stores a write here, tells every peer (`own`), and sends its copies. */
+  #writeHere({ key, stored, size, ttl }: Write, acknowledgements: Acknowledgements): void {
+    const version = this.#storeOwn(key, stored, size, ttl);
+    const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
+    const entry = copies.length > 0 ? this.store.peek(key) : undefined;
+    if (entry !== undefined) this.replication.sendCopies(acknowledgements, entry, copies);
+    acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
   }
 
   /**
@@ -2469,6 +2470,20 @@ class Core {
  * keeps its copies takes them on. Works on its node's Core: the store, the directory and the
  * cluster.
  */
+/**
+ * Throws when a member did not confirm a copy (a `copy` item, whose fifth field is its list of
+ * keepers) of `key`, or of any key when `key` is undefined: the copy may be missing when the
+ * holder dies, and the caller must hear of it.
+ */
+function throwIfCopyFailed(failures: Failure[], key?: string): void {
+  for (const failure of failures) {
+    const copy = failure.items.find(([item]) => Array.isArray((item as unknown[])[4]) && (key === undefined || (item as unknown[])[0] === key));
+    if (copy === undefined) continue;
+    const copied = (copy[0] as [string])[0];
+    throw new KosyakError("ERR_TIMEOUT", `Cannot set "${copied}" with replicas: member ${failure.peer.id} did not store its copy: ${describe(failure.error)}`);
+  }
+}
+
 class Replication {
   readonly #core: Core;
   readonly #timers: Timers;
@@ -2809,7 +2824,8 @@ class Acknowledgements {
   /** Sends `item` to every member but those in `except`, and to those admitted before it settles. */
   sendToAll(op: string, item: unknown, units: number, except: Peer[] = []): void {
     this.#toAll.push({ op, item, units, except: except.map((peer) => peer.id) });
-    for (const peer of this.#cluster.peers()) if (!except.includes(peer)) this.send(peer, op, item, units);
+    const peers = this.#cluster.peerList();
+    for (let i = 0; i < peers.length; i++) if (!except.includes(peers[i])) this.send(peers[i], op, item, units);
   }
 
   /**
@@ -5505,6 +5521,11 @@ class Cluster {
     return this.#peers.values();
   }
 
+  /** The peers, as a list that stays as it is (a change of the members makes a new one). */
+  peerList(): readonly Peer[] {
+    return this.#peerList;
+  }
+
   /** Makes `peer` the connection that serves member `id`, or forgets the member (undefined). */
   #setPeer(id: string, peer: Peer | undefined): void {
     if (peer === undefined) this.#peers.delete(id);
@@ -5682,7 +5703,9 @@ class Cluster {
 
   /** The `count` other members that keep copies of `key` when this node holds it (`replicas`). */
   replicasOf(key: string, count: number): Peer[] {
-    return this.#ranked(key, count, false) as Peer[];
+    if (count > 1) return this.#ranked(key, count, false) as Peer[];
+    const first = this.#first(key, false);
+    return first === undefined ? [] : [first];
   }
 
   /**
