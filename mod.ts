@@ -2464,13 +2464,6 @@ class Core {
 // ─── Hand-over and replicas: entries that move to other members, and copies kept there ──────
 
 /**
- * What a node does so that a stop or a crash loses nothing: on `stop`, it hands its entries to
- * the others (`handover`, answered after `moved`); with `replicas`, it keeps copies of its
- * entries on other members (an `own` that carries the value), and when a member dies, whoever
- * keeps its copies takes them on. Works on its node's Core: the store, the directory and the
- * cluster.
- */
-/**
  * Throws when a member did not confirm a copy (a `copy` item, whose fifth field is its list of
  * keepers) of `key`, or of any key when `key` is undefined: the copy may be missing when the
  * holder dies, and the caller must hear of it.
@@ -2484,6 +2477,13 @@ function throwIfCopyFailed(failures: Failure[], key?: string): void {
   }
 }
 
+/**
+ * What a node does so that a stop or a crash loses nothing: on `stop`, it hands its entries to
+ * the others (`handover`, answered after `moved`); with `replicas`, it keeps copies of its
+ * entries on other members (an `own` that carries the value), and when a member dies, whoever
+ * keeps its copies takes them on. Works on its node's Core: the store, the directory and the
+ * cluster.
+ */
 class Replication {
   readonly #core: Core;
   readonly #timers: Timers;
