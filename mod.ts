@@ -2824,7 +2824,7 @@ class Acknowledgements {
   /** Sends `item` to every member but those in `except`, and to those admitted before it settles. */
   sendToAll(op: string, item: unknown, units: number, except: Peer[] = []): void {
     this.#toAll.push({ op, item, units, except: except.map((peer) => peer.id) });
-    const peers = this.#cluster.peerList();
+    const peers = this.#cluster.peers();
     for (let i = 0; i < peers.length; i++) if (!except.includes(peers[i])) this.send(peers[i], op, item, units);
   }
 
@@ -5516,13 +5516,8 @@ class Cluster {
     return this.#peers.get(id);
   }
 
-  /** Every member's connection. */
-  peers(): IterableIterator<Peer> {
-    return this.#peers.values();
-  }
-
-  /** The peers, as a list that stays as it is (a change of the members makes a new one). */
-  peerList(): readonly Peer[] {
+  /** Every member's connection, as a list that stays as it is (a change of the members makes a new one). */
+  peers(): readonly Peer[] {
     return this.#peerList;
   }
 
@@ -5756,7 +5751,7 @@ class Cluster {
       if (best.length > count) best.pop();
     };
     if (withSelf) consider(this.#id, undefined);
-    for (const peer of this.#peers.values()) if (!this.#leaving.has(peer.id)) consider(peer.id, peer);
+    for (const peer of this.#peerList) if (!this.#leaving.has(peer.id)) consider(peer.id, peer);
     return best.map((ranked) => ranked.peer);
   }
 
