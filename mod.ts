@@ -135,6 +135,13 @@ export interface NodeOptions {
    */
   ttl?: number;
   /**
+   * Milliseconds a `null` or `undefined` from a {@linkcode Node.getOrSet} loader is kept, as
+   * `null`, when the call gives no `nullTtl`: negative caching, so that lookups of ids that do
+   * not exist stop reaching the source. 0 keeps nothing.
+   * @default {0}
+   */
+  nullTtl?: number;
+  /**
    * Most entries this node holds; past it, the least recently used entries are evicted and the
    * peers told.
    * @default {Infinity}
@@ -503,6 +510,36 @@ export interface SetOptions {
   ttl?: number;
 }
 
+/** Options of one {@linkcode Node.getOrSet} call. */
+export interface GetOrSetOptions extends SetOptions {
+  /**
+   * Milliseconds the loader may take; past them the call fails with `ERR_FETCH` and the next
+   * caller waiting for the key loads it. Defaults to the node's `fetchTimeout`.
+   */
+  timeout?: number;
+  /**
+   * Milliseconds a `null` or `undefined` from the loader is kept, as `null`, so that lookups of
+   * what does not exist stop reaching the source; 0 keeps nothing. Defaults to the node's `nullTtl`.
+   */
+  nullTtl?: number;
+}
+
+/**
+ * What a loader of {@linkcode Node.getOrSet} is handed: the key, and the life of the entry it is
+ * about to make, which the loader may set from the value (a token's expiry, say) or decline.
+ */
+export interface LoadContext {
+  /** The key that no node holds. */
+  readonly key: string;
+  /** Milliseconds the loaded entry will live (0: until removed); starts as the call's `ttl`. */
+  ttl: number;
+  /** Returns the value to this call and to the calls waiting for it, without storing it. */
+  noStore(): void;
+}
+
+/** Loads the value of a key for {@linkcode Node.getOrSet}: a value, or a Promise of one. */
+export type Loader<T> = (context: LoadContext) => T | Promise<T>;
+
 /** Counters of one node, from {@linkcode Node.stats}. */
 export interface NodeStats {
   /** The node's id, random for each instance. */
@@ -539,6 +576,10 @@ export interface NodeStats {
   fetches: number;
   /** `fetch` calls that ended in an error or timed out. */
   fetchErrors: number;
+  /** Calls of `getOrSet` loaders made here. */
+  loads: number;
+  /** Loader calls that threw, rejected or timed out. */
+  loadErrors: number;
   /** Entries this node handed to the others when it stopped. */
   handedOver: number;
   /** Entries this node took over from members that stopped, or (hash placement) as their new owner. */
@@ -585,6 +626,7 @@ export const DEFAULTS: {
   readonly peerTimeout: number;
   readonly fetchTimeout: number;
   readonly ttl: number;
+  readonly nullTtl: number;
   readonly maxEntries: number;
   readonly maxBytes: number;
   readonly maxFrameBytes: number;
@@ -606,6 +648,7 @@ export const DEFAULTS: {
   peerTimeout: 3000,
   fetchTimeout: 10_000,
   ttl: 0,
+  nullTtl: 0,
   maxEntries: Infinity,
   maxBytes: Infinity,
   maxFrameBytes: 16 * 1024 * 1024,
@@ -895,16 +938,91 @@ export class Node {
     const core = this.#core;
     if (typeof key !== "string" || key.length > core.options.maxKeyLength) checkKey(key, "get", core.options.maxKeyLength);
     if (callback !== undefined && typeof callback !== "function") assertFunction(callback, "get", "callback");
-    if (core.lifecycle === "ready") {
-      const entry = core.localEntry(key);
-      const value = (entry !== undefined ? core.hit(entry) : core.near === undefined ? undefined : core.nearGet(key)) as T | undefined;
-      if (value !== undefined) {
-        if (callback === undefined) return Promise.resolve(value);
-        callback(null, value);
-        return;
-      }
+    const value = core.valueAtHand(key) as T | undefined;
+    if (value !== undefined) {
+      if (callback === undefined) return Promise.resolve(value);
+      callback(null, value);
+      return;
     }
     return settle(core.getShared(key) as Promise<T | null>, callback);
+  }
+
+  /**
+   * Gets the value of a key if any node holds it; otherwise calls `loader` and stores what it
+   * returns (as `set` would, with `options.ttl`), and returns that. Concurrent `getOrSet`s of one
+   * missing key, on any nodes, call one loader in the whole cluster: the member the cluster agrees
+   * on (the key's owner with `placement: "hash"`, else the member hashing picks among all) lets
+   * one call load at a time, and the others wait for its value. When that loader fails or times
+   * out, its call fails with `ERR_FETCH` and the next waiting call loads; when its node dies, the
+   * next one loads too. A write or removal of the key while it loads wins: the loaded value is
+   * returned but not stored over it, and the waiting calls look again.
+   *
+   * The loader gets a {@linkcode LoadContext}: it may set `ttl` from the value, or call
+   * `noStore()` to hand the value to the waiting calls without caching it. A `null` or
+   * `undefined` is returned as `null`, and kept for `nullTtl` when that is set. The `fetch`
+   * option plays no part: it is `get`'s loader.
+   *
+   * A local hit, or a hit in the near cache, calls `callback` before `getOrSet` returns, as `get` does.
+   *
+   * @param key The key, a string.
+   * @param loader Loads the value: `(context) => value`, sync or async.
+   * @param options `ttl` of the stored entry, `timeout` of the loader (default: `fetchTimeout`),
+   *   `nullTtl` for negative caching (default: the node's `nullTtl`).
+   * @param callback `callback(err, value)`.
+   * @returns Without a callback, a Promise of the value, held or loaded.
+   * @throws {TypeError} `key` is not a string, `loader` or `callback` not a function.
+   * @throws {RangeError} `ttl`, `timeout` or `nullTtl` is not a number of milliseconds.
+   *
+   * @example Loading a user once, however many nodes ask at once
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const loadUser = async () => ({ name: "Kosyak" }); // the database, in a real application
+   * console.log(await node.getOrSet("user:1", loadUser, { ttl: 60_000 })); // { name: "Kosyak" }
+   * console.log(await node.getOrSet("user:1", loadUser)); // the same, from the cache
+   * await node.stop();
+   * ```
+   *
+   * @example A TTL that the value decides, and negative caching
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node({ nullTtl: 5_000 }).init().ready();
+   * const token = await node.getOrSet("token", (context) => {
+   *   const issued = { value: "abc", expiresIn: 30_000 };
+   *   context.ttl = issued.expiresIn;
+   *   return issued.value;
+   * });
+   * console.log(token); // abc
+   * console.log(await node.getOrSet("user:404", () => null)); // null, kept for 5 s
+   * await node.stop();
+   * ```
+   */
+  getOrSet<T>(key: string, loader: Loader<T>, options?: GetOrSetOptions): Promise<T>;
+  /** {@linkcode Node.getOrSet} with a callback. */
+  getOrSet<T>(key: string, loader: Loader<T>, callback: Callback<T>): void;
+  /** {@linkcode Node.getOrSet} with options and a callback. */
+  getOrSet<T>(key: string, loader: Loader<T>, options: GetOrSetOptions, callback: Callback<T>): void;
+  getOrSet<T>(
+    key: string,
+    loader: Loader<T>,
+    optionsOrCallback?: GetOrSetOptions | Callback<T>,
+    callback?: Callback<T>,
+  ): Promise<T> | void {
+    const core = this.#core;
+    checkKey(key, "getOrSet", core.options.maxKeyLength);
+    assertFunction(loader, "getOrSet", "loader");
+    const done = typeof optionsOrCallback === "function" ? optionsOrCallback : callback;
+    if (done !== undefined) assertFunction(done, "getOrSet", "callback");
+    const options = core.loadOptions(key, typeof optionsOrCallback === "function" ? undefined : optionsOrCallback);
+    const value = core.valueAtHand(key) as T | undefined;
+    if (value !== undefined) {
+      if (done === undefined) return Promise.resolve(value);
+      callLater(done, null, value);
+      return;
+    }
+    return settle(core.getOrSet(key, loader, options) as Promise<T>, done);
   }
 
   /**
@@ -1709,6 +1827,33 @@ interface FetchCall {
   result: Promise<unknown>;
 }
 
+/** A getOrSet call's options, with the node's defaults for what it left out. */
+interface LoadOptions {
+  ttl: number;
+  timeout: number;
+  nullTtl: number;
+}
+
+/** What a getOrSet's lookup found: nothing (a held `null` is a value). */
+const MISSING = Symbol("missing");
+
+/** The {@linkcode LoadContext} of one call of a loader. */
+class Loading implements LoadContext {
+  readonly key: string;
+  ttl: number;
+  /** Whether the value is to be stored: until the loader calls noStore. */
+  stored = true;
+
+  constructor(key: string, ttl: number) {
+    this.key = key;
+    this.ttl = ttl;
+  }
+
+  noStore(): void {
+    this.stored = false;
+  }
+}
+
 /** A write checked and measured, ready to store. */
 interface Write {
   key: string;
@@ -1732,7 +1877,7 @@ class Core {
   readonly near: NearCache | undefined;
   lifecycle: Lifecycle = "new";
   readonly counters = {
-    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, handedOver: 0, adopted: 0, moved: 0,
+    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, loads: 0, loadErrors: 0, handedOver: 0, adopted: 0, moved: 0,
     promoted: 0, copiesSent: 0, copiesPending: 0,
   };
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
@@ -1753,6 +1898,10 @@ class Core {
   readonly #gets = new Map<string, Promise<unknown>>();
   /** Calls of the `fetch` option under way, shared by local gets and peers' fetch requests. */
   readonly #fetches = new Map<string, FetchCall>();
+  /** The loads this node grants as the member agreed on for their keys (see getOrSet). */
+  readonly #grants: LoadGrants;
+  /** getOrSet calls made here so far, which number them. */
+  #loadCalls = 0;
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
   readonly nearLease: number;
 
@@ -1761,6 +1910,7 @@ class Core {
     this.options = options;
     this.#timers = new Timers(options.clock);
     this.replication = new Replication(this, this.#timers);
+    this.#grants = new LoadGrants(this.#timers);
     const hash = options.placement === "hash" ? new HashPlacement(this, this.#timers) : undefined;
     this.hash = hash;
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
@@ -1782,6 +1932,8 @@ class Core {
         gone: (peer, message) => this.#forgetGone(peer, message),
         clear: (peer, message) => this.#learnCleared(peer, message),
         fetch: (_peer, message) => this.#answerFetch(requireString(message, "key")),
+        load: (peer, message) => this.#answerPeerLoad(peer, message),
+        loaded: (peer, message) => this.#answerPeerLoaded(peer, message),
         stats: () => ({ stats: this.localStats() }),
         ...(hash && {
           ownerGet: (_peer, message) => hash.answerGet(requireArray(message, "keys")),
@@ -1804,6 +1956,7 @@ class Core {
       lost: (peerId) => {
         // A member this node cannot hear may write without it: keep nothing read before.
         this.near?.clear();
+        this.#grants.lost(peerId);
         if (hash) hash.lost(peerId);
         else this.replication.lost(peerId);
       },
@@ -1841,6 +1994,7 @@ class Core {
     this.#stopped ??= (async () => {
       const serving = this.lifecycle === "ready";
       this.lifecycle = "stopping";
+      this.#grants.endAll();
       if (handover && serving) await (this.hash ?? this.replication).handOver();
       this.#timers.close();
       // Stopping the cluster first cuts short an init that is still connecting or retrying.
@@ -1876,6 +2030,13 @@ class Core {
   /** The local entry a get may return at once: with hash placement, never a copy kept for an owner. */
   localEntry(key: string): StoredEntry | undefined {
     return this.hash ? this.hash.localEntry(key) : this.store.get(key);
+  }
+
+  /** The value a get may return in this turn, from a local entry or the near cache; else undefined. */
+  valueAtHand(key: string): unknown {
+    if (this.lifecycle !== "ready") return undefined;
+    const entry = this.localEntry(key);
+    return entry !== undefined ? this.hit(entry) : this.near === undefined ? undefined : this.nearGet(key);
   }
 
   /** A local entry's value for a get, counted as a hit. */
@@ -1940,9 +2101,10 @@ class Core {
    * The local entry, else the holder the directory names. A holder that has given the key up
    * says who holds it now, if it knows, and is asked no more about that write; the next holder
    * is asked in turn, up to MAX_HOPS times. With no holder, or one that does not answer, the key
-   * goes to `fetch`, whose agreed node may also name a holder that has appeared meanwhile.
+   * goes to `fetch`, whose agreed node may also name a holder that has appeared meanwhile; or,
+   * for getOrSet (`loading`), is MISSING.
    */
-  async #getSlow(key: string): Promise<unknown> {
+  async #getSlow(key: string, loading = false): Promise<unknown> {
     if (this.lifecycle !== "ready") await this.whenStarted("get");
     let silent: Holding | undefined;
     let missed = false;
@@ -1967,6 +2129,7 @@ class Core {
         if (peer?.closed) continue;
         // No holder, or a silent one (not forgotten: it may still have the key).
         if (peer !== undefined) silent = holding;
+        if (loading) return MISSING;
         if (!missed) this.counters.misses++;
         missed = true;
         const fetched = await this.#fetch(key);
@@ -1981,6 +2144,7 @@ class Core {
         if ("moved" in found) this.#followMoved(key, found.moved);
       }
     }
+    if (loading) return MISSING;
     if (!missed) this.counters.misses++;
     return null;
   }
@@ -2141,10 +2305,164 @@ class Core {
    */
   overtake(key: string): void {
     this.#gets.delete(key);
+    this.#grants.overtaken(key);
     const fetching = this.#fetches.get(key);
     if (fetching === undefined) return;
     fetching.overtaken = true;
     this.#fetches.delete(key);
+  }
+
+  // Loading: getOrSet.
+
+  /** A getOrSet call's options, checked, with the node's defaults for what they leave out. */
+  loadOptions(key: string, options: GetOrSetOptions | undefined): LoadOptions {
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      throw new TypeError(`Cannot getOrSet "${key}": options must be an object: received ${quote(options)}`);
+    }
+    const milliseconds = (name: keyof LoadOptions, least: number, most = Infinity): number => {
+      const value = options?.[name] ?? this.options[name === "timeout" ? "fetchTimeout" : name];
+      if (typeof value !== "number" || !(value >= least && value <= most) || !Number.isFinite(value)) {
+        const range = most === Infinity ? `${least} or more` : `from ${least} to ${most}`;
+        throw new RangeError(`Cannot getOrSet "${key}": ${name} must be a number of milliseconds, ${range}: received ${quote(value)}`);
+      }
+      return value;
+    };
+    return { ttl: milliseconds("ttl", 0), timeout: milliseconds("timeout", 1, MAX_LOAD_MS), nullTtl: milliseconds("nullTtl", 0) };
+  }
+
+  /**
+   * Gets `key` for getOrSet, else loads it once in the cluster: each round looks for the key
+   * (with local placement, as a get does, without `fetch`), then asks the member the cluster
+   * agrees on for the key (see #agreedOn) for the right to load it. That member answers with the
+   * value it holds, or with the right, or, once the caller before this one is done, with that
+   * caller's unstored value or word to look again. After MAX_LOAD_ROUNDS rounds without an
+   * answer (the members changing meanwhile), this node loads the key itself.
+   */
+  async getOrSet(key: string, loader: Loader<unknown>, options: LoadOptions): Promise<unknown> {
+    if (this.lifecycle !== "ready") await this.whenStarted("getOrSet");
+    const call = ++this.#loadCalls;
+    let missed = false;
+    for (let round = 0; round < MAX_LOAD_ROUNDS; round++) {
+      if (this.hash === undefined) {
+        const found = await this.#getSlow(key, true);
+        if (found !== MISSING) return found;
+      }
+      if (!missed) this.counters.misses++;
+      missed = true;
+      const agreed = this.#agreedOn(key);
+      const reply = agreed === undefined
+        ? await this.#answerLoad(this.id, key, call, options.timeout)
+        : await this.#askToLoad(agreed, key, call, options.timeout);
+      if (reply === undefined) continue;
+      if ("value" in reply) {
+        if (this.hash !== undefined) this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
+        return reply.value;
+      }
+      if ("load" in reply) return this.#load(key, loader, options, { agreed, call });
+      if (!("again" in reply)) break;
+      const moved = parseMoved(reply.moved);
+      if (moved !== undefined) this.#followMoved(key, moved);
+    }
+    return this.#load(key, loader, options, undefined);
+  }
+
+  /** The member that grants the loads of `key`: its owner with hash placement, else its fetcher; undefined for this node. */
+  #agreedOn(key: string): Peer | undefined {
+    return this.hash ? this.hash.ownerOf(key) : this.cluster.fetcherOf(key);
+  }
+
+  /** Asks `agreed` for the right to load `key`; undefined (after the next change of members, at most a heartbeat on) when it does not answer. */
+  async #askToLoad(agreed: Peer, key: string, call: number, timeout: number): Promise<LoadReply | undefined> {
+    try {
+      // It may wait there behind the calls before it, each with a loader's time.
+      return parseLoadReply(await agreed.request({ op: "load", key, call, timeout }, timeout + 2 * this.options.requestTimeout));
+    } catch {
+      await this.cluster.nextChange(this.options.heartbeatInterval);
+      return undefined;
+    }
+  }
+
+  /**
+   * Calls the loader and stores its value, unless it declines or the value is a null not to
+   * keep. With the right to load (`granted`), tells the member that gave it how it went: failed
+   * (the next caller loads), the value unstored (the waiting callers take it), or about to store,
+   * which that member allows only if the key was not written since the right was given.
+   */
+  async #load(key: string, loader: Loader<unknown>, options: LoadOptions, granted: { agreed: Peer | undefined; call: number } | undefined): Promise<unknown> {
+    const context = new Loading(key, options.ttl);
+    let value: unknown;
+    try {
+      value = (await this.#callLoader(loader, context, options.timeout)) ?? null;
+    } catch (cause) {
+      this.counters.loadErrors++;
+      if (granted) void this.#tellLoaded(key, granted, { failed: true });
+      throw new KosyakError("ERR_FETCH", `Cannot getOrSet "${key}": the loader failed: ${describe(cause)}`, { cause });
+    }
+    const ttl = value === null ? options.nullTtl : context.ttl;
+    if (!context.stored || (value === null && ttl === 0)) {
+      if (granted) void this.#tellLoaded(key, granted, { value });
+      return value;
+    }
+    try {
+      const write = this.prepareWrite("getOrSet", key, value, { ttl });
+      if (granted === undefined || (await this.#tellLoaded(key, granted, {})).store !== false) await this.write([write]);
+    } catch (error) {
+      if (granted) void this.#tellLoaded(key, granted, { failed: true });
+      throw error;
+    }
+    return value;
+  }
+
+  /** Calls `loader`, counted; rejects with what it throws, or when it takes longer than `timeout` or the node stops. */
+  #callLoader(loader: Loader<unknown>, context: Loading, timeout: number): Promise<unknown> {
+    this.counters.loads++;
+    return new Promise((resolve, reject) => {
+      const cancel = this.#timers.after(timeout, () => reject(new Error(`it did not finish within ${timeout} ms`)), () => reject(new Error("the node stopped")));
+      new Promise((loaded) => loaded(loader(context))).then(
+        (value) => (cancel(), resolve(value)),
+        (error) => (cancel(), reject(error)),
+      );
+    });
+  }
+
+  /** Tells the member that granted a load how it went (see #load); its answer, `{}` when it does not answer. */
+  #tellLoaded(key: string, { agreed, call }: { agreed: Peer | undefined; call: number }, outcome: { failed?: true; value?: unknown }): Promise<Message | Record<string, unknown>> {
+    if (agreed === undefined) return Promise.resolve(this.#grants.loaded(key, this.id, call, outcome));
+    return agreed.request({ op: "loaded", key, call, ...outcome }).catch(() => ({}));
+  }
+
+  /**
+   * A getOrSet (of `member`'s call `call`, whose loader may take `timeout`) found `key` nowhere:
+   * the value if this node holds it, word to look again if the directory knows a holder, else
+   * the right to load once the calls before it are done (see LoadGrants). A node that is not
+   * ready grants nothing (`{}`): the caller loads.
+   */
+  #answerLoad(member: string, key: string, call: number, timeout: number): LoadReply | Promise<LoadReply> {
+    if (this.lifecycle !== "ready") return {};
+    const held = this.hash ? this.hash.ownEntry(key) : this.store.get(key);
+    if (held instanceof Promise) return held.then((entry) => this.#grantOrHeld(member, key, call, timeout, entry));
+    return this.#grantOrHeld(member, key, call, timeout, held);
+  }
+
+  #grantOrHeld(member: string, key: string, call: number, timeout: number, entry: StoredEntry | undefined): LoadReply | Promise<LoadReply> {
+    if (entry !== undefined) return { value: this.reveal(entry.value) };
+    const moved = this.hash === undefined ? this.#movedOf(key) : undefined;
+    if (moved !== undefined) return { again: true, moved: movedItem(moved) };
+    return this.#grants.ask(key, { member, call, lasts: timeout + this.options.requestTimeout });
+  }
+
+  /** A peer's `load` request (see #answerLoad). */
+  #answerPeerLoad(peer: Peer, message: Message): LoadReply | Promise<LoadReply> | Record<string, unknown> {
+    const { call, timeout } = message;
+    if (!isVersion(call) || !isAmount(timeout) || timeout > MAX_LOAD_MS) throw new ProtocolError(`"load" needs a call number and a timeout of at most ${MAX_LOAD_MS} ms`);
+    return this.#answerLoad(peer.id, requireString(message, "key"), call, timeout);
+  }
+
+  /** A peer's `loaded` request: how the load this node granted went (see #load). */
+  #answerPeerLoaded(peer: Peer, message: Message): Record<string, unknown> {
+    if (!isVersion(message.call)) throw new ProtocolError(`"loaded" needs a call number`);
+    const outcome = message.failed === true ? { failed: true as const } : "value" in message ? { value: message.value } : {};
+    return this.#grants.loaded(requireString(message, "key"), peer.id, message.call, outcome);
   }
 
   // Writes.
@@ -2299,6 +2617,7 @@ class Core {
     this.directory.clearOlder(this.hash ? Math.max(version, this.directory.clock + 1) : version, writer);
     this.near?.clear();
     for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) this.overtake(key);
+    this.#grants.endAll();
   }
 
   /** The cluster was cleared (`clear`: by the peer, or by a node the peer heard it from): drop what is older here too. */
@@ -2459,6 +2778,137 @@ class Core {
       uptime: this.#startedAt === 0 ? 0 : this.options.clock.now() - this.#startedAt,
     };
   }
+}
+
+// ─── Single flight of getOrSet: which call loads a key that no node holds ───────────────────
+
+/** A getOrSet call, as the member that grants its load sees it. */
+interface LoadCaller {
+  /** The node that made the call. */
+  member: string;
+  /** The call's number there. */
+  call: number;
+  /** How long its load may take once granted: the call's timeout and a request's. */
+  lasts: number;
+}
+
+/**
+ * The granting member's answer to `load`: the value it holds, the right to load, word to look
+ * again (with local placement, where the directory says the key is now), or `{}` for no grant
+ * here (the caller loads).
+ */
+type LoadReply = { value: unknown } | { load: true } | { again: true; moved?: unknown } | Record<string, never>;
+
+/** The reply in a peer's `load` answer. */
+function parseLoadReply(answer: Message): LoadReply {
+  if ("value" in answer) return { value: answer.value };
+  if (answer.load === true) return { load: true };
+  if (answer.again === true) return { again: true, moved: answer.moved };
+  return {};
+}
+
+/** A key's grant: the call that may load it, the cancel of its deadline, and the calls waiting, each with its answer. */
+interface Grant {
+  holder: LoadCaller;
+  cancel: () => void;
+  waiting: Array<LoadCaller & { answer: (reply: LoadReply) => void }>;
+}
+
+/**
+ * The loads a member grants as the one the cluster agrees on for their keys: of the getOrSet
+ * calls that found a key nowhere, one at a time may load it, and the others wait. A write or
+ * removal of the key ends the grant and the waiting calls look again (they find the loaded
+ * value); a value loaded and not stored goes to them as it is; when the loader fails, its node
+ * is lost, or its time is up, the next call waiting loads. A call that asks again (its request
+ * timed out) keeps its place.
+ */
+class LoadGrants {
+  readonly #timers: Timers;
+  readonly #grants = new Map<string, Grant>();
+
+  constructor(timers: Timers) {
+    this.#timers = timers;
+  }
+
+  /** The right to load `key` for `caller`, or a Promise of what to do once the calls before it are done. */
+  ask(key: string, caller: LoadCaller): LoadReply | Promise<LoadReply> {
+    const grant = this.#grants.get(key);
+    if (grant === undefined) {
+      const started: Grant = { holder: caller, cancel: () => {}, waiting: [] };
+      this.#grants.set(key, started);
+      this.#startClock(key, started);
+      return { load: true };
+    }
+    if (isSameCall(grant.holder, caller)) return { load: true };
+    return new Promise((answer) => {
+      const waiting = grant.waiting.find((other) => isSameCall(other, caller));
+      if (waiting !== undefined) waiting.answer = answer;
+      else grant.waiting.push({ ...caller, answer });
+    });
+  }
+
+  /**
+   * How the load of `member`'s call `call` went: failed, or its value unstored, or (neither)
+   * about to be stored. `{ store }` says whether the call still holds the grant: no write of the
+   * key came since, and its time is not up.
+   */
+  loaded(key: string, member: string, call: number, outcome: { failed?: true; value?: unknown }): { store: boolean } {
+    const grant = this.#grants.get(key);
+    if (grant === undefined || !isSameCall(grant.holder, { member, call })) return { store: false };
+    if (outcome.failed) this.#passOn(key, grant);
+    else if ("value" in outcome) this.#end(key, grant, { value: outcome.value });
+    return { store: true };
+  }
+
+  /** A write or removal of `key` ends its grant: the waiting calls look again. */
+  overtaken(key: string): void {
+    if (this.#grants.size === 0) return;
+    const grant = this.#grants.get(key);
+    if (grant !== undefined) this.#end(key, grant, { again: true });
+  }
+
+  /** Ends every grant (the node stops, or the cluster was cleared): the waiting calls look again. */
+  endAll(): void {
+    for (const [key, grant] of [...this.#grants]) this.#end(key, grant, { again: true });
+  }
+
+  /** A member is lost: its calls wait no more, and the loads granted to them pass on. */
+  lost(member: string): void {
+    for (const [key, grant] of [...this.#grants]) {
+      grant.waiting = grant.waiting.filter((caller) => caller.member !== member);
+      if (grant.holder.member === member) this.#passOn(key, grant);
+    }
+  }
+
+  /** The next call waiting loads; with none, the grant ends. */
+  #passOn(key: string, grant: Grant): void {
+    grant.cancel();
+    const next = grant.waiting.shift();
+    if (next === undefined) {
+      this.#grants.delete(key);
+      return;
+    }
+    grant.holder = next;
+    this.#startClock(key, grant);
+    next.answer({ load: true });
+  }
+
+  /** Gives the holder its time: when it is up, the load passes on. */
+  #startClock(key: string, grant: Grant): void {
+    grant.cancel = this.#timers.after(grant.holder.lasts, () => this.#passOn(key, grant));
+  }
+
+  #end(key: string, grant: Grant, reply: LoadReply): void {
+    grant.cancel();
+    this.#grants.delete(key);
+    // Each its own: an answer becomes the message that carries it.
+    for (const caller of grant.waiting) caller.answer({ ...reply });
+  }
+}
+
+/** Whether two getOrSet calls are the same one. */
+function isSameCall(one: Pick<LoadCaller, "member" | "call">, other: Pick<LoadCaller, "member" | "call">): boolean {
+  return one.member === other.member && one.call === other.call;
 }
 
 // ─── Hand-over and replicas: entries that move to other members, and copies kept there ──────
@@ -3062,6 +3512,12 @@ class HashPlacement {
   has(key: string): boolean {
     const entry = this.#core.store.peek(key);
     return entry !== undefined && entry.copyOf === undefined;
+  }
+
+  /** This node's own entry of `key`, pulled first from a pending member that may hold it (see #readHere). */
+  ownEntry(key: string): StoredEntry | undefined | Promise<StoredEntry | undefined> {
+    if (this.#mustPull(key)) return this.#pulled(key).then(() => this.#own(key));
+    return this.#own(key);
   }
 
   /** This node's own entry of `key`, as a local get may return it: never a copy. */
@@ -3834,6 +4290,8 @@ const METRICS: ReadonlyArray<[stat: keyof NodeStats, name: string, type: "counte
   ["misses", "kosyak_misses_total", "counter", "Gets that found the key nowhere, before any fetch."],
   ["fetches", "kosyak_fetches_total", "counter", "Calls to the fetch option."],
   ["fetchErrors", "kosyak_fetch_errors_total", "counter", "Calls to the fetch option that failed or timed out."],
+  ["loads", "kosyak_loads_total", "counter", "Calls of getOrSet loaders."],
+  ["loadErrors", "kosyak_load_errors_total", "counter", "Calls of getOrSet loaders that failed or timed out."],
   ["handedOver", "kosyak_handed_over_total", "counter", "Entries handed to the others on stop."],
   ["adopted", "kosyak_adopted_total", "counter", "Entries taken over from stopping members, or as their new owner."],
   ["moved", "kosyak_moved_total", "counter", "Entries given to their new owners when the members changed."],
@@ -3879,6 +4337,7 @@ interface ResolvedOptions {
   peerTimeout: number;
   fetchTimeout: number;
   ttl: number;
+  nullTtl: number;
   maxEntries: number;
   maxBytes: number;
   secret: string | undefined;
@@ -3898,7 +4357,7 @@ interface ResolvedOptions {
 
 const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "discover", "resolve", "socket", "server", "stringify", "fetch", "connectDelay",
-  "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl",
+  "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl", "nullTtl",
   "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
   "maxValueBytes", "maxQueueBytes", "maxQueueItems", "replicas", "placement", "nearCache", "clock", "transport",
 ]);
@@ -3959,10 +4418,15 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   const heartbeatInterval = positive("heartbeatInterval");
   const peerTimeout = positive("peerTimeout");
   const fetchTimeout = positive("fetchTimeout");
-  const ttl = options.ttl ?? DEFAULTS.ttl;
-  if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
-    fail("ttl must be a number of milliseconds, 0 or more", ttl, RangeError);
-  }
+  const milliseconds = (name: "ttl" | "nullTtl"): number => {
+    const value = options[name] ?? DEFAULTS[name];
+    if (typeof value !== "number" || !(value >= 0) || !Number.isFinite(value)) {
+      fail(`${name} must be a number of milliseconds, 0 or more`, value, RangeError);
+    }
+    return value;
+  };
+  const ttl = milliseconds("ttl");
+  const nullTtl = milliseconds("nullTtl");
   const maxEntries = options.maxEntries ?? DEFAULTS.maxEntries;
   if (maxEntries !== Infinity && !(Number.isInteger(maxEntries) && maxEntries >= 1)) {
     fail("maxEntries must be an integer of 1 or more, or Infinity", maxEntries, RangeError);
@@ -4020,6 +4484,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     peerTimeout,
     fetchTimeout,
     ttl,
+    nullTtl,
     maxEntries,
     maxBytes,
     secret,
@@ -4700,7 +5165,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 7;
+const PROTOCOL_VERSION = 8;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -4732,6 +5197,10 @@ const PART_ITEMS = 8 * ITEMS_PER_BATCH;
 const WINDOW_ITEMS = ITEMS_PER_BATCH;
 /** How many requestTimeouts a request may wait at a peer that answers others meanwhile (see Peer.request). */
 const PATIENCE = 10;
+/** Times a getOrSet looks for its key and asks for the right to load it before it loads it without. */
+const MAX_LOAD_ROUNDS = 8;
+/** Longest a loader may take, in milliseconds: the longest delay a timer takes (2^31 - 1). */
+const MAX_LOAD_MS = 2 ** 31 - 1;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
 const MAX_HOPS = 16;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */

@@ -4,7 +4,7 @@ import { afterEach, assert, describe, frame, it, rawConnect, startCluster, start
 afterEach(stopAll);
 
 const hello = (extra: Record<string, unknown> = {}) => ({
-  op: "hello", version: 7, placement: "local", id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+  op: "hello", version: 8, placement: "local", id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
 });
 
 describe("Protocol", () => {
@@ -15,7 +15,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello()));
     const welcome = await raw.next();
     assert.equal(welcome.op, "welcome");
-    assert.equal(welcome.version, 7);
+    assert.equal(welcome.version, 8);
     assert.equal(welcome.placement, "local");
     assert.equal(welcome.id, node.id);
     assert.equal(welcome.port, node.address.port);
@@ -51,7 +51,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello({ version: 99 })));
     const refusal = await raw.next();
     assert.equal(refusal.op, "refuse");
-    assert.match(String(refusal.reason), /protocol version 99 is not 7/);
+    assert.match(String(refusal.reason), /protocol version 99 is not 8/);
     await within("the node to close the connection", raw.closed);
   });
 

@@ -1,0 +1,247 @@
+// getOrSet across member processes: one loader in the whole cluster at a time, however many
+// callers on however many nodes, in both placements, on every runtime and in a mixed cluster.
+import { afterEach, assert, clusterIt, describe, it, mixedIt, type ProcessNode, type Runtime, runtime, spawnNode, startCluster, startNode, stopAll, waitFor } from "../deps.ts";
+import { FAST } from "./workloads.ts";
+import { type LoadContext, Node, type NodeOptions } from "../mod.ts";
+
+afterEach(stopAll);
+
+/** A loader call in a member process, as the fixture records it (times on the machine's clock). */
+interface LoaderCall {
+  start: number;
+  end: number | null;
+  failed: boolean;
+}
+
+/** Four member processes in one cluster, of `runtimes` in turn; resolves once each sees the other three. */
+async function fourMembers(options: NodeOptions, runtimes: Runtime[] = [runtime]): Promise<ProcessNode[]> {
+  const first = await spawnNode(options, runtimes[0]);
+  const rest = await Promise.all([1, 2, 3].map((i) => spawnNode({ ...options, master: first.address }, runtimes[i % runtimes.length])));
+  const members = [first, ...rest];
+  const peerCounts = async () => (await Promise.all(members.map((member) => member.call("stats")))).map((stats) => (stats as { peers: number }).peers);
+  await waitFor("every member to see the other three", async () => (await peerCounts()).every((peers) => peers === 3), 10_000);
+  return members;
+}
+
+/** Every loader call made in the members' processes so far. */
+async function loaderCalls(members: ProcessNode[]): Promise<LoaderCall[]> {
+  return (await Promise.all(members.map((member) => member.call("loaderCalls") as Promise<LoaderCall[]>))).flat();
+}
+
+/** The calls that overlap in time, as pairs; none when they ran one at a time. */
+function overlapping(calls: LoaderCall[]): Array<[LoaderCall, LoaderCall]> {
+  // Processes read one clock, but each computes its own origin: allow a millisecond of skew.
+  const sorted = [...calls].sort((one, other) => one.start - other.start);
+  const pairs: Array<[LoaderCall, LoaderCall]> = [];
+  for (let i = 1; i < sorted.length; i++) {
+    const previous = sorted[i - 1];
+    if (previous.end === null || sorted[i].start < previous.end - 1) pairs.push([previous, sorted[i]]);
+  }
+  return pairs;
+}
+
+/** `count` getOrSets of `key` spread over the members in turn, all begun at once, settled. */
+function spread(members: ProcessNode[], count: number, key: string, how: Record<string, unknown>): Promise<PromiseSettledResult<unknown>[]> {
+  return Promise.allSettled(Array.from({ length: count }, (_, i) => members[i % members.length].call("getOrSet", key, how)));
+}
+
+const valuesOf = (settled: PromiseSettledResult<unknown>[]) => settled.flatMap((result) => (result.status === "fulfilled" ? [result.value] : []));
+const errorsOf = (settled: PromiseSettledResult<unknown>[]) => settled.flatMap((result) => (result.status === "rejected" ? [String(result.reason)] : []));
+
+for (const placement of ["local", "hash"] as const) {
+  describe(`getOrSet over four ${runtime} member processes, placement "${placement}"`, () => {
+    clusterIt("50 concurrent getOrSets of a missing key call one loader; a failing loader fails its caller alone and the next caller loads, one at a time; the loader's TTL, nullTtl and noStore hold on every node", async () => {
+      const members = await fourMembers({ placement });
+
+      const stampede = await spread(members, 50, "stampede", { delayMs: 200 });
+      assert.deepEqual(errorsOf(stampede), []);
+      assert.equal((await loaderCalls(members)).length, 1, "loader calls for 50 concurrent getOrSets");
+      const [loaded] = valuesOf(stampede);
+      assert.match(String(loaded), /^loaded by /);
+      assert.deepEqual(new Set(valuesOf(stampede)), new Set([loaded]), "every caller gets the one loaded value");
+      for (const member of members) assert.equal(await member.call("get", "stampede"), loaded, `get on ${member.id}`);
+
+      // Each process's first loader call fails: the grant passes from failure to failure until
+      // a process that has failed once loads again, or a waiter on it does.
+      const before = (await loaderCalls(members)).length;
+      const flaky = await spread(members, 20, "flaky", { delayMs: 100, failFirst: true });
+      const calls = (await loaderCalls(members)).slice(before);
+      const failed = calls.filter((call) => call.failed).length;
+      assert.equal(calls.length - failed, 1, "loader calls that succeeded");
+      assert.ok(failed >= 1 && failed <= 4, `${failed} failed loader calls, one per process at most`);
+      assert.equal(errorsOf(flaky).length, failed, "each failed loader fails its own caller only");
+      for (const error of errorsOf(flaky)) assert.match(error, /Cannot getOrSet "flaky": the loader failed: the source failed on /);
+      assert.equal(new Set(valuesOf(flaky)).size, 1, "the other callers all get the value of the one loader that succeeded");
+      assert.deepEqual(overlapping(calls), [], "loader calls that ran at the same time");
+
+      // The loader sets the TTL: the entry is on every node, then gone from every node.
+      const short = await members[0].call("getOrSet", "short", { ttl: 1_500 });
+      for (const member of members) assert.equal(await member.call("get", "short"), short, `get on ${member.id}`);
+      const gets = () => Promise.all(members.map((member) => member.call("get", "short")));
+      await waitFor("the entry to expire on every node", async () => (await gets()).every((value) => value === null), 10_000);
+
+      // A null is kept for nullTtl, so that the next getOrSet anywhere does not load; without
+      // nullTtl it is not kept; noStore returns the value and keeps nothing.
+      const loadsSoFar = async () => (await loaderCalls(members)).length;
+      let loads = await loadsSoFar();
+      assert.equal(await members[1].call("getOrSet", "absent", { value: null, options: { nullTtl: 60_000 } }), null);
+      assert.equal(await members[2].call("getOrSet", "absent", { value: "loaded again" }), null);
+      assert.equal(await loadsSoFar(), loads + 1, "loader calls for a null kept by nullTtl, asked twice");
+      loads = await loadsSoFar();
+      assert.equal(await members[1].call("getOrSet", "not kept", { value: null }), null);
+      assert.equal(await members[2].call("getOrSet", "not kept", { value: "found" }), "found");
+      assert.equal(await loadsSoFar(), loads + 2, "loader calls for a null that is not kept, asked twice");
+      assert.equal(await members[3].call("getOrSet", "unstored", { value: "handed", noStore: true }), "handed");
+      for (const member of members) assert.equal(await member.call("get", "unstored"), null, `get of the unstored key on ${member.id}`);
+    }, 60_000);
+
+    clusterIt("when the node whose call holds the right to load is killed, a call waiting on another node loads instead, once", async () => {
+      const members = await fourMembers({ placement, ...FAST });
+      const [victim, ...survivors] = members;
+      const stuck = victim.call("getOrSet", "orphan", { hang: true }).catch(() => "killed");
+      await waitFor("the victim's loader to start", async () => (await victim.call("loaderCalls") as LoaderCall[]).length === 1, 5_000);
+      const waiting = spread(survivors, 15, "orphan", { delayMs: 100 });
+      await victim.kill();
+      const settled = await waiting;
+      assert.equal(await stuck, "killed");
+      assert.deepEqual(errorsOf(settled), []);
+      assert.equal((await loaderCalls(survivors)).length, 1, "loader calls on the survivors");
+      assert.equal(new Set(valuesOf(settled)).size, 1, "every waiting call gets the one loaded value");
+    }, 60_000);
+  });
+}
+
+describe("getOrSet in a cluster of Node.js, Deno and Bun processes", () => {
+  for (const placement of ["local", "hash"] as const) {
+    mixedIt(`placement "${placement}": 50 concurrent getOrSets over the four processes call one loader`, async () => {
+      const members = await fourMembers({ placement }, ["node", "deno", "bun"]);
+      const stampede = await spread(members, 50, "mixed stampede", { delayMs: 200 });
+      assert.deepEqual(errorsOf(stampede), []);
+      assert.equal((await loaderCalls(members)).length, 1, "loader calls");
+      assert.equal(new Set(valuesOf(stampede)).size, 1, "distinct values the callers got");
+    }, 60_000);
+  }
+});
+
+/** A loader that waits until `open()` is called, counting its calls and keeping their contexts. */
+function gatedLoader<T>(value: T) {
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const contexts: LoadContext[] = [];
+  const load = async (context: LoadContext) => {
+    contexts.push(context);
+    await gate;
+    return value;
+  };
+  return { load, open, contexts };
+}
+
+describe("getOrSet on one node, and its arguments", () => {
+  it("concurrent getOrSets of a missing key share one loader call; its value is stored with the call's ttl", async () => {
+    const node = await startNode();
+    const { load, open, contexts } = gatedLoader({ id: 1 });
+    const calls = Array.from({ length: 5 }, () => node.getOrSet("user:1", load, { ttl: 60_000 }));
+    await waitFor("the loader to be called", () => contexts.length === 1);
+    assert.equal(contexts[0].key, "user:1");
+    assert.equal(contexts[0].ttl, 60_000);
+    open();
+    assert.deepEqual(await Promise.all(calls), Array(5).fill({ id: 1 }));
+    assert.equal(contexts.length, 1);
+    assert.deepEqual(await node.get("user:1"), { id: 1 });
+    assert.equal(node.stats().loads, 1);
+  });
+
+  it("noStore hands the loaded value to every waiting call and stores nothing", async () => {
+    const node = await startNode();
+    const { load, open, contexts } = gatedLoader("fresh");
+    const calls = Array.from({ length: 4 }, () => node.getOrSet("once", (context) => (context.noStore(), load(context))));
+    await waitFor("the loader to be called", () => contexts.length === 1);
+    open();
+    assert.deepEqual(await Promise.all(calls), Array(4).fill("fresh"));
+    assert.equal(contexts.length, 1);
+    assert.equal(await node.get("once"), null);
+  });
+
+  it("a loader that throws, rejects or outlasts its timeout fails its call with ERR_FETCH, counted, and stores nothing", async () => {
+    const node = await startNode();
+    await assert.rejects(node.getOrSet("sync", () => {
+      throw new Error("no database");
+    }), { code: "ERR_FETCH", message: 'Cannot getOrSet "sync": the loader failed: no database' });
+    await assert.rejects(node.getOrSet("async", () => Promise.reject(new Error("refused"))), { code: "ERR_FETCH" });
+    await assert.rejects(node.getOrSet("slow", () => new Promise(() => {}), { timeout: 20 }), {
+      code: "ERR_FETCH",
+      message: 'Cannot getOrSet "slow": the loader failed: it did not finish within 20 ms',
+    });
+    assert.equal(node.stats().loadErrors, 3);
+    assert.deepEqual(await Promise.all(["sync", "async", "slow"].map((key) => node.get(key))), [null, null, null]);
+    // The next call loads: a failure leaves no grant behind.
+    assert.equal(await node.getOrSet("slow", () => "second try"), "second try");
+  });
+
+  it("a write of the key while its loader runs wins: the loaded value is returned but not stored over it", async () => {
+    for (const placement of ["local", "hash"] as const) {
+      const [writer, loader] = await startCluster(2, { placement });
+      const { load, open, contexts } = gatedLoader("from the source");
+      const loading = loader.getOrSet("contended", load);
+      await waitFor("the loader to be called", () => contexts.length === 1);
+      await writer.set("contended", "written");
+      open();
+      assert.equal(await loading, "from the source");
+      assert.deepEqual([await writer.get("contended"), await loader.get("contended")], ["written", "written"], placement);
+    }
+  });
+
+  it("a held value is returned without calling the loader, before getOrSet returns for a local hit, and through the callback form", async () => {
+    const node = await startNode();
+    await node.set("held", 7);
+    let order = "";
+    node.getOrSet("held", () => assert.fail("the loader must not run"), (err, value) => {
+      assert.equal(err, null);
+      assert.equal(value, 7);
+      order += "callback ";
+    });
+    order += "returned";
+    assert.equal(order, "callback returned");
+    const done = new Promise<unknown>((resolve, reject) => node.getOrSet("new", () => 8, { ttl: 1000 }, (err, value) => (err ? reject(err) : resolve(value))));
+    assert.equal(await done, 8);
+    assert.equal(node.stats().loads, 1);
+  });
+
+  it("a loader's TTL from the value, and an invalid one, which fails the call and leaves the key free to load", async () => {
+    const node = await startNode();
+    assert.equal(await node.getOrSet("token", (context) => ((context.ttl = 30), "jwt")), "jwt");
+    await waitFor("the token to expire", async () => (await node.get("token")) === null);
+    await assert.rejects(node.getOrSet("broken", (context) => ((context.ttl = -1), "x")), {
+      name: "RangeError",
+      message: 'Cannot getOrSet "broken": ttl must be a number of milliseconds, 0 or more: received -1',
+    });
+    assert.equal(await node.getOrSet("broken", () => "fixed"), "fixed");
+  });
+
+  it("the fetch option is get's loader, not getOrSet's", async () => {
+    let fetches = 0;
+    const node = await startNode({ fetch: (_key, done) => done(null, `fetched ${++fetches}`) });
+    assert.equal(await node.getOrSet("k", () => "loaded"), "loaded");
+    assert.equal(fetches, 0);
+    assert.equal(await node.get("other"), "fetched 1");
+  });
+
+  it("wrong arguments throw at once, saying what was wrong; a node not started or stopped refuses", async () => {
+    const node = await startNode();
+    assert.throws(() => node.getOrSet(1 as unknown as string, () => 1), { name: "TypeError" });
+    assert.throws(() => node.getOrSet("k", "load" as unknown as () => 1), {
+      name: "TypeError",
+      message: 'Cannot getOrSet: loader must be a function: received "load"',
+    });
+    assert.throws(() => node.getOrSet("k", () => 1, { timeout: 0 }), {
+      name: "RangeError",
+      message: `Cannot getOrSet "k": timeout must be a number of milliseconds, from 1 to ${2 ** 31 - 1}: received 0`,
+    });
+    assert.throws(() => node.getOrSet("k", () => 1, { nullTtl: -1 }), { name: "RangeError" });
+    assert.throws(() => node.getOrSet("k", () => 1, "fast" as unknown as { ttl: number }), { name: "TypeError" });
+    assert.throws(() => new Node({ nullTtl: -5 }), { name: "RangeError" });
+    await assert.rejects(new Node().getOrSet("k", () => 1), { code: "ERR_NOT_STARTED" });
+    await node.stop();
+    await assert.rejects(node.getOrSet("k", () => 1), { code: "ERR_STOPPED" });
+  });
+});
