@@ -479,9 +479,10 @@ export interface Workload {
   keys: string[];
   durationMs: number;
   concurrency: number;
-  /** Share of ops that are sets; of removes; the rest are gets. */
+  /** Share of ops that are sets; of removes; of getOrSets (default 0); the rest are gets. */
   writeRatio: number;
   removeRatio: number;
+  loadRatio?: number;
   seed: number;
   /** At most this many ops. @default {50000} */
   maxOps?: number;

@@ -955,7 +955,9 @@ export class Node {
    * one call load at a time, and the others wait for its value. When that loader fails or times
    * out, its call fails with `ERR_FETCH` and the next waiting call loads; when its node dies, the
    * next one loads too. A write or removal of the key while it loads wins: the loaded value is
-   * returned but not stored over it, and the waiting calls look again.
+   * not stored over it, and every call looks again (after a removal, one of them loads again), so
+   * that `getOrSet` returns a value the cache held at some moment of the call, or one that the
+   * loader declined to store.
    *
    * The loader gets a {@linkcode LoadContext}: it may set `ttl` from the value, or call
    * `noStore()` to hand the value to the waiting calls without caching it. A `null` or
@@ -1834,7 +1836,7 @@ interface LoadOptions {
   nullTtl: number;
 }
 
-/** What a getOrSet's lookup found: nothing (a held `null` is a value). */
+/** What a getOrSet's lookup found, or its load gave: nothing (a held `null` is a value). */
 const MISSING = Symbol("missing");
 
 /** The {@linkcode LoadContext} of one call of a loader. */
@@ -1902,6 +1904,8 @@ class Core {
   readonly #grants: LoadGrants;
   /** getOrSet calls made here so far, which number them. */
   #loadCalls = 0;
+  /** The options of a getOrSet call that gives none. */
+  readonly #loadDefaults: LoadOptions;
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
   readonly nearLease: number;
 
@@ -1911,6 +1915,7 @@ class Core {
     this.#timers = new Timers(options.clock);
     this.replication = new Replication(this, this.#timers);
     this.#grants = new LoadGrants(this.#timers);
+    this.#loadDefaults = { ttl: options.ttl, timeout: options.fetchTimeout, nullTtl: options.nullTtl };
     const hash = options.placement === "hash" ? new HashPlacement(this, this.#timers) : undefined;
     this.hash = hash;
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
@@ -2316,7 +2321,8 @@ class Core {
 
   /** A getOrSet call's options, checked, with the node's defaults for what they leave out. */
   loadOptions(key: string, options: GetOrSetOptions | undefined): LoadOptions {
-    if (options !== undefined && (typeof options !== "object" || options === null)) {
+    if (options === undefined) return this.#loadDefaults;
+    if (typeof options !== "object" || options === null) {
       throw new TypeError(`Cannot getOrSet "${key}": options must be an object: received ${quote(options)}`);
     }
     const milliseconds = (name: keyof LoadOptions, least: number, most = Infinity): number => {
@@ -2358,7 +2364,11 @@ class Core {
         if (this.hash !== undefined) this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
         return reply.value;
       }
-      if ("load" in reply) return this.#load(key, loader, options, { agreed, call });
+      if ("load" in reply) {
+        const loaded = await this.#load(key, loader, options, { agreed, call });
+        if (loaded !== MISSING) return loaded;
+        continue;
+      }
       if (!("again" in reply)) break;
       const moved = parseMoved(reply.moved);
       if (moved !== undefined) this.#followMoved(key, moved);
@@ -2386,7 +2396,9 @@ class Core {
    * Calls the loader and stores its value, unless it declines or the value is a null not to
    * keep. With the right to load (`granted`), tells the member that gave it how it went: failed
    * (the next caller loads), the value unstored (the waiting callers take it), or about to store,
-   * which that member allows only if the key was not written since the right was given.
+   * which that member allows only if the key was not written since the right was given; if it
+   * was, the value is neither stored nor returned (MISSING): the call looks again, so that what
+   * it returns is always a value the cache held, or one it chose not to keep.
    */
   async #load(key: string, loader: Loader<unknown>, options: LoadOptions, granted: { agreed: Peer | undefined; call: number } | undefined): Promise<unknown> {
     const context = new Loading(key, options.ttl);
@@ -2405,7 +2417,8 @@ class Core {
     }
     try {
       const write = this.prepareWrite("getOrSet", key, value, { ttl });
-      if (granted === undefined || (await this.#tellLoaded(key, granted, {})).store !== false) await this.write([write]);
+      if (granted !== undefined && (await this.#tellLoaded(key, granted, {})).store === false) return MISSING;
+      await this.write([write]);
     } catch (error) {
       if (granted) void this.#tellLoaded(key, granted, { failed: true });
       throw error;

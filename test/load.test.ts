@@ -178,16 +178,28 @@ describe("getOrSet on one node, and its arguments", () => {
     assert.equal(await node.getOrSet("slow", () => "second try"), "second try");
   });
 
-  it("a write of the key while its loader runs wins: the loaded value is returned but not stored over it", async () => {
+  it("a write of the key while its loader runs wins: the loaded value is not stored, and the call returns what the cache holds", async () => {
     for (const placement of ["local", "hash"] as const) {
       const [writer, loader] = await startCluster(2, { placement });
       const { load, open, contexts } = gatedLoader("from the source");
-      const loading = loader.getOrSet("contended", load);
+      const overwritten = loader.getOrSet("contended", load);
       await waitFor("the loader to be called", () => contexts.length === 1);
       await writer.set("contended", "written");
       open();
-      assert.equal(await loading, "from the source");
+      assert.equal(await overwritten, "written", placement);
       assert.deepEqual([await writer.get("contended"), await loader.get("contended")], ["written", "written"], placement);
+      assert.equal(contexts.length, 1, placement);
+
+      // After a removal there is nothing to return: the call loads again, and stores that.
+      await writer.remove("contended");
+      let loads = 0;
+      const removed = gatedLoader(undefined);
+      const reloading = loader.getOrSet("contended", async (context) => (await removed.load(context), `load ${++loads}`));
+      await waitFor("the loader to be called", () => removed.contexts.length === 1);
+      await writer.remove("contended");
+      removed.open();
+      assert.equal(await reloading, "load 2", placement);
+      assert.equal(await writer.get("contended"), "load 2", placement);
     }
   });
 

@@ -13,9 +13,12 @@ const SLACK_MS = 1;
 
 export const now = (): number => performance.timeOrigin + performance.now();
 
-/** Writers and readers on every key: 8 loops, 40% sets, 5% removes. */
+/**
+ * Writers and readers on every key: 8 loops, 40% sets, 5% removes, 10% getOrSets (a read of the
+ * key, or a set of what its loader gives when no node holds the key), the rest gets.
+ */
 export function workload(seed: number, durationMs: number): Workload {
-  return { keys: KEYS, durationMs, concurrency: 8, writeRatio: 0.4, removeRatio: 0.05, seed, maxOps: 100_000 };
+  return { keys: KEYS, durationMs, concurrency: 8, writeRatio: 0.4, removeRatio: 0.05, loadRatio: 0.1, seed, maxOps: 100_000 };
 }
 
 /** One workload node per target, each joining through the one before it; resolves once all see each other. */
@@ -84,13 +87,16 @@ export function check(title: string, history: Op[], divergent: string[], exclude
   const outside = (op: Op) => !exclude.some((w) => op.start <= w.to && op.end >= w.from);
   const ops = history.filter(outside);
   const reads = ops.filter((op) => op.kind === "get" && op.ok).length;
+  // The values that getOrSet loaders gave (see workload-node.mjs), and how many were read back.
+  const loaded = new Set(history.filter((op) => op.kind === "set" && op.value?.includes(":load:")).map((op) => op.value));
+  const readLoaded = history.filter((op) => op.kind === "get" && op.ok && loaded.has(op.value)).length;
   const failedBy = new Map<string, number>();
   for (const op of history) if (!op.ok) failedBy.set(op.node, (failedBy.get(op.node) ?? 0) + 1);
   const failed = [...failedBy.values()].reduce((sum, count) => sum + count, 0);
   const failures = failed === 0 ? "0 failed" : `${failed} failed: ${[...failedBy].map(([node, count]) => `${count} on ${node}`).join(", ")}`;
   console.log(
     `coherence, ${title}: ${history.length} ops (${ops.length} outside fault windows, ${failures}), ` +
-      `${reads} reads checked, ${violations.length} violations, divergent keys: [${divergent.join(", ")}]` +
+      `${reads} reads checked (${loaded.size} values loaded by getOrSet, read ${readLoaded} times), ${violations.length} violations, divergent keys: [${divergent.join(", ")}]` +
       violations.slice(0, 3).map((v) => `\n  ${explain(v)}`).join(""),
   );
   return violations;
