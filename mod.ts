@@ -971,7 +971,9 @@ export class Node {
    * @param options `ttl` of the stored entry, `timeout` of the loader (default: `fetchTimeout`),
    *   `nullTtl` for negative caching (default: the node's `nullTtl`).
    * @param callback `callback(err, value)`.
-   * @returns Without a callback, a Promise of the value, held or loaded.
+   * @returns Without a callback, a Promise of the value, held or loaded (`null` for a null, or
+   *   an `undefined` from the loader). A loaded value that cannot be stored (not JSON, too large)
+   *   or whose write fails rejects with the error `set` would give.
    * @throws {TypeError} `key` is not a string, `loader` or `callback` not a function.
    * @throws {RangeError} `ttl`, `timeout` or `nullTtl` is not a number of milliseconds.
    *
@@ -1001,17 +1003,17 @@ export class Node {
    * await node.stop();
    * ```
    */
-  getOrSet<T>(key: string, loader: Loader<T>, options?: GetOrSetOptions): Promise<T>;
+  getOrSet<T>(key: string, loader: Loader<T>, options?: GetOrSetOptions): Promise<T | null>;
   /** {@linkcode Node.getOrSet} with a callback. */
-  getOrSet<T>(key: string, loader: Loader<T>, callback: Callback<T>): void;
+  getOrSet<T>(key: string, loader: Loader<T>, callback: Callback<T | null>): void;
   /** {@linkcode Node.getOrSet} with options and a callback. */
-  getOrSet<T>(key: string, loader: Loader<T>, options: GetOrSetOptions, callback: Callback<T>): void;
+  getOrSet<T>(key: string, loader: Loader<T>, options: GetOrSetOptions, callback: Callback<T | null>): void;
   getOrSet<T>(
     key: string,
     loader: Loader<T>,
-    optionsOrCallback?: GetOrSetOptions | Callback<T>,
-    callback?: Callback<T>,
-  ): Promise<T> | void {
+    optionsOrCallback?: GetOrSetOptions | Callback<T | null>,
+    callback?: Callback<T | null>,
+  ): Promise<T | null> | void {
     const core = this.#core;
     checkKey(key, "getOrSet", core.options.maxKeyLength);
     assertFunction(loader, "getOrSet", "loader");
@@ -1024,7 +1026,7 @@ export class Node {
       callLater(done, null, value);
       return;
     }
-    return settle(core.getOrSet(key, loader, options) as Promise<T>, done);
+    return settle(core.getOrSet(key, loader, options) as Promise<T | null>, done);
   }
 
   /**
@@ -1843,8 +1845,8 @@ const MISSING = Symbol("missing");
 class Loading implements LoadContext {
   readonly key: string;
   ttl: number;
-  /** Whether the value is to be stored: until the loader calls noStore. */
-  stored = true;
+  /** Whether the value is to be kept: until the loader calls noStore. */
+  keep = true;
 
   constructor(key: string, ttl: number) {
     this.key = key;
@@ -1852,7 +1854,7 @@ class Loading implements LoadContext {
   }
 
   noStore(): void {
-    this.stored = false;
+    this.keep = false;
   }
 }
 
@@ -1904,8 +1906,16 @@ class Core {
   readonly #grants: LoadGrants;
   /** getOrSet calls made here so far, which number them. */
   #loadCalls = 0;
+  /** The getOrSet call of each key that leads on this node (see getOrSet). */
+  readonly #loadsHere = new Map<string, Promise<unknown>>();
   /** The options of a getOrSet call that gives none. */
   readonly #loadDefaults: LoadOptions;
+  /**
+   * Hash placement: the newest clear of each writer applied here, and the last one, as their
+   * writers numbered them, so that a clear passed on again is applied once (see #clearOlder).
+   */
+  readonly #clearsApplied = new Map<string, number>();
+  #lastClearApplied: { version: number; writer: string } | undefined;
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
   readonly nearLease: number;
 
@@ -2326,52 +2336,74 @@ class Core {
       throw new TypeError(`Cannot getOrSet "${key}": options must be an object: received ${quote(options)}`);
     }
     const milliseconds = (name: keyof LoadOptions, least: number, most = Infinity): number => {
-      const value = options?.[name] ?? this.options[name === "timeout" ? "fetchTimeout" : name];
-      if (typeof value !== "number" || !(value >= least && value <= most) || !Number.isFinite(value)) {
+      const value = options[name] ?? this.#loadDefaults[name];
+      if (!isAmount(value) || value < least || value > most) {
         const range = most === Infinity ? `${least} or more` : `from ${least} to ${most}`;
         throw new RangeError(`Cannot getOrSet "${key}": ${name} must be a number of milliseconds, ${range}: received ${quote(value)}`);
       }
       return value;
     };
-    return { ttl: milliseconds("ttl", 0), timeout: milliseconds("timeout", 1, MAX_LOAD_MS), nullTtl: milliseconds("nullTtl", 0) };
+    return { ttl: milliseconds("ttl", 0), timeout: milliseconds("timeout", 1, MAX_DELAY_MS), nullTtl: milliseconds("nullTtl", 0) };
   }
 
   /**
-   * Gets `key` for getOrSet, else loads it once in the cluster: each round looks for the key
-   * (with local placement, as a get does, without `fetch`), then asks the member the cluster
-   * agrees on for the key (see #agreedOn) for the right to load it. That member answers with the
-   * value it holds, or with the right, or, once the caller before this one is done, with that
-   * caller's unstored value or word to look again. After MAX_LOAD_ROUNDS rounds without an
-   * answer (the members changing meanwhile), this node loads the key itself.
+   * Gets `key` for getOrSet, else loads it once in the cluster. Concurrent calls of one key on
+   * this node follow the first (see #leadLoad): they take its value, and when its loader fails,
+   * the next one leads. So the members see one call of a key per node at a time.
    */
   async getOrSet(key: string, loader: Loader<unknown>, options: LoadOptions): Promise<unknown> {
     if (this.lifecycle !== "ready") await this.whenStarted("getOrSet");
+    for (let turn = 0; turn < MAX_LOAD_ROUNDS; turn++) {
+      const leading = this.#loadsHere.get(key);
+      if (leading === undefined) break;
+      // Its failure is its own caller's: this call leads next, or follows the one that does.
+      const value = await leading.catch(() => MISSING);
+      if (value !== MISSING) return value;
+    }
+    // Gone from the map before anyone waiting for it runs on.
+    const led: Promise<unknown> = this.#leadLoad(key, loader, options).finally(() => this.#loadsHere.get(key) === led && this.#loadsHere.delete(key));
+    this.#loadsHere.set(key, led);
+    return led;
+  }
+
+  /**
+   * Each round looks for `key` (with local placement, as a get does, without `fetch`), then asks
+   * the member the cluster agrees on for the key (see #agreedOn) for the right to load it. That
+   * member answers with the value it holds, or with the right, or, once the load under way is
+   * done, with its unstored value or word to look again. After MAX_LOAD_ROUNDS rounds, or
+   * MAX_UNANSWERED_LOADS without an answer (the members changing meanwhile), this node loads the
+   * key itself.
+   */
+  async #leadLoad(key: string, loader: Loader<unknown>, options: LoadOptions): Promise<unknown> {
     const call = ++this.#loadCalls;
     let missed = false;
-    for (let round = 0; round < MAX_LOAD_ROUNDS; round++) {
+    for (let round = 0, unanswered = 0; round < MAX_LOAD_ROUNDS && unanswered < MAX_UNANSWERED_LOADS; round++) {
+      if (this.lifecycle !== "ready") throw this.stoppedWhile("getOrSet", key);
       if (this.hash === undefined) {
         const found = await this.#getSlow(key, true);
         if (found !== MISSING) return found;
       }
-      if (!missed) this.counters.misses++;
-      missed = true;
       const agreed = this.#agreedOn(key);
       const reply = agreed === undefined
         ? await this.#answerLoad(this.id, key, call, options.timeout)
         : await this.#askToLoad(agreed, key, call, options.timeout);
-      if (reply === undefined) continue;
       if ("value" in reply) {
-        if (this.hash !== undefined) this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
+        this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
         return reply.value;
       }
+      if (!missed) this.counters.misses++;
+      missed = true;
       if ("load" in reply) {
         const loaded = await this.#load(key, loader, options, { agreed, call });
         if (loaded !== MISSING) return loaded;
-        continue;
+      } else if ("again" in reply) {
+        const moved = parseMoved(reply.moved);
+        if (moved !== undefined) this.#followMoved(key, moved);
+      } else {
+        // No answer, or none yet from a member that is not ready: ask again once the members change.
+        unanswered++;
+        await this.cluster.nextChange(this.options.heartbeatInterval);
       }
-      if (!("again" in reply)) break;
-      const moved = parseMoved(reply.moved);
-      if (moved !== undefined) this.#followMoved(key, moved);
     }
     return this.#load(key, loader, options, undefined);
   }
@@ -2381,14 +2413,16 @@ class Core {
     return this.hash ? this.hash.ownerOf(key) : this.cluster.fetcherOf(key);
   }
 
-  /** Asks `agreed` for the right to load `key`; undefined (after the next change of members, at most a heartbeat on) when it does not answer. */
-  async #askToLoad(agreed: Peer, key: string, call: number, timeout: number): Promise<LoadReply | undefined> {
+  /**
+   * Asks `agreed` for the right to load `key`; `{}` when it does not answer. The answer may wait
+   * there for the load under way: the request fails only when `agreed` falls silent, or after
+   * PATIENCE request timeouts (see Peer.request), when this call asks again.
+   */
+  async #askToLoad(agreed: Peer, key: string, call: number, timeout: number): Promise<LoadReply> {
     try {
-      // It may wait there behind the calls before it, each with a loader's time.
-      return parseLoadReply(await agreed.request({ op: "load", key, call, timeout }, timeout + 2 * this.options.requestTimeout));
+      return parseLoadReply(await agreed.request({ op: "load", key, call, timeout }));
     } catch {
-      await this.cluster.nextChange(this.options.heartbeatInterval);
-      return undefined;
+      return {};
     }
   }
 
@@ -2411,19 +2445,20 @@ class Core {
       throw new KosyakError("ERR_FETCH", `Cannot getOrSet "${key}": the loader failed: ${describe(cause)}`, { cause });
     }
     const ttl = value === null ? options.nullTtl : context.ttl;
-    if (!context.stored || (value === null && ttl === 0)) {
-      if (granted) void this.#tellLoaded(key, granted, { value });
-      return value;
-    }
     try {
+      // Checked even when it is not kept: the calls waiting get it as a message.
       const write = this.prepareWrite("getOrSet", key, value, { ttl });
+      if (!context.keep || (value === null && ttl === 0)) {
+        if (granted) void this.#tellLoaded(key, granted, { value });
+        return value;
+      }
       if (granted !== undefined && (await this.#tellLoaded(key, granted, {})).store === false) return MISSING;
       await this.write([write]);
+      return value;
     } catch (error) {
       if (granted) void this.#tellLoaded(key, granted, { failed: true });
       throw error;
     }
-    return value;
   }
 
   /** Calls `loader`, counted; rejects with what it throws, or when it takes longer than `timeout` or the node stops. */
@@ -2465,9 +2500,9 @@ class Core {
   }
 
   /** A peer's `load` request (see #answerLoad). */
-  #answerPeerLoad(peer: Peer, message: Message): LoadReply | Promise<LoadReply> | Record<string, unknown> {
+  #answerPeerLoad(peer: Peer, message: Message): LoadReply | Promise<LoadReply> {
     const { call, timeout } = message;
-    if (!isVersion(call) || !isAmount(timeout) || timeout > MAX_LOAD_MS) throw new ProtocolError(`"load" needs a call number and a timeout of at most ${MAX_LOAD_MS} ms`);
+    if (!isVersion(call) || !isAmount(timeout) || timeout > MAX_DELAY_MS) throw new ProtocolError(`"load" needs a call number and a timeout of at most ${MAX_DELAY_MS} ms`);
     return this.#answerLoad(peer.id, requireString(message, "key"), call, timeout);
   }
 
@@ -2487,7 +2522,7 @@ class Core {
       throw new TypeError(`Cannot ${operation} "${key}": options must be an object: received ${quote(options)}`);
     }
     const ttl = options?.ttl ?? this.options.ttl;
-    if (typeof ttl !== "number" || !(ttl >= 0) || !Number.isFinite(ttl)) {
+    if (!isAmount(ttl)) {
       throw new RangeError(`Cannot ${operation} "${key}": ttl must be a number of milliseconds, 0 or more: received ${quote(ttl)}`);
     }
     const { maxValueBytes, maxBytes, maxFrameBytes } = this.options;
@@ -2621,12 +2656,21 @@ class Core {
   }
 
   /**
-   * Drops every write older than the clear (`version`, `writer`), and overtakes every get and
-   * fetch under way. With hash placement, every entry stored here goes: an owner's versions
-   * follow its own clock, which no write of another node's has moved, so the clear counts as
-   * newer than anything this node has seen.
+   * Drops every write older than the clear (`version`, `writer`), and overtakes every get, fetch
+   * and load under way; a clear seen before (every node passes the newest on to each new
+   * connection, see #tellKeys) changes nothing. With hash placement, every entry stored here
+   * goes: an owner's versions follow its own clock, which no write of another node's has moved,
+   * so the clear counts as newer than anything this node has seen when it first arrives.
    */
   #clearOlder(version: number, writer: string): void {
+    if (this.hash) {
+      if ((this.#clearsApplied.get(writer) ?? -1) >= version) return;
+      this.#clearsApplied.set(writer, version);
+      this.#lastClearApplied = { version, writer };
+    } else {
+      const last = this.directory.lastClear;
+      if (last !== undefined && !newer(version, writer, last.version, last.writer)) return;
+    }
     this.directory.clearOlder(this.hash ? Math.max(version, this.directory.clock + 1) : version, writer);
     this.near?.clear();
     for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) this.overtake(key);
@@ -2689,7 +2733,7 @@ class Core {
    * delivered, and only the heartbeats decide that a peer is gone.
    */
   async #tellKeys(peer: Peer): Promise<void> {
-    const cleared = this.directory.lastClear;
+    const cleared = this.hash ? this.#lastClearApplied : this.directory.lastClear;
     if (cleared !== undefined) peer.request({ op: "clear", keys: [[cleared.version, cleared.writer]] }).catch(() => {});
     // The keys as they are now: reads of a bounded store move entries to the back, so walking
     // the store itself across the waits could meet an entry twice, or never end.
@@ -2820,20 +2864,21 @@ function parseLoadReply(answer: Message): LoadReply {
   return {};
 }
 
-/** A key's grant: the call that may load it, the cancel of its deadline, and the calls waiting, each with its answer. */
+/** A key's grant: the call that may load it, the cancel of its deadline, and the answers of the calls waiting, by call (see callName). */
 interface Grant {
   holder: LoadCaller;
   cancel: () => void;
-  waiting: Array<LoadCaller & { answer: (reply: LoadReply) => void }>;
+  waiting: Map<string, (reply: LoadReply) => void>;
 }
 
 /**
  * The loads a member grants as the one the cluster agrees on for their keys: of the getOrSet
  * calls that found a key nowhere, one at a time may load it, and the others wait. A write or
  * removal of the key ends the grant and the waiting calls look again (they find the loaded
- * value); a value loaded and not stored goes to them as it is; when the loader fails, its node
- * is lost, or its time is up, the next call waiting loads. A call that asks again (its request
- * timed out) keeps its place.
+ * value); a value loaded and not stored goes to them as it is. When the loader fails, its node
+ * is lost, or its time is up, the grant ends too and the waiting calls ask again: the first to
+ * ask loads. So the right goes only to a call that asks for it, never to one that gave up
+ * waiting; a call that asks again while it waits (its request timed out) keeps waiting.
  */
 class LoadGrants {
   readonly #timers: Timers;
@@ -2843,32 +2888,30 @@ class LoadGrants {
     this.#timers = timers;
   }
 
-  /** The right to load `key` for `caller`, or a Promise of what to do once the calls before it are done. */
+  /** The right to load `key` for `caller`, or a Promise of what to do once the grant under way ends. */
   ask(key: string, caller: LoadCaller): LoadReply | Promise<LoadReply> {
     const grant = this.#grants.get(key);
     if (grant === undefined) {
-      const started: Grant = { holder: caller, cancel: () => {}, waiting: [] };
+      const started: Grant = { holder: caller, cancel: () => {}, waiting: new Map() };
+      // Its time, at most the longest delay a timer takes.
+      started.cancel = this.#timers.after(Math.min(caller.lasts, MAX_DELAY_MS), () => this.#end(key, started, { again: true }));
       this.#grants.set(key, started);
-      this.#startClock(key, started);
       return { load: true };
     }
     if (isSameCall(grant.holder, caller)) return { load: true };
-    return new Promise((answer) => {
-      const waiting = grant.waiting.find((other) => isSameCall(other, caller));
-      if (waiting !== undefined) waiting.answer = answer;
-      else grant.waiting.push({ ...caller, answer });
-    });
+    return new Promise((answer) => grant.waiting.set(callName(caller), answer));
   }
 
   /**
    * How the load of `member`'s call `call` went: failed, or its value unstored, or (neither)
    * about to be stored. `{ store }` says whether the call still holds the grant: no write of the
-   * key came since, and its time is not up.
+   * key came since, and its time is not up; a value about to be stored keeps the grant until
+   * its write arrives.
    */
   loaded(key: string, member: string, call: number, outcome: { failed?: true; value?: unknown }): { store: boolean } {
     const grant = this.#grants.get(key);
     if (grant === undefined || !isSameCall(grant.holder, { member, call })) return { store: false };
-    if (outcome.failed) this.#passOn(key, grant);
+    if (outcome.failed) this.#end(key, grant, { again: true });
     else if ("value" in outcome) this.#end(key, grant, { value: outcome.value });
     return { store: true };
   }
@@ -2885,38 +2928,22 @@ class LoadGrants {
     for (const [key, grant] of [...this.#grants]) this.#end(key, grant, { again: true });
   }
 
-  /** A member is lost: its calls wait no more, and the loads granted to them pass on. */
+  /** A member is lost: the grants its calls held end, and the calls waiting ask again. */
   lost(member: string): void {
-    for (const [key, grant] of [...this.#grants]) {
-      grant.waiting = grant.waiting.filter((caller) => caller.member !== member);
-      if (grant.holder.member === member) this.#passOn(key, grant);
-    }
-  }
-
-  /** The next call waiting loads; with none, the grant ends. */
-  #passOn(key: string, grant: Grant): void {
-    grant.cancel();
-    const next = grant.waiting.shift();
-    if (next === undefined) {
-      this.#grants.delete(key);
-      return;
-    }
-    grant.holder = next;
-    this.#startClock(key, grant);
-    next.answer({ load: true });
-  }
-
-  /** Gives the holder its time: when it is up, the load passes on. */
-  #startClock(key: string, grant: Grant): void {
-    grant.cancel = this.#timers.after(grant.holder.lasts, () => this.#passOn(key, grant));
+    for (const [key, grant] of [...this.#grants]) if (grant.holder.member === member) this.#end(key, grant, { again: true });
   }
 
   #end(key: string, grant: Grant, reply: LoadReply): void {
     grant.cancel();
     this.#grants.delete(key);
     // Each its own: an answer becomes the message that carries it.
-    for (const caller of grant.waiting) caller.answer({ ...reply });
+    for (const answer of grant.waiting.values()) answer({ ...reply });
   }
+}
+
+/** A getOrSet call's name among those waiting for one key: its node's id and its number there. */
+function callName({ member, call }: Pick<LoadCaller, "member" | "call">): string {
+  return `${member} ${call}`;
 }
 
 /** Whether two getOrSet calls are the same one. */
@@ -4422,8 +4449,9 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   }
   const positive = (name: "requestTimeout" | "heartbeatInterval" | "peerTimeout" | "fetchTimeout"): number => {
     const value = options[name] ?? DEFAULTS[name];
-    if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
-      fail(`${name} must be a positive number of milliseconds`, value, RangeError);
+    // A timer given more than MAX_DELAY_MS fires at once.
+    if (!isAmount(value) || value === 0 || value > MAX_DELAY_MS) {
+      fail(`${name} must be a positive number of milliseconds, at most ${MAX_DELAY_MS}`, value, RangeError);
     }
     return value;
   };
@@ -4433,7 +4461,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   const fetchTimeout = positive("fetchTimeout");
   const milliseconds = (name: "ttl" | "nullTtl"): number => {
     const value = options[name] ?? DEFAULTS[name];
-    if (typeof value !== "number" || !(value >= 0) || !Number.isFinite(value)) {
+    if (!isAmount(value)) {
       fail(`${name} must be a number of milliseconds, 0 or more`, value, RangeError);
     }
     return value;
@@ -5210,10 +5238,14 @@ const PART_ITEMS = 8 * ITEMS_PER_BATCH;
 const WINDOW_ITEMS = ITEMS_PER_BATCH;
 /** How many requestTimeouts a request may wait at a peer that answers others meanwhile (see Peer.request). */
 const PATIENCE = 10;
-/** Times a getOrSet looks for its key and asks for the right to load it before it loads it without. */
-const MAX_LOAD_ROUNDS = 8;
-/** Longest a loader may take, in milliseconds: the longest delay a timer takes (2^31 - 1). */
-const MAX_LOAD_MS = 2 ** 31 - 1;
+/**
+ * Times a getOrSet looks for its key and asks for the right to load it before it loads it
+ * without: in all (each time after a load under way ended), and without an answer.
+ */
+const MAX_LOAD_ROUNDS = 64;
+const MAX_UNANSWERED_LOADS = 8;
+/** The longest delay a timer takes, in milliseconds (2^31 - 1): the most any timeout option may be. */
+const MAX_DELAY_MS = 2 ** 31 - 1;
 /** Holders a get asks in turn, each having given the key up to the next, before it counts as missing. */
 const MAX_HOPS = 16;
 /** How often a node removes expired entries and tells its peers, in milliseconds. */

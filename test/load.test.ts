@@ -8,6 +8,7 @@ afterEach(stopAll);
 
 /** A loader call in a member process, as the fixture records it (times on the machine's clock). */
 interface LoaderCall {
+  key: string;
   start: number;
   end: number | null;
   failed: boolean;
@@ -63,9 +64,8 @@ for (const placement of ["local", "hash"] as const) {
 
       // Each process's first loader call fails: the grant passes from failure to failure until
       // a process that has failed once loads again, or a waiter on it does.
-      const before = (await loaderCalls(members)).length;
       const flaky = await spread(members, 20, "flaky", { delayMs: 100, failFirst: true });
-      const calls = (await loaderCalls(members)).slice(before);
+      const calls = (await loaderCalls(members)).filter((call) => call.key === "flaky");
       const failed = calls.filter((call) => call.failed).length;
       assert.equal(calls.length - failed, 1, "loader calls that succeeded");
       assert.ok(failed >= 1 && failed <= 4, `${failed} failed loader calls, one per process at most`);
@@ -149,6 +149,32 @@ describe("getOrSet on one node, and its arguments", () => {
     assert.equal(contexts.length, 1);
     assert.deepEqual(await node.get("user:1"), { id: 1 });
     assert.equal(node.stats().loads, 1);
+  });
+
+  it("loaders that outlast their timeout one after another run one at a time, each failing its own call, and leave the key free", async () => {
+    for (const placement of ["local", "hash"] as const) {
+      const nodes = await startCluster(2, { placement });
+      // A loader that never settles keeps running, but its call gives up at its timeout and the
+      // right to load goes on: a loader counts as running from its start until its call failed.
+      const spans: Array<{ start: number; end: number }> = [];
+      const call = (i: number) => {
+        const span = { start: NaN, end: NaN };
+        const hang = () => {
+          span.start = performance.now();
+          spans.push(span);
+          return new Promise<never>(() => {});
+        };
+        return nodes[i % 2].getOrSet("stuck", hang, { timeout: 30 }).finally(() => (span.end = performance.now()));
+      };
+      const settled = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => call(i)));
+      assert.equal(spans.length, 12, placement);
+      // The next loader may start a moment before the failed call's caller hears of its failure.
+      const sorted = spans.sort((one, other) => one.start - other.start);
+      const overlaps = sorted.filter((span, i) => i > 0 && span.start < sorted[i - 1].end - 1);
+      assert.deepEqual(overlaps, [], `${placement}: loaders that started while another call still held the right`);
+      assert.deepEqual(new Set(settled.map((result) => result.status === "rejected" && (result.reason as { code: string }).code)), new Set(["ERR_FETCH"]), placement);
+      assert.equal(await nodes[1].getOrSet("stuck", () => "at last"), "at last", placement);
+    }
   });
 
   it("noStore hands the loaded value to every waiting call and stores nothing", async () => {
