@@ -1838,6 +1838,12 @@ interface LoadOptions {
   nullTtl: number;
 }
 
+/** What a getOrSet call ends with: the value, and whether the cache keeps it (else the loader declined, or it is a null not kept). */
+interface LoadOutcome {
+  value: unknown;
+  kept: boolean;
+}
+
 /** What a getOrSet's lookup found, or its load gave: nothing (a held `null` is a value). */
 const MISSING = Symbol("missing");
 
@@ -1907,7 +1913,7 @@ class Core {
   /** getOrSet calls made here so far, which number them. */
   #loadCalls = 0;
   /** The getOrSet call of each key that leads on this node (see getOrSet). */
-  readonly #loadsHere = new Map<string, Promise<unknown>>();
+  readonly #loadsHere = new Map<string, Promise<LoadOutcome>>();
   /** The options of a getOrSet call that gives none. */
   readonly #loadDefaults: LoadOptions;
   /**
@@ -2348,22 +2354,24 @@ class Core {
 
   /**
    * Gets `key` for getOrSet, else loads it once in the cluster. Concurrent calls of one key on
-   * this node follow the first (see #leadLoad): they take its value, and when its loader fails,
-   * the next one leads. So the members see one call of a key per node at a time.
+   * this node follow the first (see #leadLoad), so that the members hear of one at a time: a
+   * follower takes a value the first call loaded and did not keep; otherwise, once that call is
+   * done, it looks for itself. It must: what the first call read, or stored, was the value when
+   * its request went, which may be before the follower began, and before a newer write ended.
    */
   async getOrSet(key: string, loader: Loader<unknown>, options: LoadOptions): Promise<unknown> {
     if (this.lifecycle !== "ready") await this.whenStarted("getOrSet");
-    for (let turn = 0; turn < MAX_LOAD_ROUNDS; turn++) {
-      const leading = this.#loadsHere.get(key);
-      if (leading === undefined) break;
-      // Its failure is its own caller's: this call leads next, or follows the one that does.
-      const value = await leading.catch(() => MISSING);
-      if (value !== MISSING) return value;
+    const leading = this.#loadsHere.get(key);
+    if (leading !== undefined) {
+      // Its failure is its own caller's.
+      const outcome = await leading.catch(() => undefined);
+      if (outcome?.kept === false) return outcome.value;
+      return (await this.#leadLoad(key, loader, options)).value;
     }
     // Gone from the map before anyone waiting for it runs on.
-    const led: Promise<unknown> = this.#leadLoad(key, loader, options).finally(() => this.#loadsHere.get(key) === led && this.#loadsHere.delete(key));
+    const led: Promise<LoadOutcome> = this.#leadLoad(key, loader, options).finally(() => this.#loadsHere.get(key) === led && this.#loadsHere.delete(key));
     this.#loadsHere.set(key, led);
-    return led;
+    return (await led).value;
   }
 
   /**
@@ -2374,14 +2382,14 @@ class Core {
    * MAX_UNANSWERED_LOADS without an answer (the members changing meanwhile), this node loads the
    * key itself.
    */
-  async #leadLoad(key: string, loader: Loader<unknown>, options: LoadOptions): Promise<unknown> {
+  async #leadLoad(key: string, loader: Loader<unknown>, options: LoadOptions): Promise<LoadOutcome> {
     const call = ++this.#loadCalls;
     let missed = false;
     for (let round = 0, unanswered = 0; round < MAX_LOAD_ROUNDS && unanswered < MAX_UNANSWERED_LOADS; round++) {
       if (this.lifecycle !== "ready") throw this.stoppedWhile("getOrSet", key);
       if (this.hash === undefined) {
         const found = await this.#getSlow(key, true);
-        if (found !== MISSING) return found;
+        if (found !== MISSING) return { value: found, kept: true };
       }
       const agreed = this.#agreedOn(key);
       const reply = agreed === undefined
@@ -2389,7 +2397,7 @@ class Core {
         : await this.#askToLoad(agreed, key, call, options.timeout);
       if ("value" in reply) {
         this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
-        return reply.value;
+        return { value: reply.value, kept: true };
       }
       if (!missed) this.counters.misses++;
       missed = true;
@@ -2405,7 +2413,8 @@ class Core {
         await this.cluster.nextChange(this.options.heartbeatInterval);
       }
     }
-    return this.#load(key, loader, options, undefined);
+    // Without a grant, nobody can refuse the store: the outcome is never MISSING.
+    return (await this.#load(key, loader, options, undefined)) as LoadOutcome;
   }
 
   /** The member that grants the loads of `key`: its owner with hash placement, else its fetcher; undefined for this node. */
@@ -2434,7 +2443,7 @@ class Core {
    * was, the value is neither stored nor returned (MISSING): the call looks again, so that what
    * it returns is always a value the cache held, or one it chose not to keep.
    */
-  async #load(key: string, loader: Loader<unknown>, options: LoadOptions, granted: { agreed: Peer | undefined; call: number } | undefined): Promise<unknown> {
+  async #load(key: string, loader: Loader<unknown>, options: LoadOptions, granted: { agreed: Peer | undefined; call: number } | undefined): Promise<LoadOutcome | typeof MISSING> {
     const context = new Loading(key, options.ttl);
     let value: unknown;
     try {
@@ -2450,11 +2459,11 @@ class Core {
       const write = this.prepareWrite("getOrSet", key, value, { ttl });
       if (!context.keep || (value === null && ttl === 0)) {
         if (granted) void this.#tellLoaded(key, granted, { value });
-        return value;
+        return { value, kept: false };
       }
       if (granted !== undefined && (await this.#tellLoaded(key, granted, {})).store === false) return MISSING;
       await this.write([write]);
-      return value;
+      return { value, kept: true };
     } catch (error) {
       if (granted) void this.#tellLoaded(key, granted, { failed: true });
       throw error;
@@ -2482,8 +2491,9 @@ class Core {
   /**
    * A getOrSet (of `member`'s call `call`, whose loader may take `timeout`) found `key` nowhere:
    * the value if this node holds it, word to look again if the directory knows a holder, else
-   * the right to load once the calls before it are done (see LoadGrants). A node that is not
-   * ready grants nothing (`{}`): the caller loads.
+   * the right to load once the load under way is done (see LoadGrants). A node that is not
+   * ready, or (hash placement) not the owner in its own view, answers `{}`: the caller asks
+   * again once the members change.
    */
   #answerLoad(member: string, key: string, call: number, timeout: number): LoadReply | Promise<LoadReply> {
     if (this.lifecycle !== "ready") return {};
@@ -2493,6 +2503,8 @@ class Core {
   }
 
   #grantOrHeld(member: string, key: string, call: number, timeout: number, entry: StoredEntry | undefined): LoadReply | Promise<LoadReply> {
+    // With hash placement, a node that takes another member for the owner (once any pull is done) answers for nothing.
+    if (this.hash?.ownerOf(key) !== undefined) return {};
     if (entry !== undefined) return { value: this.reveal(entry.value) };
     const moved = this.hash === undefined ? this.#movedOf(key) : undefined;
     if (moved !== undefined) return { again: true, moved: movedItem(moved) };
