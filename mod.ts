@@ -2300,14 +2300,7 @@ class Core {
     this.counters.fetches++;
     let value: unknown;
     try {
-      value = await new Promise((resolve, reject) => {
-        const cancel = this.#timers.after(fetchTimeout, () => reject(new Error(`it did not call back within ${fetchTimeout} ms`)), () => reject(new Error("the node stopped")));
-        fetch!(key, (err, result) => {
-          cancel();
-          if (err) reject(err);
-          else resolve(result);
-        });
-      });
+      value = await this.#within(fetchTimeout, "call back", (resolve, reject) => fetch!(key, (err, result) => (err ? reject(err) : resolve(result))));
     } catch (cause) {
       this.counters.fetchErrors++;
       throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
@@ -2473,12 +2466,17 @@ class Core {
   /** Calls `loader`, counted; rejects with what it throws, or when it takes longer than `timeout` or the node stops. */
   #callLoader(loader: Loader<unknown>, context: Loading, timeout: number): Promise<unknown> {
     this.counters.loads++;
+    return this.#within(timeout, "finish", (resolve, reject) => new Promise((loaded) => loaded(loader(context))).then(resolve, reject));
+  }
+
+  /**
+   * Runs `start`, a user's `fetch` or loader, and settles as it does, or rejects when it does not
+   * `finish` within `ms` (saying so), or when the node stops first.
+   */
+  #within(ms: number, finish: string, start: (resolve: (value: unknown) => void, reject: (error: unknown) => void) => void): Promise<unknown> {
     return new Promise((resolve, reject) => {
-      const cancel = this.#timers.after(timeout, () => reject(new Error(`it did not finish within ${timeout} ms`)), () => reject(new Error("the node stopped")));
-      new Promise((loaded) => loaded(loader(context))).then(
-        (value) => (cancel(), resolve(value)),
-        (error) => (cancel(), reject(error)),
-      );
+      const cancel = this.#timers.after(ms, () => reject(new Error(`it did not ${finish} within ${ms} ms`)), () => reject(new Error("the node stopped")));
+      start((value) => (cancel(), resolve(value)), (error) => (cancel(), reject(error)));
     });
   }
 
