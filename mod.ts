@@ -135,6 +135,12 @@ export interface NodeOptions {
    */
   ttl?: number;
   /**
+   * Milliseconds an entry is kept past its `ttl`, stale, when `set` or `getOrSet` gives no
+   * `grace`: see {@linkcode SetOptions.grace}.
+   * @default {0}
+   */
+  grace?: number;
+  /**
    * Milliseconds a `null` or `undefined` from a {@linkcode Node.getOrSet} loader is kept, as
    * `null`, when the call gives no `nullTtl`: negative caching, so that lookups of ids that do
    * not exist stop reaching the source. 0 keeps nothing.
@@ -493,6 +499,11 @@ export interface Entry {
   readonly writer: string;
   /** When the entry expires, on the node's clock (milliseconds since the epoch by default); 0 when it does not. */
   readonly expires: number;
+  /**
+   * The last milliseconds before `expires` in which the entry is stale (see {@linkcode SetOptions.grace}):
+   * kept, and returned only to `getOrSet` and to a get with `allowStale`. 0 for none.
+   */
+  readonly grace: number;
 }
 
 /** Options of {@linkcode Node.stop}. */
@@ -508,15 +519,41 @@ export interface StopOptions {
 export interface SetOptions {
   /** Milliseconds the entry lives; 0 keeps it until removed. Defaults to the node's `ttl`. */
   ttl?: number;
+  /**
+   * Milliseconds the entry is kept past its `ttl`, stale: `get` no longer returns it (unless
+   * asked with `allowStale`), but `getOrSet` does, at once, while it refreshes the value in the
+   * background, once in the cluster; when that loader fails, the stale value goes on being
+   * served until the grace runs out. Ignored without a `ttl`. Defaults to the node's `grace`.
+   */
+  grace?: number;
+}
+
+/** Options of one {@linkcode Node.get}. */
+export interface GetOptions {
+  /**
+   * Return a value that is past its `ttl` but within its `grace` (see {@linkcode SetOptions.grace})
+   * rather than nothing.
+   * @default {false}
+   */
+  allowStale?: boolean;
 }
 
 /** Options of one {@linkcode Node.getOrSet} call. */
 export interface GetOrSetOptions extends SetOptions {
   /**
-   * Milliseconds the loader may take; past them the call fails with `ERR_FETCH` and the next
-   * caller waiting for the key loads it. Defaults to the node's `fetchTimeout`.
+   * The soft timeout: with a stale value at hand (see `grace`), milliseconds to wait for the
+   * loader before returning the stale value; the loader goes on in the background, and its
+   * value is stored when it comes. 0 returns the stale value at once. Without a stale value,
+   * the call waits for the loader up to `hardTimeout`.
+   * @default {0}
    */
   timeout?: number;
+  /**
+   * Milliseconds the loader may take; past them the call fails with `ERR_FETCH` (or, with a
+   * stale value at hand, returns it) and the next caller waiting for the key loads it.
+   * Defaults to the node's `fetchTimeout`.
+   */
+  hardTimeout?: number;
   /**
    * Milliseconds a `null` or `undefined` from the loader is kept, as `null`, so that lookups of
    * what does not exist stop reaching the source; 0 keeps nothing. Defaults to the node's `nullTtl`.
@@ -578,8 +615,16 @@ export interface NodeStats {
   fetchErrors: number;
   /** Calls of `getOrSet` loaders made here. */
   loads: number;
-  /** Loader calls that threw, rejected or timed out. */
+  /** Loader calls that threw, rejected or timed out, refreshes included. */
   loadErrors: number;
+  /** Stale values returned (see `grace`): by `getOrSet`, and by gets with `allowStale`. */
+  staleHits: number;
+  /** Loader calls made here to refresh a stale value in the background. */
+  refreshes: number;
+  /** Refreshes that failed or timed out, so that the stale value went on being served. */
+  refreshErrors: number;
+  /** Nulls from loaders stored here as negative entries (see `nullTtl`). */
+  negativeSets: number;
   /** Entries this node handed to the others when it stopped. */
   handedOver: number;
   /** Entries this node took over from members that stopped, or (hash placement) as their new owner. */
@@ -626,6 +671,7 @@ export const DEFAULTS: {
   readonly peerTimeout: number;
   readonly fetchTimeout: number;
   readonly ttl: number;
+  readonly grace: number;
   readonly nullTtl: number;
   readonly maxEntries: number;
   readonly maxBytes: number;
@@ -648,6 +694,7 @@ export const DEFAULTS: {
   peerTimeout: 3000,
   fetchTimeout: 10_000,
   ttl: 0,
+  grace: 0,
   nullTtl: 0,
   maxEntries: Infinity,
   maxBytes: Infinity,
@@ -912,13 +959,17 @@ export class Node {
    * it, else from the `fetch` option, else `null`. Concurrent gets of one key that is not held
    * here share one request and one `fetch` call; see {@linkcode NodeOptions.fetch}.
    *
+   * A value past its `ttl` and within its `grace` (see {@linkcode SetOptions.grace}) is stale:
+   * `get` counts it as none, unless `options.allowStale` is set.
+   *
    * A local hit, or a hit in the near cache (see {@linkcode NodeOptions.nearCache}), calls
    * `callback` before `get` returns; anything else calls it later.
    *
    * @param key The key, a string.
+   * @param options `allowStale`: return a stale value rather than nothing.
    * @param callback `callback(err, value)`.
    * @returns Without a callback, a Promise of the value (`null` when there is none).
-   * @throws {TypeError} `key` is not a string or `callback` not a function.
+   * @throws {TypeError} `key` is not a string, `options` not an object or `callback` not a function.
    *
    * @example
    * ```ts
@@ -930,21 +981,37 @@ export class Node {
    * console.log(await node.get("nothing")); // null
    * await node.stop();
    * ```
+   *
+   * @example A stale value, when asked for
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.set("price", 10, { ttl: 1, grace: 60_000 });
+   * await new Promise((resolve) => setTimeout(resolve, 5));
+   * console.log(await node.get("price")); // null: past its ttl
+   * console.log(await node.get("price", { allowStale: true })); // 10
+   * await node.stop();
+   * ```
    */
-  get<T = unknown>(key: string): Promise<T | null>;
+  get<T = unknown>(key: string, options?: GetOptions): Promise<T | null>;
   /** {@linkcode Node.get} with a callback. */
   get<T = unknown>(key: string, callback: Callback<T | null>): void;
-  get<T = unknown>(key: string, callback?: Callback<T | null>): Promise<T | null> | void {
+  /** {@linkcode Node.get} with options and a callback. */
+  get<T = unknown>(key: string, options: GetOptions, callback: Callback<T | null>): void;
+  get<T = unknown>(key: string, optionsOrCallback?: GetOptions | Callback<T | null>, callback?: Callback<T | null>): Promise<T | null> | void {
     const core = this.#core;
     if (typeof key !== "string" || key.length > core.options.maxKeyLength) checkKey(key, "get", core.options.maxKeyLength);
-    if (callback !== undefined && typeof callback !== "function") assertFunction(callback, "get", "callback");
+    const done = typeof optionsOrCallback === "function" ? optionsOrCallback : callback;
+    if (done !== undefined && typeof done !== "function") assertFunction(done, "get", "callback");
+    const allowStale = optionsOrCallback !== undefined && typeof optionsOrCallback !== "function" && allowsStale(key, optionsOrCallback);
     const value = core.valueAtHand(key) as T | undefined;
     if (value !== undefined) {
-      if (callback === undefined) return Promise.resolve(value);
-      callback(null, value);
+      if (done === undefined) return Promise.resolve(value);
+      done(null, value);
       return;
     }
-    return settle(core.getShared(key) as Promise<T | null>, callback);
+    return settle((allowStale ? core.getStale(key) : core.getShared(key)) as Promise<T | null>, done);
   }
 
   /**
@@ -964,18 +1031,26 @@ export class Node {
    * `undefined` is returned as `null`, and kept for `nullTtl` when that is set. The `fetch`
    * option plays no part: it is `get`'s loader.
    *
+   * With a `grace`, an entry past its `ttl` is stale for that much longer: `getOrSet` returns the
+   * stale value at once (or after its soft `timeout`, if the loader is not done by then) and
+   * refreshes it in the background, one call at a time in the whole cluster. A refresh that
+   * fails is an `error` event, not a failed call; the stale value goes on being served until its
+   * grace runs out. A refresh whose loader returns `null`, or declines to store, leaves the stale
+   * value in place.
+   *
    * A local hit, or a hit in the near cache, calls `callback` before `getOrSet` returns, as `get` does.
    *
    * @param key The key, a string.
    * @param loader Loads the value: `(context) => value`, sync or async.
-   * @param options `ttl` of the stored entry, `timeout` of the loader (default: `fetchTimeout`),
-   *   `nullTtl` for negative caching (default: the node's `nullTtl`).
+   * @param options `ttl` and `grace` of the stored entry (defaults: the node's), the soft
+   *   `timeout` (default 0) and the loader's `hardTimeout` (default: `fetchTimeout`), `nullTtl`
+   *   for negative caching (default: the node's `nullTtl`).
    * @param callback `callback(err, value)`.
    * @returns Without a callback, a Promise of the value, held or loaded (`null` for a null, or
    *   an `undefined` from the loader). A loaded value that cannot be stored (not JSON, too large)
    *   or whose write fails rejects with the error `set` would give.
    * @throws {TypeError} `key` is not a string, `loader` or `callback` not a function.
-   * @throws {RangeError} `ttl`, `timeout` or `nullTtl` is not a number of milliseconds.
+   * @throws {RangeError} `ttl`, `grace`, `timeout`, `hardTimeout` or `nullTtl` is not a number of milliseconds.
    *
    * @example Loading a user once, however many nodes ask at once
    * ```ts
@@ -1000,6 +1075,19 @@ export class Node {
    * });
    * console.log(token); // abc
    * console.log(await node.getOrSet("user:404", () => null)); // null, kept for 5 s
+   * await node.stop();
+   * ```
+   *
+   * @example Stale while it refreshes, and while the source is down
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const options = { ttl: 1, grace: 60_000 };
+   * await node.getOrSet("rate", () => 1.08, options);
+   * await new Promise((resolve) => setTimeout(resolve, 5)); // past its ttl
+   * node.on("error", (error) => console.log(error.message)); // the failed refresh
+   * console.log(await node.getOrSet("rate", () => Promise.reject(new Error("source down")), options)); // 1.08
    * await node.stop();
    * ```
    */
@@ -1311,7 +1399,7 @@ export class Node {
    * ```
    */
   *keys(): Generator<string> {
-    for (const entry of this.#core.store.live()) yield entry.key;
+    for (const entry of this.#core.store.freshEntries()) yield entry.key;
   }
 
   /**
@@ -1337,7 +1425,7 @@ export class Node {
   async *clusterKeys(): AsyncGenerator<string> {
     await this.#core.whenStarted("clusterKeys");
     if (this.#core.hash) return yield* this.#core.hash.clusterKeys();
-    yield* Array.from(this.#core.store.live(), (entry) => entry.key);
+    yield* Array.from(this.#core.store.freshEntries(), (entry) => entry.key);
     yield* this.#core.directory.remoteKeys();
   }
 
@@ -1384,7 +1472,7 @@ export class Node {
    * ```
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<[string, unknown]> {
-    for (const entry of this.#core.store.live()) yield [entry.key, this.#core.reveal(entry.value)];
+    for (const entry of this.#core.store.freshEntries()) yield [entry.key, this.#core.reveal(entry.value)];
   }
 
   /**
@@ -1407,7 +1495,7 @@ export class Node {
    */
   eachEntry(iterator: (value: unknown, key: string, entry: Entry) => void): void {
     assertFunction(iterator, "eachEntry", "iterator");
-    for (const entry of this.#core.store.live()) iterator(this.#core.reveal(entry.value), entry.key, entry);
+    for (const entry of this.#core.store.freshEntries()) iterator(this.#core.reveal(entry.value), entry.key, entry);
   }
 
   /**
@@ -1536,6 +1624,16 @@ function checkKey(key: unknown, operation: string, maxKeyLength: number): assert
 }
 
 export default Node;
+
+/** Whether a get's `options` ask for a stale value; throws when they are not options. */
+function allowsStale(key: string, options: GetOptions): boolean {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`Cannot get "${key}": options must be an object or a callback: received ${quote(options)}`);
+  }
+  const { allowStale = false } = options;
+  if (typeof allowStale !== "boolean") throw new TypeError(`Cannot get "${key}": allowStale must be a boolean: received ${quote(allowStale)}`);
+  return allowStale;
+}
 
 // ─── KeyvStore: a node as a Keyv storage adapter ─────────────────────────────────────────────
 
@@ -1806,19 +1904,24 @@ type Lifecycle = "new" | "starting" | "ready" | "failed" | "stopping" | "stopped
 
 /**
  * Where a key went: the node that holds it now, the version and writer of the write it holds,
- * and the ms it has left (0: no expiry).
+ * the ms it has left (0: no expiry), and the last of them that are its grace.
  */
 interface Moved {
   holder: string;
   version: number;
   ttl: number;
   writer: string;
+  grace: number;
 }
 
-/** A holder's value for a key, the ms it has left (0: no expiry), and its size as `maxBytes` counts it. */
+/**
+ * A holder's value for a key, the ms it has left (0: no expiry), the last of them that are its
+ * grace (stale already when `grace` is `ttl`), and its size as `maxBytes` counts it.
+ */
 interface Held {
   value: unknown;
   ttl: number;
+  grace: number;
   size: number;
 }
 
@@ -1834,7 +1937,9 @@ interface FetchCall {
 /** A getOrSet call's options, with the node's defaults for what it left out. */
 interface LoadOptions {
   ttl: number;
+  grace: number;
   timeout: number;
+  hardTimeout: number;
   nullTtl: number;
 }
 
@@ -1846,6 +1951,17 @@ interface LoadOutcome {
 
 /** What a getOrSet's lookup found, or its load gave: nothing (a held `null` is a value). */
 const MISSING = Symbol("missing");
+
+/** What a getOrSet's lookup found: a value in its grace (see SetOptions.grace), and the version of its write. */
+class Stale {
+  readonly value: unknown;
+  readonly version: number;
+
+  constructor(value: unknown, version: number) {
+    this.value = value;
+    this.version = version;
+  }
+}
 
 /** The {@linkcode LoadContext} of one call of a loader. */
 class Loading implements LoadContext {
@@ -1864,12 +1980,16 @@ class Loading implements LoadContext {
   }
 }
 
-/** A write checked and measured, ready to store. */
+/**
+ * A write checked and measured, ready to store: it lives `ttl` ms in all (0: until removed), the
+ * last `grace` of them stale (see SetOptions.grace).
+ */
 interface Write {
   key: string;
   stored: unknown;
   size: number;
   ttl: number;
+  grace: number;
 }
 
 /**
@@ -1887,8 +2007,8 @@ class Core {
   readonly near: NearCache | undefined;
   lifecycle: Lifecycle = "new";
   readonly counters = {
-    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, loads: 0, loadErrors: 0, handedOver: 0, adopted: 0, moved: 0,
-    promoted: 0, copiesSent: 0, copiesPending: 0,
+    sets: 0, hits: 0, remoteHits: 0, nearHits: 0, misses: 0, fetches: 0, fetchErrors: 0, loads: 0, loadErrors: 0, staleHits: 0, refreshes: 0,
+    refreshErrors: 0, negativeSets: 0, handedOver: 0, adopted: 0, moved: 0, promoted: 0, copiesSent: 0, copiesPending: 0,
   };
   readonly listeners: Record<keyof NodeEvents, Set<(payload: unknown) => void>> = {
     peerUp: new Set(),
@@ -1931,7 +2051,7 @@ class Core {
     this.#timers = new Timers(options.clock);
     this.replication = new Replication(this, this.#timers);
     this.#grants = new LoadGrants(this.#timers);
-    this.#loadDefaults = { ttl: options.ttl, timeout: options.fetchTimeout, nullTtl: options.nullTtl };
+    this.#loadDefaults = { ttl: options.ttl, grace: options.grace, timeout: 0, hardTimeout: options.fetchTimeout, nullTtl: options.nullTtl };
     const hash = options.placement === "hash" ? new HashPlacement(this, this.#timers) : undefined;
     this.hash = hash;
     this.store = new Store(options, options.clock, (entry) => this.#letGo(entry));
@@ -2050,7 +2170,7 @@ class Core {
 
   /** The local entry a get may return at once: with hash placement, never a copy kept for an owner. */
   localEntry(key: string): StoredEntry | undefined {
-    return this.hash ? this.hash.localEntry(key) : this.store.get(key);
+    return this.hash ? this.hash.localEntry(key) : this.store.fresh(key);
   }
 
   /** The value a get may return in this turn, from a local entry or the near cache; else undefined. */
@@ -2077,6 +2197,11 @@ class Core {
     if (value === undefined) return undefined;
     this.counters.nearHits++;
     return this.reveal(value);
+  }
+
+  /** A get with allowStale of a key not fresh here: a fresh value as a get finds it, else a stale one (see SetOptions.grace). */
+  getStale(key: string): Promise<unknown> {
+    return this.hash ? this.hash.get(key, true) : this.#getSlow(key, "stale");
   }
 
   /** Gets a key not held here, sharing the work with concurrent gets of the same key. */
@@ -2123,24 +2248,34 @@ class Core {
    * says who holds it now, if it knows, and is asked no more about that write; the next holder
    * is asked in turn, up to MAX_HOPS times. With no holder, or one that does not answer, the key
    * goes to `fetch`, whose agreed node may also name a holder that has appeared meanwhile; or,
-   * for getOrSet (`loading`), is MISSING.
+   * for getOrSet (`want` "load"), is MISSING. A stale value (see SetOptions.grace) counts as
+   * none, unless `want` is "stale" (a get with allowStale: it is returned) or "load" (it is
+   * returned as a {@linkcode Stale}).
    */
-  async #getSlow(key: string, loading = false): Promise<unknown> {
+  async #getSlow(key: string, want: "fresh" | "stale" | "load" = "fresh"): Promise<unknown> {
     if (this.lifecycle !== "ready") await this.whenStarted("get");
     let silent: Holding | undefined;
     let missed = false;
     for (let hop = 0; hop < MAX_HOPS; hop++) {
       const local = this.store.get(key);
-      if (local !== undefined) return this.hit(local);
+      if (local !== undefined && (local.grace === 0 || !isStale(local, this.options.clock.now()))) return this.hit(local);
+      if (local !== undefined && want !== "fresh") return this.#staleFound(this.reveal(local.value), local.version, want);
       const near = this.near === undefined ? undefined : this.nearGet(key);
       if (near !== undefined) return near;
-      const holding = this.directory.holderOf(key);
-      let peer = holding && this.cluster.peer(holding.holder);
+      // A holder known to hold a stale entry only is not asked for a fresh one.
+      const holding = local === undefined ? this.directory.holderOf(key) : undefined;
+      const worthAsking = holding !== undefined && (want !== "fresh" || holding.grace === 0 || !isStale(holding, this.options.clock.now()));
+      let peer = worthAsking ? this.cluster.peer(holding.holder) : undefined;
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
       const askedAt = this.options.clock.now();
       // A value asked while the members did not vouch for this node may predate a change it missed.
       const keepable = this.near !== undefined && this.cluster.vouchedFor(askedAt, this.nearLease);
-      const found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
+      let found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
+      if (found !== undefined && "value" in found && isStaleHeld(found as Held)) {
+        if (want !== "fresh") return this.#staleFound(found.value, holding!.version, want);
+        // Stale there: to a get, as if that holder did not answer.
+        found = undefined;
+      }
       if (found === undefined) {
         // This node stopped meanwhile: its connections close one by one and its directory forgets
         // their keys, so a miss now would say nothing of the key.
@@ -2150,7 +2285,7 @@ class Core {
         if (peer?.closed) continue;
         // No holder, or a silent one (not forgotten: it may still have the key).
         if (peer !== undefined) silent = holding;
-        if (loading) return MISSING;
+        if (want === "load") return MISSING;
         if (!missed) this.counters.misses++;
         missed = true;
         const fetched = await this.#fetch(key);
@@ -2165,9 +2300,16 @@ class Core {
         if ("moved" in found) this.#followMoved(key, found.moved);
       }
     }
-    if (loading) return MISSING;
+    if (want === "load") return MISSING;
     if (!missed) this.counters.misses++;
     return null;
+  }
+
+  /** A stale value a lookup found (see #getSlow): returned to a get with allowStale, counted, or to getOrSet as a Stale. */
+  #staleFound(value: unknown, version: number, want: "stale" | "load"): unknown {
+    if (want === "load") return new Stale(value, version);
+    this.counters.staleHits++;
+    return value;
   }
 
   /**
@@ -2189,7 +2331,7 @@ class Core {
    */
   #followMoved(key: string, moved: Moved): boolean {
     if (this.cluster.peer(moved.holder) === undefined) return false;
-    this.directory.own(key, moved.holder, moved.version, moved.ttl, moved.writer);
+    this.directory.own(key, moved.holder, moved.version, moved.ttl, moved.writer, false, moved.grace);
     return true;
   }
 
@@ -2232,7 +2374,7 @@ class Core {
       if (sent > 0 && 3 * entry.size > room) return 0;
       room -= 3 * entry.size;
       sent++;
-      return [this.reveal(entry.value), this.store.ttlOf(entry), entry.size];
+      return heldItem(this.reveal(entry.value), entry, this.store.ttlOf(entry));
     });
     return { values };
   }
@@ -2242,7 +2384,7 @@ class Core {
     const holding = this.directory.holderOf(key);
     if (holding === undefined) return undefined;
     const ttl = holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.options.clock.now());
-    return { holder: holding.holder, version: holding.version, ttl, writer: holding.writer };
+    return { holder: holding.holder, version: holding.version, ttl, writer: holding.writer, grace: Math.min(holding.grace, ttl) };
   }
 
   // Fetching what no node holds.
@@ -2275,10 +2417,11 @@ class Core {
    * this node holds it, where it is if another node holds it, else what `fetch` gives.
    */
   async #answerFetch(key: string): Promise<Record<string, unknown>> {
-    const local = this.store.get(key);
+    const local = this.store.fresh(key);
     if (local !== undefined) return { value: this.reveal(local.value) };
-    const moved = this.#movedOf(key);
-    if (moved !== undefined) return { moved: movedItem(moved) };
+    const moved = this.store.peek(key) === undefined ? this.#movedOf(key) : undefined;
+    // A holder of a stale entry only is no answer to a get: the fetched value replaces it.
+    if (moved !== undefined && !isStaleHeld(moved)) return { moved: movedItem(moved) };
     if (this.options.fetch === undefined || this.lifecycle !== "ready") return {};
     // A null from fetch is an answer too: the asking node must not call fetch again.
     return { value: await this.fetchHere(key) };
@@ -2306,8 +2449,12 @@ class Core {
       throw new KosyakError("ERR_FETCH", `Cannot get "${key}": fetch failed: ${describe(cause)}`, { cause });
     }
     if (value === undefined || value === null) return null;
-    // A write of the key since the get began wins: the fetched value is not stored over it.
-    const held = this.store.peek(key) !== undefined || this.directory.holderOf(key) !== undefined;
+    // A write of the key since the get began wins: the fetched value is not stored over it. A
+    // stale entry is no such write: the fetched value replaces it.
+    const now = this.options.clock.now();
+    const local = this.store.peek(key);
+    const holding = local === undefined ? this.directory.holderOf(key) : undefined;
+    const held = [local, holding].some((known) => known !== undefined && (known.grace === 0 || !isStale(known, now)));
     if (!call.overtaken && !held) await this.write([this.prepareWrite("fetch", key, value, undefined)]);
     return value;
   }
@@ -2342,7 +2489,13 @@ class Core {
       }
       return value;
     };
-    return { ttl: milliseconds("ttl", 0), timeout: milliseconds("timeout", 1, MAX_DELAY_MS), nullTtl: milliseconds("nullTtl", 0) };
+    return {
+      ttl: milliseconds("ttl", 0),
+      grace: milliseconds("grace", 0),
+      timeout: milliseconds("timeout", 0, MAX_DELAY_MS),
+      hardTimeout: milliseconds("hardTimeout", 1, MAX_DELAY_MS),
+      nullTtl: milliseconds("nullTtl", 0),
+    };
   }
 
   /**
@@ -2380,17 +2533,23 @@ class Core {
     let missed = false;
     for (let round = 0, unanswered = 0; round < MAX_LOAD_ROUNDS && unanswered < MAX_UNANSWERED_LOADS; round++) {
       if (this.lifecycle !== "ready") throw this.stoppedWhile("getOrSet", key);
+      let stale: Stale | undefined;
       if (this.hash === undefined) {
-        const found = await this.#getSlow(key, true);
-        if (found !== MISSING) return { value: found, kept: true };
+        const found = await this.#getSlow(key, "load");
+        if (found instanceof Stale) stale = found;
+        else if (found !== MISSING) return { value: found, kept: true };
       }
       const agreed = this.#agreedOn(key);
-      const reply = agreed === undefined
-        ? await this.#answerLoad(this.id, key, call, options.timeout)
-        : await this.#askToLoad(agreed, key, call, options.timeout);
+      const asked: LoadAsk = { member: this.id, key, call, timeout: options.hardTimeout, stale: stale?.version };
+      const reply = agreed === undefined ? await this.#answerLoad(asked) : await this.#askToLoad(agreed, asked);
       if ("value" in reply) {
         this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
         return { value: reply.value, kept: true };
+      }
+      if ("stale" in reply) stale = new Stale(reply.stale, 0);
+      if (stale !== undefined && ("load" in reply || "busy" in reply)) {
+        const refresh = "load" in reply ? () => this.#load(key, loader, options, { agreed, call }) : undefined;
+        return this.#serveStale(key, stale.value, options, refresh);
       }
       if (!missed) this.counters.misses++;
       missed = true;
@@ -2410,6 +2569,34 @@ class Core {
     return (await this.#load(key, loader, options, undefined)) as LoadOutcome;
   }
 
+  /**
+   * Returns a stale value to getOrSet (see SetOptions.grace), and with the right to `refresh` it,
+   * refreshes it in the background: the call waits for the refresh up to its soft `timeout`,
+   * and returns the fresh value if it comes by then. A refresh that fails is reported as an
+   * `error` event, not to the call, and the stale value goes on being served.
+   */
+  async #serveStale(key: string, value: unknown, options: LoadOptions, refresh?: () => Promise<LoadOutcome | typeof MISSING>): Promise<LoadOutcome> {
+    const served = () => (this.counters.staleHits++, { value, kept: true });
+    if (refresh === undefined) return served();
+    this.counters.refreshes++;
+    const refreshed = refresh().catch((error: Error): typeof MISSING => {
+      this.counters.refreshErrors++;
+      // A refresh cut short by this node's stop is no failure of the loader.
+      if (this.lifecycle !== "ready") return MISSING;
+      const code = error instanceof KosyakError ? error.code : "ERR_FETCH";
+      this.emit("error", new KosyakError(code, `Cannot refresh the stale value of "${key}", which is served until its grace runs out: ${describe(error)}`, { cause: error }));
+      return MISSING;
+    });
+    if (options.timeout === 0) return served();
+    const late = new Promise<typeof MISSING>((resolve) => {
+      const cancel = this.#timers.after(options.timeout, () => resolve(MISSING), () => resolve(MISSING));
+      void refreshed.then(cancel);
+    });
+    const outcome = await Promise.race([refreshed, late]);
+    // Overtaken by a write: the stale value was the cache's when this call looked.
+    return outcome === MISSING ? served() : outcome;
+  }
+
   /** The member that grants the loads of `key`: its owner with hash placement, else its fetcher; undefined for this node. */
   #agreedOn(key: string): Peer | undefined {
     return this.hash ? this.hash.ownerOf(key) : this.cluster.fetcherOf(key);
@@ -2420,9 +2607,9 @@ class Core {
    * there for the load under way: the request fails only when `agreed` falls silent, or after
    * PATIENCE request timeouts (see Peer.request), when this call asks again.
    */
-  async #askToLoad(agreed: Peer, key: string, call: number, timeout: number): Promise<LoadReply> {
+  async #askToLoad(agreed: Peer, { key, call, timeout, stale }: LoadAsk): Promise<LoadReply> {
     try {
-      return parseLoadReply(await agreed.request({ op: "load", key, call, timeout }));
+      return parseLoadReply(await agreed.request(stale === undefined ? { op: "load", key, call, timeout } : { op: "load", key, call, timeout, stale }));
     } catch {
       return {};
     }
@@ -2440,7 +2627,7 @@ class Core {
     const context = new Loading(key, options.ttl);
     let value: unknown;
     try {
-      value = (await this.#callLoader(loader, context, options.timeout)) ?? null;
+      value = (await this.#callLoader(loader, context, options.hardTimeout)) ?? null;
     } catch (cause) {
       this.counters.loadErrors++;
       if (granted) void this.#tellLoaded(key, granted, { failed: true });
@@ -2449,13 +2636,14 @@ class Core {
     const ttl = value === null ? options.nullTtl : context.ttl;
     try {
       // Checked even when it is not kept: the calls waiting get it as a message.
-      const write = this.prepareWrite("getOrSet", key, value, { ttl });
+      const write = this.prepareWrite("getOrSet", key, value, { ttl, grace: options.grace });
       if (!context.keep || (value === null && ttl === 0)) {
         if (granted) void this.#tellLoaded(key, granted, { value });
         return { value, kept: false };
       }
       if (granted !== undefined && (await this.#tellLoaded(key, granted, {})).store === false) return MISSING;
       await this.write([write]);
+      if (value === null) this.counters.negativeSets++;
       return { value, kept: true };
     } catch (error) {
       if (granted) void this.#tellLoaded(key, granted, { failed: true });
@@ -2487,33 +2675,41 @@ class Core {
   }
 
   /**
-   * A getOrSet (of `member`'s call `call`, whose loader may take `timeout`) found `key` nowhere:
-   * the value if this node holds it, word to look again if the directory knows a holder, else
-   * the right to load once the load under way is done (see LoadGrants). A node that is not
-   * ready, or (hash placement) not the owner in its own view, answers `{}`: the caller asks
-   * again once the members change.
+   * A getOrSet (see LoadAsk) found `key` nowhere, or stale only: the value if this node holds
+   * it, word to look again if the directory knows a holder of a newer write, else the right to
+   * load once the load under way is done (see LoadGrants). The refresh of a stale value is
+   * granted at once, or refused while another call refreshes it: nobody waits for a refresh. A
+   * node that is not ready, or (hash placement) not the owner in its own view, answers `{}`:
+   * the caller asks again once the members change.
    */
-  #answerLoad(member: string, key: string, call: number, timeout: number): LoadReply | Promise<LoadReply> {
+  #answerLoad(asked: LoadAsk): LoadReply | Promise<LoadReply> {
     if (this.lifecycle !== "ready") return {};
-    const held = this.hash ? this.hash.ownEntry(key) : this.store.get(key);
-    if (held instanceof Promise) return held.then((entry) => this.#grantOrHeld(member, key, call, timeout, entry));
-    return this.#grantOrHeld(member, key, call, timeout, held);
+    const held = this.hash ? this.hash.ownEntry(asked.key) : this.store.get(asked.key);
+    if (held instanceof Promise) return held.then((entry) => this.#grantOrHeld(asked, entry));
+    return this.#grantOrHeld(asked, held);
   }
 
-  #grantOrHeld(member: string, key: string, call: number, timeout: number, entry: StoredEntry | undefined): LoadReply | Promise<LoadReply> {
+  #grantOrHeld({ member, key, call, timeout, stale }: LoadAsk, entry: StoredEntry | undefined): LoadReply | Promise<LoadReply> {
     // With hash placement, a node that takes another member for the owner (once any pull is done) answers for nothing.
     if (this.hash?.ownerOf(key) !== undefined) return {};
-    if (entry !== undefined) return { value: this.reveal(entry.value) };
+    const caller = { member, call, lasts: timeout + this.options.requestTimeout };
+    if (entry !== undefined && (entry.grace === 0 || !isStale(entry, this.options.clock.now()))) return { value: this.reveal(entry.value) };
+    if (entry !== undefined) return this.#grants.refresh(key, caller, { stale: this.reveal(entry.value) });
     const moved = this.hash === undefined ? this.#movedOf(key) : undefined;
-    if (moved !== undefined) return { again: true, moved: movedItem(moved) };
-    return this.#grants.ask(key, { member, call, lasts: timeout + this.options.requestTimeout });
+    if (moved !== undefined && (stale === undefined || moved.version > stale)) return { again: true, moved: movedItem(moved) };
+    // The caller holds a stale value that no newer write known here replaces.
+    if (stale !== undefined) return this.#grants.refresh(key, caller, {});
+    return this.#grants.ask(key, caller);
   }
 
   /** A peer's `load` request (see #answerLoad). */
   #answerPeerLoad(peer: Peer, message: Message): LoadReply | Promise<LoadReply> {
     const { call, timeout } = message;
-    if (!isVersion(call) || !isAmount(timeout) || timeout > MAX_DELAY_MS) throw new ProtocolError(`"load" needs a call number and a timeout of at most ${MAX_DELAY_MS} ms`);
-    return this.#answerLoad(peer.id, requireString(message, "key"), call, timeout);
+    const stale = isVersion(message.stale) ? message.stale : undefined;
+    if (!isVersion(call) || !isAmount(timeout) || timeout > MAX_DELAY_MS || (message.stale !== undefined && stale === undefined)) {
+      throw new ProtocolError(`"load" needs a call number, a timeout of at most ${MAX_DELAY_MS} ms, and a version if it says stale`);
+    }
+    return this.#answerLoad({ member: peer.id, key: requireString(message, "key"), call, timeout, stale });
   }
 
   /** A peer's `loaded` request: how the load this node granted went (see #load). */
@@ -2532,8 +2728,11 @@ class Core {
       throw new TypeError(`Cannot ${operation} "${key}": options must be an object: received ${quote(options)}`);
     }
     const ttl = options?.ttl ?? this.options.ttl;
-    if (!isAmount(ttl)) {
-      throw new RangeError(`Cannot ${operation} "${key}": ttl must be a number of milliseconds, 0 or more: received ${quote(ttl)}`);
+    const grace = options?.grace ?? this.options.grace;
+    for (const [name, amount] of [["ttl", ttl], ["grace", grace]] as const) {
+      if (!isAmount(amount)) {
+        throw new RangeError(`Cannot ${operation} "${key}": ${name} must be a number of milliseconds, 0 or more: received ${quote(amount)}`);
+      }
     }
     const { maxValueBytes, maxBytes, maxFrameBytes } = this.options;
     const json = toJson(value, `Cannot ${operation} "${key}"`);
@@ -2549,7 +2748,8 @@ class Core {
     if (3 * size > room && utf8Encoder.encode(json).length > room) {
       throw new RangeError(`Cannot ${operation} "${key}": the value takes more than the ${room} bytes of UTF-8 a frame can carry`);
     }
-    return { key, stored: this.options.stringify ? json : value, size, ttl };
+    // Without a ttl the entry never goes stale; with one, it lives its grace longer.
+    return { key, stored: this.options.stringify ? json : value, size, ttl: ttl === 0 ? 0 : ttl + grace, grace: ttl === 0 ? 0 : grace };
   }
 
   /**
@@ -2589,12 +2789,12 @@ class Core {
   }
 
   /** Local placement: stores a write here, tells every peer (`own`), and sends its copies. */
-  #writeHere({ key, stored, size, ttl }: Write, acknowledgements: Acknowledgements): void {
-    const version = this.#storeOwn(key, stored, size, ttl);
+  #writeHere({ key, stored, size, ttl, grace }: Write, acknowledgements: Acknowledgements): void {
+    const version = this.#storeOwn(key, stored, size, ttl, grace);
     const copies = this.options.replicas > 0 ? this.cluster.replicasOf(key, this.options.replicas) : [];
     const entry = copies.length > 0 ? this.store.peek(key) : undefined;
     if (entry !== undefined) this.replication.sendCopies(acknowledgements, entry, copies);
-    acknowledgements.sendToAll("own", [key, version, ttl], key.length, copies);
+    acknowledgements.sendToAll("own", keyItem(key, version, ttl, this.id, this.id, grace), key.length, copies);
   }
 
   /**
@@ -2602,17 +2802,17 @@ class Core {
    * placement, and has no peer), and says whether it did: a set then costs a store, not a wait
    * for acknowledgements (a local set ran at 1/17 to 1/26 of a `Map` write with the wait).
    */
-  storeAlone({ key, stored, size, ttl }: Write): boolean {
+  storeAlone({ key, stored, size, ttl, grace }: Write): boolean {
     if (this.lifecycle !== "ready" || this.hash !== undefined || this.cluster.peerCount > 0) return false;
-    this.#storeOwn(key, stored, size, ttl);
+    this.#storeOwn(key, stored, size, ttl, grace);
     return true;
   }
 
   /** Stores this node's own write of `key`, overtaking the gets and fetch under way; its version. */
-  #storeOwn(key: string, stored: unknown, size: number, ttl: number): number {
+  #storeOwn(key: string, stored: unknown, size: number, ttl: number, grace: number): number {
     this.counters.sets++;
     this.overtake(key);
-    return this.directory.write(key, stored, size, ttl);
+    return this.directory.write(key, stored, size, ttl, grace);
   }
 
   /**
@@ -2717,7 +2917,7 @@ class Core {
     if (this.hash) return this.hash.letGo(entry);
     if (entry.copyOf === undefined) return this.#tellGone(entry.key, entry.version);
     const now = this.options.clock.now();
-    if (entry.expires === 0 || entry.expires > now) this.directory.own(entry.key, entry.copyOf, entry.version, this.store.ttlOf(entry), entry.writer);
+    if (entry.expires === 0 || entry.expires > now) this.directory.own(entry.key, entry.copyOf, entry.version, this.store.ttlOf(entry), entry.writer, false, entry.grace);
   }
 
   /** Tells the peers of an entry the store evicted or expired, unawaited. */
@@ -2759,8 +2959,7 @@ class Core {
         // Copies kept for other members are not announced: the directories point to their holders.
         if (entry === undefined || entry.copyOf !== undefined) continue;
         if (batch.length > 0 && !fitsInFrame(units + entry.key.length, this.options.maxFrameBytes)) break;
-        const item = [entry.key, entry.version, this.store.ttlOf(entry)];
-        batch.push(entry.writer === this.id ? item : [...item, entry.writer]);
+        batch.push(keyItem(entry.key, entry.version, this.store.ttlOf(entry), entry.writer, this.id, entry.grace));
         units += entry.key.length;
       }
       const last = next === held.length;
@@ -2775,10 +2974,10 @@ class Core {
    * item that carries the value asks this node to keep a copy (`replicas`).
    */
   #learn(peer: Peer, message: Message): Record<string, unknown> {
-    for (const [key, version, ttl, writer, copy] of requireKeyList(message)) {
+    for (const [key, version, ttl, writer, copy, grace] of requireKeyList(message)) {
       this.overtake(key);
       if (Array.isArray(copy) && message.op === "own") this.replication.keepCopy(peer, key, copy, version, ttl, writer ?? peer.id);
-      else this.directory.own(key, peer.id, version, ttl, writer ?? peer.id, message.op === "keys");
+      else this.directory.own(key, peer.id, version, ttl, writer ?? peer.id, message.op === "keys", grace);
     }
     if (message.op === "keys" && message.done === true) this.cluster.synced(peer);
     return {};
@@ -2786,10 +2985,10 @@ class Core {
 
   /** A peer took over entries of a stopping or dead node (`moved`): point the directory at it. */
   #learnMoved(peer: Peer, message: Message): Record<string, unknown> {
-    for (const [key, version, ttl, writer, from] of requireKeyList(message)) {
+    for (const [key, version, ttl, writer, from, grace] of requireKeyList(message)) {
       if (writer === undefined || typeof from !== "string") throw new ProtocolError(`"moved" needs the writer and the node it moved from`);
       this.overtake(key);
-      if (!this.directory.moved(key, peer.id, from, version, ttl, writer, this.lifecycle !== "ready")) this.replication.refuteClaim(peer, key);
+      if (!this.directory.moved(key, peer.id, from, version, ttl, writer, this.lifecycle !== "ready", grace)) this.replication.refuteClaim(peer, key);
     }
     return {};
   }
@@ -2860,16 +3059,36 @@ interface LoadCaller {
 }
 
 /**
- * The granting member's answer to `load`: the value it holds, the right to load, word to look
- * again (with local placement, where the directory says the key is now), or `{}` for no grant
- * here (the caller loads).
+ * A getOrSet call's `load` request: `member`'s call `call` of `key`, whose loader may take
+ * `timeout` ms; with `stale`, the version of the stale value the call holds (see SetOptions.grace).
  */
-type LoadReply = { value: unknown } | { load: true } | { again: true; moved?: unknown } | Record<string, never>;
+interface LoadAsk {
+  member: string;
+  key: string;
+  call: number;
+  timeout: number;
+  stale: number | undefined;
+}
+
+/**
+ * The granting member's answer to `load`: the value it holds, the right to load, word that
+ * another call refreshes the stale value (`busy`), word to look again (with local placement,
+ * where the directory says the key is now), or `{}` for no grant here (the caller loads). With
+ * `load` or `busy`, a member that holds the stale value itself gives it (`stale`).
+ */
+type LoadReply =
+  | { value: unknown }
+  | { load: true; stale?: unknown }
+  | { busy: true; stale?: unknown }
+  | { again: true; moved?: unknown }
+  | Record<string, never>;
 
 /** The reply in a peer's `load` answer. */
 function parseLoadReply(answer: Message): LoadReply {
   if ("value" in answer) return { value: answer.value };
-  if (answer.load === true) return { load: true };
+  const stale = "stale" in answer ? { stale: answer.stale } : {};
+  if (answer.load === true) return { load: true, ...stale };
+  if (answer.busy === true) return { busy: true, ...stale };
   if (answer.again === true) return { again: true, moved: answer.moved };
   return {};
 }
@@ -2901,15 +3120,27 @@ class LoadGrants {
   /** The right to load `key` for `caller`, or a Promise of what to do once the grant under way ends. */
   ask(key: string, caller: LoadCaller): LoadReply | Promise<LoadReply> {
     const grant = this.#grants.get(key);
-    if (grant === undefined) {
-      const started: Grant = { holder: caller, cancel: () => {}, waiting: new Map() };
-      // Its time, at most the longest delay a timer takes.
-      started.cancel = this.#timers.after(Math.min(caller.lasts, MAX_DELAY_MS), () => this.#end(key, started, { again: true }));
-      this.#grants.set(key, started);
-      return { load: true };
-    }
+    if (grant === undefined) return this.#start(key, caller, {});
     if (isSameCall(grant.holder, caller)) return { load: true };
     return new Promise((answer) => grant.waiting.set(callName(caller), answer));
+  }
+
+  /**
+   * The right to refresh the stale value of `key` for `caller`, or `busy` while another call
+   * holds the grant; either way with `stale`, the value when this member holds it.
+   */
+  refresh(key: string, caller: LoadCaller, stale: { stale?: unknown }): LoadReply {
+    const grant = this.#grants.get(key);
+    if (grant === undefined) return this.#start(key, caller, stale);
+    return isSameCall(grant.holder, caller) ? { load: true, ...stale } : { busy: true, ...stale };
+  }
+
+  #start(key: string, caller: LoadCaller, stale: { stale?: unknown }): LoadReply {
+    const started: Grant = { holder: caller, cancel: () => {}, waiting: new Map() };
+    // Its time, at most the longest delay a timer takes.
+    started.cancel = this.#timers.after(Math.min(caller.lasts, MAX_DELAY_MS), () => this.#end(key, started, { again: true }));
+    this.#grants.set(key, started);
+    return { load: true, ...stale };
   }
 
   /**
@@ -3033,8 +3264,7 @@ class Replication {
           const entry = store.peek(key);
           const heir = entry === undefined || entry.copyOf !== undefined ? undefined : this.#core.cluster.heirOf(key, passedOver);
           if (heir === undefined) continue;
-          const item: HandoverItem = [key, this.#core.reveal(entry!.value), entry!.version, store.ttlOf(entry!), entry!.writer, entry!.expires];
-          acknowledgements.send(heir, "handover", item, units);
+          acknowledgements.send(heir, "handover", handoverItem(entry!, this.#core.reveal(entry!.value), store.ttlOf(entry!)), units);
           this.#core.counters.handedOver++;
         }
         for (const failure of await acknowledgements.untaken()) {
@@ -3057,10 +3287,10 @@ class Replication {
   async adopt(peer: Peer, message: Message): Promise<Record<string, unknown>> {
     if (this.#core.lifecycle !== "ready") throw new KosyakError("ERR_STOPPED", `Node ${this.#core.id} is stopping and takes no entries over`);
     const acknowledgements = new Acknowledgements(this.#core.cluster);
-    for (const { key, stored, size, version, ttl, writer } of this.#entriesOf(peer, message)) {
-      if (!this.#core.directory.adopt(key, stored, size, ttl, version, writer)) continue;
+    for (const { key, stored, size, version, ttl, writer, grace } of this.#entriesOf(peer, message)) {
+      if (!this.#core.directory.adopt(key, stored, size, ttl, version, writer, grace)) continue;
       this.#core.counters.adopted++;
-      acknowledgements.sendToAll("moved", [key, version, ttl, writer, peer.id], key.length);
+      acknowledgements.sendToAll("moved", keyItem(key, version, ttl, writer, this.#core.id, grace, peer.id), key.length);
       const entry = this.#core.options.replicas > 0 ? this.#core.store.peek(key) : undefined;
       if (entry !== undefined) this.sendCopies(acknowledgements, entry);
     }
@@ -3089,7 +3319,7 @@ class Replication {
     this.#core.counters.promoted += promoted.length;
     const acknowledgements = new Acknowledgements(this.#core.cluster);
     for (const entry of promoted) {
-      acknowledgements.sendToAll("moved", [entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, peerId], entry.key.length);
+      acknowledgements.sendToAll("moved", keyItem(entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, this.#core.id, entry.grace, peerId), entry.key.length);
     }
     void acknowledgements.settled();
     this.restoreCopies();
@@ -3105,10 +3335,13 @@ class Replication {
 
   /**
    * An entry as an `own` that asks the receiver to keep a copy carries it: `[key, version, ttl,
-   * writer, [value, expires]]`, with the time it has left now and when it expires (see timeLeft).
+   * writer, [value, expires, grace?]]`, with the time it has left now and when it expires (see
+   * timeLeft).
    */
   copyItem(entry: StoredEntry): unknown[] {
-    return [entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, [this.#core.reveal(entry.value), entry.expires]];
+    const copy = [this.#core.reveal(entry.value), entry.expires];
+    if (entry.grace > 0) copy.push(entry.grace);
+    return [entry.key, entry.version, this.#core.store.ttlOf(entry), entry.writer, copy];
   }
 
   /**
@@ -3158,14 +3391,14 @@ class Replication {
     void pass();
   }
 
-  /** Keeps a copy of an entry a peer holds (see NodeOptions.replicas): `copy` is `[value, expires]`. */
-  keepCopy(peer: Peer, key: string, copy: [unknown, number?], version: number, ttl: number, writer: string): void {
+  /** Keeps a copy of an entry a peer holds (see NodeOptions.replicas): `copy` is `[value, expires, grace?]`. */
+  keepCopy(peer: Peer, key: string, copy: [unknown, number?, number?], version: number, ttl: number, writer: string): void {
     if (!isNodeId(writer)) throw new ProtocolError(`"own" names no writer for the copy of "${key}"`);
-    const [value, expires = 0] = copy;
+    const [value, expires = 0, grace = 0] = copy;
     const measured = this.#measured("own", key, value);
     const left = timeLeft(ttl, expires, this.#core.options.clock.now());
     if (measured === undefined || left < 0) return;
-    if (!this.#core.directory.keepCopy(key, measured.stored, measured.size, left, version, writer, peer.id)) this.refuteClaim(peer, key);
+    if (!this.#core.directory.keepCopy(key, measured.stored, measured.size, left, version, writer, peer.id, grace)) this.refuteClaim(peer, key);
   }
 
   /**
@@ -3196,19 +3429,19 @@ class Replication {
 
   /** One {@linkcode HandoverItem} of an `op` from `peer`, as #entriesOf gives them. */
   entryOf(peer: Peer, op: string, item: unknown): (Write & { version: number; writer: string; nearHolders: string[] }) | undefined {
-    const [key, value, version, ttl, writer = peer.id, expires = 0, nearHolders = []] = Array.isArray(item) ? item : [];
+    const [key, value, version, ttl, writer = peer.id, expires = 0, nearHolders = [], grace = 0] = Array.isArray(item) ? item : [];
     if (
       typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(expires) ||
-      !Array.isArray(nearHolders) || !nearHolders.every(isNodeId)
+      !Array.isArray(nearHolders) || !nearHolders.every(isNodeId) || !isAmount(grace)
     ) {
-      throw new ProtocolError(`"${op}" holds something other than [key, value, version, ttl, writer, expires, nearHolders?] lists`);
+      throw new ProtocolError(`"${op}" holds something other than [key, value, version, ttl, writer, expires, nearHolders?, grace?] lists`);
     }
     this.#core.overtake(key);
     const measured = this.#measured(op, key, value);
     // The time left now, as the entry is stored: counted from the start of the request, each
     // entry outlived its expiry by the time the ones before it took to store (26 ms, seen).
     const left = timeLeft(ttl, expires, this.#core.options.clock.now());
-    return measured !== undefined && left >= 0 ? { key, ...measured, ttl: left, version, writer, nearHolders } : undefined;
+    return measured !== undefined && left >= 0 ? { key, ...measured, ttl: left, grace, version, writer, nearHolders } : undefined;
   }
 
   /** A value a peer sent, as this node stores it, and its size; undefined when over `maxBytes`. */
@@ -3224,9 +3457,18 @@ class Replication {
 /**
  * An entry as `handover` carries it: its value, version, the ms it has left, its writer (left
  * out: the sender), and when it expires on the sender's clock (see timeLeft); 0 for no expiry.
- * With hash placement, also the members that may keep it in their near cache (see HashPlacement).
+ * With hash placement, also the members that may keep it in their near cache (see
+ * HashPlacement); then its grace (see SetOptions.grace), where it has one.
  */
-type HandoverItem = [key: string, value: unknown, version: number, ttl: number, writer?: string, expires?: number, nearHolders?: string[]];
+type HandoverItem = [key: string, value: unknown, version: number, ttl: number, writer?: string, expires?: number, nearHolders?: string[], grace?: number];
+
+/** The {@linkcode HandoverItem} of an entry, its `value` as the caller sees it and `ttl` the ms it has left; `nearHolders` only where it has them. */
+function handoverItem(entry: StoredEntry, value: unknown, ttl: number, nearHolders?: Set<string>): HandoverItem {
+  const item: HandoverItem = [entry.key, value, entry.version, ttl, entry.writer, entry.expires];
+  if (nearHolders !== undefined || entry.grace > 0) item.push(nearHolders === undefined ? [] : [...nearHolders]);
+  if (entry.grace > 0) item.push(entry.grace);
+  return item;
+}
 
 /**
  * The ms an entry a peer sent has left here (0: no expiry; below 0: expired already): the time
@@ -3488,7 +3730,7 @@ class HashPlacement {
    * node when it asked, and neither an invalidation of the key nor a change of membership came
    * while it asked.
    */
-  async get(key: string): Promise<unknown> {
+  async get(key: string, allowStale = false): Promise<unknown> {
     const core = this.#core;
     if (core.lifecycle !== "ready") await core.whenStarted("get");
     const kept = core.near === undefined ? undefined : core.nearGet(key);
@@ -3505,12 +3747,19 @@ class HashPlacement {
     } finally {
       if (asking) this.#unwatch(key, asking);
     }
-    const [value = null, ttl, size, leave] = Array.isArray(found) ? found : [];
-    if (value === null) core.counters.misses++;
+    const [value = null, ttl, size, grace = 0, leave] = Array.isArray(found) ? found : [];
+    const life = isAmount(ttl) && isAmount(grace) ? { ttl, grace } : undefined;
+    const stale = life !== undefined && isStaleHeld(life);
+    if (value === null || (stale && !allowStale)) {
+      core.counters.misses++;
+      return null;
+    }
+    if (stale) core.counters.staleHits++;
     else if (here) core.counters.hits++;
     else core.counters.remoteHits++;
-    if (asking && !here && leave === 1 && !asking.invalidated && asking.changes === this.#changes && isAmount(ttl) && isAmount(size)) {
-      core.near!.keep(key, core.options.stringify ? JSON.stringify(value) : value, ttl === 0 ? 0 : askedAt + ttl, size);
+    // Kept near until its grace begins: a near hit is never stale.
+    if (asking && !here && !stale && leave === 1 && !asking.invalidated && asking.changes === this.#changes && life !== undefined && isAmount(size)) {
+      core.near!.keep(key, core.options.stringify ? JSON.stringify(value) : value, ttl === 0 ? 0 : askedAt + ttl - grace, size);
     }
     return value;
   }
@@ -3547,7 +3796,9 @@ class HashPlacement {
 
   /** Stores `write` on its owner (this node, or a peer in one hop). */
   #writeOne(write: Write): Promise<OwnerAnswer> {
-    const item = [write.key, this.#core.reveal(write.stored), write.ttl];
+    // The ttl as set gives, before its grace: the owner adds it again (see prepareWrite).
+    const item = [write.key, this.#core.reveal(write.stored), write.ttl - write.grace];
+    if (write.grace > 0) item.push(write.grace);
     return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
   }
 
@@ -3570,9 +3821,9 @@ class HashPlacement {
     return this.#own(key);
   }
 
-  /** This node's own entry of `key`, as a local get may return it: never a copy. */
+  /** This node's own entry of `key`, as a local get may return it: never a copy, never stale. */
   localEntry(key: string): StoredEntry | undefined {
-    const entry = this.#core.store.get(key);
+    const entry = this.#core.store.fresh(key);
     return entry?.copyOf === undefined ? entry : undefined;
   }
 
@@ -3592,10 +3843,10 @@ class HashPlacement {
     }
   }
 
-  /** The keys of this node's own live entries (copies left out), copied: reads reorder a bounded store. */
+  /** The keys of this node's own live entries, stale ones and copies left out, copied: reads reorder a bounded store. */
   #ownKeys(): string[] {
     const keys: string[] = [];
-    for (const entry of this.#core.store.live()) if (entry.copyOf === undefined) keys.push(entry.key);
+    for (const entry of this.#core.store.freshEntries()) if (entry.copyOf === undefined) keys.push(entry.key);
     return keys;
   }
 
@@ -3696,8 +3947,9 @@ class HashPlacement {
   // The owner's side.
 
   /**
-   * `[value, ttl, size]` of `key` here (pulled from a pending member first; the ms it has left, 0
-   * for no expiry; its size as `maxBytes` counts it), or `[value]` as `fetch` gave it, or `[]`.
+   * `[value, ttl, size, grace]` of `key` here (pulled from a pending member first; the ms it has
+   * left, 0 for no expiry; its size as `maxBytes` counts it; the last ms of them that are its
+   * grace), or `[value]` as `fetch` gave it, or `[]`.
    * For a near holder (`reader`), a held value also says whether the reader may keep it (1 or
    * 0), decided in the turn the value is read: leave is given unless a write of the key is under
    * way, and the reader is counted among the key's near holders. A node that is no longer the
@@ -3714,8 +3966,10 @@ class HashPlacement {
     const owner = this.ownerOf(key);
     if (owner !== undefined) return ["owner", owner.id];
     const entry = this.#own(key);
-    if (entry !== undefined) {
-      const found = [core.reveal(entry.value), core.store.ttlOf(entry), entry.size];
+    // A stale entry goes to a get as it is (one with allowStale takes it), unless `fetch` can replace it.
+    if (entry !== undefined && (core.options.fetch === undefined || entry.grace === 0 || !isStale(entry, core.options.clock.now()))) {
+      const found = heldItem(core.reveal(entry.value), entry, core.store.ttlOf(entry));
+      if (found.length === 3) found.push(0);
       return reader === undefined ? found : [...found, Number(this.#giveLeave(key, reader))];
     }
     if (core.options.fetch === undefined || core.lifecycle !== "ready") return [];
@@ -3800,7 +4054,7 @@ class HashPlacement {
       core.overtake(write.key);
       this.#keyChanged(write.key);
       this.#removed.delete(write.key);
-      core.directory.write(write.key, write.stored, write.size, write.ttl);
+      core.directory.write(write.key, write.stored, write.size, write.ttl, write.grace);
       return core.store.peek(write.key);
     });
     if (isRedirect(entry)) return entry;
@@ -3952,7 +4206,7 @@ class HashPlacement {
       const held = core.store.peek(entry.key);
       if (held?.copyOf === undefined && held?.version === entry.version && held.writer === entry.writer) continue;
       if (this.#removedSince(entry.key, entry.version, entry.writer)) continue;
-      if (!core.directory.adopt(entry.key, entry.stored, entry.size, entry.ttl, entry.version, entry.writer)) continue;
+      if (!core.directory.adopt(entry.key, entry.stored, entry.size, entry.ttl, entry.version, entry.writer, entry.grace)) continue;
       this.#keyChanged(entry.key);
       core.counters.adopted++;
       const stored = core.store.peek(entry.key);
@@ -3999,18 +4253,18 @@ class HashPlacement {
     });
   }
 
-  /** A peer's writes (`ownerSet`, items `[key, value, ttl]`), stored as their owner. */
+  /** A peer's writes (`ownerSet`, items `[key, value, ttl, grace?]`: the ttl before the grace), stored as their owner. */
   answerSet(items: unknown[]): Record<string, unknown> | Promise<Record<string, unknown>> {
     const writes = items.map((item) => {
-      const [key, value, ttl] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isAmount(ttl)) throw new ProtocolError(`"ownerSet" needs [key, value, ttl] items`);
-      return { key, value, ttl };
+      const [key, value, ttl, grace = 0] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isAmount(ttl) || !isAmount(grace)) throw new ProtocolError(`"ownerSet" needs [key, value, ttl, grace?] items`);
+      return { key, value, ttl, grace };
     });
     return this.#answerEach(writes.map((write) => write.key), async (key, i) => {
-      const { value, ttl } = writes[i];
+      const { value, ttl, grace } = writes[i];
       let write: Write;
       try {
-        write = this.#core.prepareWrite("set", key, value, { ttl });
+        write = this.#core.prepareWrite("set", key, value, { ttl, grace });
       } catch (error) {
         return ["error", "ERR_LIMIT", `Member ${this.#core.id}, the owner of "${key}", refused it: ${describe(error)}`];
       }
@@ -4254,16 +4508,12 @@ class HashPlacement {
   #restore(entry: StoredEntry): void {
     const core = this.#core;
     if (entry.expires !== 0 && entry.expires <= core.options.clock.now()) return;
-    core.directory.adopt(entry.key, entry.value, entry.size, core.store.ttlOf(entry), entry.version, entry.writer);
+    core.directory.adopt(entry.key, entry.value, entry.size, core.store.ttlOf(entry), entry.version, entry.writer, entry.grace);
   }
 
   /** An entry as `handover` and `take` carry it, with the members that may keep it near. */
   #handoverItem(entry: StoredEntry): HandoverItem {
-    const store = this.#core.store;
-    const item: HandoverItem = [entry.key, this.#core.reveal(entry.value), entry.version, store.ttlOf(entry), entry.writer, entry.expires];
-    const holders = this.#nearHolders.get(entry.key);
-    if (holders !== undefined) item.push([...holders]);
-    return item;
+    return handoverItem(entry, this.#core.reveal(entry.value), this.#core.store.ttlOf(entry), this.#nearHolders.get(entry.key));
   }
 
   // Near copies kept by the readers of keys this node owns.
@@ -4342,6 +4592,10 @@ const METRICS: ReadonlyArray<[stat: keyof NodeStats, name: string, type: "counte
   ["fetchErrors", "kosyak_fetch_errors_total", "counter", "Calls to the fetch option that failed or timed out."],
   ["loads", "kosyak_loads_total", "counter", "Calls of getOrSet loaders."],
   ["loadErrors", "kosyak_load_errors_total", "counter", "Calls of getOrSet loaders that failed or timed out."],
+  ["staleHits", "kosyak_stale_hits_total", "counter", "Stale values returned within their grace."],
+  ["refreshes", "kosyak_refreshes_total", "counter", "Background refreshes of stale values."],
+  ["refreshErrors", "kosyak_refresh_errors_total", "counter", "Background refreshes that failed or timed out."],
+  ["negativeSets", "kosyak_negative_sets_total", "counter", "Nulls from loaders stored as negative entries."],
   ["handedOver", "kosyak_handed_over_total", "counter", "Entries handed to the others on stop."],
   ["adopted", "kosyak_adopted_total", "counter", "Entries taken over from stopping members, or as their new owner."],
   ["moved", "kosyak_moved_total", "counter", "Entries given to their new owners when the members changed."],
@@ -4387,6 +4641,7 @@ interface ResolvedOptions {
   peerTimeout: number;
   fetchTimeout: number;
   ttl: number;
+  grace: number;
   nullTtl: number;
   maxEntries: number;
   maxBytes: number;
@@ -4407,8 +4662,8 @@ interface ResolvedOptions {
 
 const KNOWN_OPTIONS = new Set([
   "host", "addr", "port", "master", "discover", "resolve", "socket", "server", "stringify", "fetch", "connectDelay",
-  "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl", "nullTtl",
-  "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
+  "connectAttempts", "requestTimeout", "heartbeatInterval", "peerTimeout", "fetchTimeout", "ttl", "grace",
+  "nullTtl", "maxEntries", "maxBytes", "secret", "tls", "maxFrameBytes", "maxConnections", "maxKeyLength",
   "maxValueBytes", "maxQueueBytes", "maxQueueItems", "replicas", "placement", "nearCache", "clock", "transport",
 ]);
 
@@ -4469,7 +4724,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
   const heartbeatInterval = positive("heartbeatInterval");
   const peerTimeout = positive("peerTimeout");
   const fetchTimeout = positive("fetchTimeout");
-  const milliseconds = (name: "ttl" | "nullTtl"): number => {
+  const milliseconds = (name: "ttl" | "grace" | "nullTtl"): number => {
     const value = options[name] ?? DEFAULTS[name];
     if (!isAmount(value)) {
       fail(`${name} must be a number of milliseconds, 0 or more`, value, RangeError);
@@ -4477,6 +4732,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     return value;
   };
   const ttl = milliseconds("ttl");
+  const grace = milliseconds("grace");
   const nullTtl = milliseconds("nullTtl");
   const maxEntries = options.maxEntries ?? DEFAULTS.maxEntries;
   if (maxEntries !== Infinity && !(Number.isInteger(maxEntries) && maxEntries >= 1)) {
@@ -4535,6 +4791,7 @@ function resolveOptions(options: NodeOptions): ResolvedOptions {
     peerTimeout,
     fetchTimeout,
     ttl,
+    grace,
     nullTtl,
     maxEntries,
     maxBytes,
@@ -5216,7 +5473,7 @@ function bunTransport(bun: BunApi): Transport {
 // an `op`. Requests carry `rid`, answered by `{op: "ok", rid, ...}` or `{op: "fail", rid, ...}`.
 
 /** The protocol version both ends must speak; sent in every handshake. */
-const PROTOCOL_VERSION = 8;
+const PROTOCOL_VERSION = 9;
 /** Heartbeat checks between two attempts to reach the members lost without a goodbye, and between two calls of `discover`. */
 const LOST_RETRY_CHECKS = 10;
 /** How long a member lost without a goodbye is dialled again before it is given up. */
@@ -5405,26 +5662,39 @@ function requireArray(message: Message, field: string): unknown[] {
  * The `keys` field of own, moved, drop, gone and keys messages: lists of a key, a version, the
  * ms left (0 or left out: no expiry), and for an entry held by another node than its writer the
  * writer's id, then for `moved` the id of the node it moved from, or for an `own` that asks the
- * receiver to keep a copy, `[value, expires]`.
+ * receiver to keep a copy, `[value, expires, grace?]` (null: neither), then the entry's grace
+ * (see SetOptions.grace), where it has one. See keyItem.
  */
 function requireKeyList(message: Message): KeyItem[] {
   return requireArray(message, "keys").map((item) => {
-    const [key, version, ttl = 0, writer, from] = Array.isArray(item) ? item : [];
-    const copy = Array.isArray(from) && (from.length === 1 || (from.length === 2 && isAmount(from[1])));
-    const ids = (writer === undefined || isNodeId(writer)) && (from === undefined || isNodeId(from) || copy);
-    if (typeof key !== "string" || !isVersion(version) || typeof ttl !== "number" || !(ttl >= 0) || !ids) {
-      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from or [value, expires]] lists`);
+    const [key, version, ttl = 0, writer, from, grace = 0] = Array.isArray(item) ? item : [];
+    const copy = Array.isArray(from) && from.length >= 1 && from.length <= 3 && from.slice(1).every(isAmount);
+    const ids = (writer === undefined || isNodeId(writer)) && (from === undefined || from === null || isNodeId(from) || copy);
+    if (typeof key !== "string" || !isVersion(version) || !isAmount(ttl) || !ids || !isAmount(grace)) {
+      throw new ProtocolError(`"${message.op}" holds something other than [key, version, ttl, writer, from or [value, expires, grace], grace] lists`);
     }
-    return [key, version, ttl, writer, from];
+    return [key, version, ttl, writer, from ?? undefined, grace];
   });
 }
 
 /**
  * One item of a key list: key, version, ttl, and where they are given the writer, then for
- * `moved` the node it moved from, or for `own` to a member that keeps a copy, `[value, expires]`
- * (when it expires on the sender's clock, 0 for never; see timeLeft).
+ * `moved` the node it moved from, or for `own` to a member that keeps a copy, `[value, expires,
+ * grace]` (when it expires on the sender's clock, 0 for never; see timeLeft), and the grace.
  */
-type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, fromOrCopy: string | [unknown, number?] | undefined];
+type KeyItem = [key: string, version: number, ttl: number, writer: string | undefined, fromOrCopy: string | [unknown, number?, number?] | undefined, grace: number];
+
+/**
+ * A key list's item (see requireKeyList) of the write (`version`, `writer`) of `key` that
+ * `holder` holds, as short as what it carries allows.
+ */
+function keyItem(key: string, version: number, ttl: number, writer: string, holder: string, grace: number, fromOrCopy?: unknown): unknown[] {
+  const item: unknown[] = [key, version, ttl];
+  if (writer !== holder || fromOrCopy !== undefined || grace > 0) item.push(writer);
+  if (fromOrCopy !== undefined || grace > 0) item.push(fromOrCopy ?? null);
+  if (grace > 0) item.push(grace);
+  return item;
+}
 
 /**
  * Whether a value can be a version. The bound keeps a hostile peer from pushing
@@ -5456,25 +5726,37 @@ function isNodeId(value: unknown): value is string {
 function parseFound(item: unknown): Found | undefined {
   if (!Array.isArray(item)) return undefined;
   if (item.length === 0) return {};
-  if (item.length === 3) {
-    const [value, ttl, size] = item;
-    return isAmount(ttl) && isAmount(size) ? { value, ttl, size } : undefined;
+  if (item.length === 3 || item.length === 4) {
+    const [value, ttl, size, grace = 0] = item;
+    return isAmount(ttl) && isAmount(size) && isAmount(grace) ? { value, ttl, size, grace } : undefined;
   }
-  const moved = item.length === 5 && item[0] === null ? parseMoved(item.slice(1)) : undefined;
+  const moved = item[0] === null ? parseMoved(item.slice(1)) : undefined;
   return moved && { moved };
 }
 
-/** Where a key went, as get and fetch answers name it: `[holder, version, ttl, writer]`. */
-function movedItem(moved: Moved): [string, number, number, string] {
-  return [moved.holder, moved.version, moved.ttl, moved.writer];
+/** A holder's answer to a get of an entry it holds: `[value, ttl, size, grace?]` (see Held). */
+function heldItem(value: unknown, entry: StoredEntry, ttl: number): unknown[] {
+  return entry.grace === 0 ? [value, ttl, entry.size] : [value, ttl, entry.size, Math.min(entry.grace, ttl)];
+}
+
+/** Where a key went, as get and fetch answers name it: `[holder, version, ttl, writer, grace?]`. */
+function movedItem(moved: Moved): unknown[] {
+  const item: unknown[] = [moved.holder, moved.version, moved.ttl, moved.writer];
+  if (moved.grace > 0) item.push(moved.grace);
+  return item;
 }
 
 /** The {@linkcode movedItem} of a get or fetch answer; undefined if it is not one. */
 function parseMoved(list: unknown): Moved | undefined {
-  if (!Array.isArray(list) || list.length !== 4) return undefined;
-  const [holder, version, ttl, writer] = list;
-  if (typeof holder !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer)) return undefined;
-  return { holder, version, ttl, writer };
+  if (!Array.isArray(list) || list.length < 4 || list.length > 5) return undefined;
+  const [holder, version, ttl, writer, grace = 0] = list;
+  if (typeof holder !== "string" || !isVersion(version) || !isAmount(ttl) || !isNodeId(writer) || !isAmount(grace)) return undefined;
+  return { holder, version, ttl, writer, grace };
+}
+
+/** Whether a holder's value was stale already when it answered (see Held). */
+function isStaleHeld(held: { ttl: number; grace: number }): boolean {
+  return held.grace > 0 && held.grace >= held.ttl;
 }
 
 /** Whether two holdings name the same write by the same holder. */
@@ -6967,6 +7249,8 @@ export interface Holding {
   readonly writer: string;
   /** When the entry expires on the clock's scale; 0 when it does not. */
   readonly expires: number;
+  /** The last ms before `expires` in which the entry is stale (see {@linkcode SetOptions.grace}). */
+  readonly grace: number;
 }
 
 /**
@@ -7009,6 +7293,8 @@ export class Directory {
   readonly #remote = new Map<string, number | { holder: string; version: number; writer: string }>();
   /** When the remote keys that have a TTL expire, on the clock's scale. */
   readonly #expiries = new Map<string, number>();
+  /** The grace of the remote keys that have one (see {@linkcode SetOptions.grace}). */
+  readonly #graces = new Map<string, number>();
   readonly #slotOf = new Map<string, number>();
   readonly #holderIn: Array<string | undefined> = [];
   readonly #changed: ((key: string) => void) | undefined;
@@ -7061,12 +7347,13 @@ export class Directory {
     return this.#remote.size;
   }
 
-  /** The keys of live entries held by peers, as the directory knows them. */
+  /** The keys of live entries held by peers, stale ones left out, as the directory knows them. */
   *remoteKeys(): Generator<string> {
     const now = this.#clock.now();
     for (const key of this.#remote.keys()) {
       const expires = this.#expiries.size === 0 ? 0 : this.#expiries.get(key) ?? 0;
-      if (expires === 0 || expires > now) yield key;
+      const grace = this.#graces.size === 0 ? 0 : this.#graces.get(key) ?? 0;
+      if (expires === 0 || expires - grace > now) yield key;
     }
   }
 
@@ -7079,11 +7366,11 @@ export class Directory {
   }
 
   /** Stores a write made here under a new version, which it returns; any remote holder is forgotten. */
-  write(key: string, value: unknown, size: number, ttl: number): number {
+  write(key: string, value: unknown, size: number, ttl: number, grace = 0): number {
     const version = this.#tick();
     if (this.#removals.size > 0) this.#removals.delete(key);
     this.#forget(key);
-    this.#store.set(key, value, size, ttl, version, this.#id);
+    this.#store.set(key, value, size, ttl, version, this.#id, undefined, grace);
     return version;
   }
 
@@ -7092,14 +7379,14 @@ export class Directory {
    * version and writer, unless this node holds or knows a newer write of the key; returns
    * whether it stored it.
    */
-  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string): boolean {
+  adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, grace = 0): boolean {
     this.observe(version);
     if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
     this.#forget(key);
-    this.#store.set(key, value, size, ttl, version, writer);
+    this.#store.set(key, value, size, ttl, version, writer, undefined, grace);
     return true;
   }
 
@@ -7110,7 +7397,7 @@ export class Directory {
    * false when that claim is refused on this node's own entry: `holder` must then be told to
    * keep its entry as a copy of this node's.
    */
-  keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string): boolean {
+  keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string, grace = 0): boolean {
     this.observe(version);
     if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return true;
     const local = this.#store.peek(key);
@@ -7118,7 +7405,7 @@ export class Directory {
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return true;
     if (local !== undefined && local.version === version && local.writer === writer) return this.#claim(key, local, holder);
     this.#forget(key);
-    this.#store.set(key, value, size, ttl, version, writer, holder);
+    this.#store.set(key, value, size, ttl, version, writer, holder, grace);
     return true;
   }
 
@@ -7194,14 +7481,14 @@ export class Directory {
    * member that connects again: that member missed the removal and still holds the entry, and
    * the key it lists comes back on every member alike, as it did before removals were kept.
    */
-  own(key: string, holder: string, version: number, ttl: number, writer: string = holder, listed = false): boolean {
+  own(key: string, holder: string, version: number, ttl: number, writer: string = holder, listed = false, grace = 0): boolean {
     this.observe(version);
     if (this.#clearedAway(version, writer) || (!listed && this.#removedAfter(key, version, writer))) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     const presumedSame = local === undefined && this.#presumed.has(key) && known?.version === version && known.writer === writer;
     if (known !== undefined && !presumedSame && !newer(version, writer, known.version, known.writer)) return false;
-    this.#record(key, holder, version, ttl, writer);
+    this.#record(key, holder, version, ttl, writer, grace);
     return true;
   }
 
@@ -7225,7 +7512,7 @@ export class Directory {
    * for `holder`. (Dropping it lost the key: the claimant could then give way to this node and
    * keep only a copy of an entry that no longer existed.)
    */
-  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string, leaving = false): boolean {
+  moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string, leaving = false, grace = 0): boolean {
     this.observe(version);
     if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return true;
     const local = this.#store.peek(key);
@@ -7236,7 +7523,7 @@ export class Directory {
     if (sameWrite && local !== undefined && from !== this.#id) return this.#claim(key, local, holder, from);
     if (sameWrite && local !== undefined && local.copyOf === undefined && !leaving) return this.#claim(key, local, holder);
     if (sameWrite && remote !== undefined && remote.holder !== from && !this.#presumed.has(key) && !this.#outranks(holder, remote.holder, key)) return true;
-    this.#record(key, holder, version, ttl, writer);
+    this.#record(key, holder, version, ttl, writer, grace);
     return true;
   }
 
@@ -7310,7 +7597,7 @@ export class Directory {
       const holding = next === undefined ? undefined : this.#holding(key)!;
       this.#forget(key);
       if (holding === undefined) continue;
-      this.#record(key, next!, holding.version, holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.#clock.now()), holding.writer);
+      this.#record(key, next!, holding.version, holding.expires === 0 ? 0 : Math.max(1, holding.expires - this.#clock.now()), holding.writer, holding.grace);
       this.#presumed.add(key);
     }
     if (slot === undefined) return;
@@ -7323,13 +7610,17 @@ export class Directory {
     const packed = this.#remote.get(key);
     if (packed === undefined) return undefined;
     const expires = this.#expiries.size === 0 ? 0 : this.#expiries.get(key) ?? 0;
-    if (typeof packed !== "number") return { ...packed, expires };
+    const grace = this.#graces.size === 0 ? 0 : this.#graces.get(key) ?? 0;
+    if (typeof packed !== "number") return { ...packed, expires, grace };
     const holder = this.#holderIn[packed % HOLDER_SLOTS]!;
-    return { holder, version: Math.floor(packed / HOLDER_SLOTS), writer: holder, expires };
+    return { holder, version: Math.floor(packed / HOLDER_SLOTS), writer: holder, expires, grace };
   }
 
-  /** Records that `holder` holds the write (`version`, `writer`) of `key`, dropping a local copy. */
-  #record(key: string, holder: string, version: number, ttl: number, writer: string): void {
+  /**
+   * Records that `holder` holds the write (`version`, `writer`) of `key` for `ttl` more ms, the
+   * last `grace` of them stale, dropping a local copy.
+   */
+  #record(key: string, holder: string, version: number, ttl: number, writer: string, grace: number): void {
     this.#changed?.(key);
     this.#store.delete(key);
     this.#presumed.delete(key);
@@ -7337,12 +7628,15 @@ export class Directory {
     this.#remote.set(key, slot !== undefined ? version * HOLDER_SLOTS + slot : { holder, version, writer });
     if (ttl > 0) this.#expiries.set(key, this.#clock.now() + ttl);
     else this.#expiries.delete(key);
+    if (ttl > 0 && grace > 0) this.#graces.set(key, Math.min(grace, ttl));
+    else this.#graces.delete(key);
   }
 
   #forget(key: string): void {
     this.#changed?.(key);
     this.#remote.delete(key);
     this.#expiries.delete(key);
+    this.#graces.delete(key);
     this.#presumed.delete(key);
   }
 
@@ -7462,7 +7756,7 @@ export class Store {
     return this.#bytes;
   }
 
-  /** A live entry, marked as just used; an expired one is removed and reported instead. */
+  /** A live entry, stale or not, marked as just used; an expired one is removed and reported instead. */
   get(key: string): StoredEntry | undefined {
     const entry = this.peek(key);
     if (entry !== undefined && this.#bounded) {
@@ -7472,7 +7766,13 @@ export class Store {
     return entry;
   }
 
-  /** A live entry, without marking it as used. */
+  /** A live entry that is not stale (see {@linkcode Entry.grace}), marked as just used. */
+  fresh(key: string): StoredEntry | undefined {
+    const entry = this.get(key);
+    return entry === undefined || entry.grace === 0 || !isStale(entry, this.#clock.now()) ? entry : undefined;
+  }
+
+  /** A live entry, stale or not, without marking it as used. */
   peek(key: string): StoredEntry | undefined {
     const entry = this.#entries.get(key);
     if (entry === undefined || entry.expires === 0 || entry.expires > this.#clock.now()) return entry;
@@ -7482,12 +7782,13 @@ export class Store {
 
   /**
    * Stores a value of `size` bytes, written by `writer` at `version`, that lives `ttl` ms (0:
-   * until removed), as a copy kept for member `copyOf` if given, and evicts the least recently
-   * used entries while over a bound.
+   * until removed), the last `grace` of them stale, as a copy kept for member `copyOf` if
+   * given, and evicts the least recently used entries while over a bound.
    */
-  set(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, copyOf?: string): void {
+  set(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, copyOf?: string, grace = 0): void {
     this.delete(key);
-    const entry: StoredEntry = { key, value, version, writer, expires: ttl > 0 ? this.#clock.now() + ttl : 0, size, copyOf };
+    const expires = ttl > 0 ? this.#clock.now() + ttl : 0;
+    const entry: StoredEntry = { key, value, version, writer, expires, grace: expires === 0 ? 0 : Math.min(grace, ttl), size, copyOf };
     this.#entries.set(key, entry);
     if (copyOf !== undefined) this.copies++;
     this.#bytes += size;
@@ -7532,11 +7833,19 @@ export class Store {
     }
   }
 
-  /** Live entries, least recently used first. */
+  /** Live entries, stale ones included, least recently used first. */
   *live(): Generator<StoredEntry> {
     const now = this.#clock.now();
     for (const entry of this.#entries.values()) {
       if (entry.expires === 0 || entry.expires > now) yield entry;
+    }
+  }
+
+  /** Live entries that are not stale, least recently used first. */
+  *freshEntries(): Generator<StoredEntry> {
+    const now = this.#clock.now();
+    for (const entry of this.#entries.values()) {
+      if (entry.expires === 0 || (entry.expires > now && !isStale(entry, now))) yield entry;
     }
   }
 
@@ -7567,6 +7876,14 @@ export class Store {
     this.expirations++;
     this.#onGone(entry);
   }
+}
+
+/**
+ * Whether an entry (or what a directory knows of one) is past its `ttl` at `now`, in the `grace`
+ * that ends at `expires` (see {@linkcode SetOptions.grace}).
+ */
+function isStale(entry: { readonly expires: number; readonly grace: number }, now: number): boolean {
+  return entry.grace > 0 && entry.expires - entry.grace <= now;
 }
 
 /** A binary min-heap of entries by expiry time. */

@@ -7,7 +7,7 @@ afterEach(stopAll);
 /** A raw connection that has done the handshake with `node` and told it it holds nothing. */
 async function handshaken(node: Node): Promise<RawClient> {
   const raw = await rawConnect(node.address);
-  raw.socket.write(frame({ op: "hello", version: 8, placement: "local", id: "raw-peer", host: "127.0.0.1", port: 9 }));
+  raw.socket.write(frame({ op: "hello", version: 9, placement: "local", id: "raw-peer", host: "127.0.0.1", port: 9 }));
   assert.equal((await raw.next()).op, "welcome");
   await raw.exchangeKeys();
   return raw;

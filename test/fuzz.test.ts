@@ -20,7 +20,7 @@ const GUARD = "a key no fuzzed message names: 7c1f0d";
  */
 async function handshaken(address: Address, id: string) {
   const raw = await rawConnect(address);
-  raw.socket.write(frame({ op: "hello", version: 8, placement: "local", id, host: "127.0.0.1", port: 9, nonce: "0".repeat(32) }));
+  raw.socket.write(frame({ op: "hello", version: 9, placement: "local", id, host: "127.0.0.1", port: 9, nonce: "0".repeat(32) }));
   assert.equal((await raw.next()).op, "welcome");
   await raw.exchangeKeys();
   const start = raw.messages.length;

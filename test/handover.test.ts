@@ -119,7 +119,7 @@ describe("Hand-over on stop", () => {
       // member's keys are its until then). The member would rank
       // first for about a third of the keys.
       const raw = await rawConnect(a.address);
-      raw.socket.write(frame({ op: "hello", version: 8, placement, id: "dropped-member", host: "127.0.0.1", port: 9 }));
+      raw.socket.write(frame({ op: "hello", version: 9, placement, id: "dropped-member", host: "127.0.0.1", port: 9 }));
       assert.equal((await raw.next()).op, "welcome");
       await raw.exchangeKeys();
       if (placement === "hash") raw.socket.write(frame({ op: "moveDone", clock: 0 }));
@@ -171,7 +171,7 @@ describe("Reads during a stop", () => {
     it(`a get whose holder has not answered when the stop closes its connection fails with ERR_STOPPED, not null (${placement} placement)`, async () => {
       const node = await startNode({ placement, ...QUIET });
       const raw = await rawConnect(node.address);
-      raw.socket.write(frame({ op: "hello", version: 8, placement, id: "raw-holder", host: "127.0.0.1", port: 9 }));
+      raw.socket.write(frame({ op: "hello", version: 9, placement, id: "raw-holder", host: "127.0.0.1", port: 9 }));
       assert.equal((await raw.next()).op, "welcome");
       // The raw peer holds every key (local placement); with hash placement it is the only other
       // member, so it owns about half of them.

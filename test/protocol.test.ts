@@ -4,7 +4,7 @@ import { afterEach, assert, describe, frame, it, rawConnect, startCluster, start
 afterEach(stopAll);
 
 const hello = (extra: Record<string, unknown> = {}) => ({
-  op: "hello", version: 8, placement: "local", id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
+  op: "hello", version: 9, placement: "local", id: "raw-peer", host: "127.0.0.1", port: 9, ...extra,
 });
 
 describe("Protocol", () => {

@@ -34,7 +34,7 @@ describe("Shared secret", () => {
     const node = await startNode({ secret });
     await node.set("k", 1);
     const raw = await rawConnect(node.address);
-    raw.socket.write(frame({ op: "hello", version: 8, placement: "local", id: "hand-written", host: "127.0.0.1", port: 9, nonce: NONCE }));
+    raw.socket.write(frame({ op: "hello", version: 9, placement: "local", id: "hand-written", host: "127.0.0.1", port: 9, nonce: NONCE }));
     await waitFor("the challenge", () => raw.messages.length === 1);
     const challenge = raw.messages[0];
     assert.equal(challenge.op, "challenge");
@@ -53,7 +53,7 @@ describe("Shared secret", () => {
     await node.set("k", 1);
     for (const [i, port] of [0, "9", 70_000].entries()) {
       const raw = await rawConnect(node.address);
-      raw.socket.write(frame({ op: "hello", version: 8, placement: "local", id: `portless-${i}`, host: "127.0.0.1", port, nonce: NONCE }));
+      raw.socket.write(frame({ op: "hello", version: 9, placement: "local", id: `portless-${i}`, host: "127.0.0.1", port, nonce: NONCE }));
       await within("the node to close the connection", raw.closed);
       assert.deepEqual(raw.messages.map((m) => m.op), ["refuse"]);
       assert.match(String(raw.messages[0].reason), /port/);
@@ -67,7 +67,7 @@ describe("Shared secret", () => {
     const errors = recordErrors(node);
     await node.set("hidden", 1);
     const raw = await rawConnect(node.address);
-    raw.socket.write(frame({ op: "hello", version: 8, placement: "local", id: "intruder", host: "127.0.0.1", port: 9, nonce: NONCE }));
+    raw.socket.write(frame({ op: "hello", version: 9, placement: "local", id: "intruder", host: "127.0.0.1", port: 9, nonce: NONCE }));
     await waitFor("the challenge", () => raw.messages.length === 1);
     raw.socket.write(frame({ op: "prove", proof: "0".repeat(64) }));
     await within("the node to close the connection", raw.closed);
@@ -137,7 +137,7 @@ describe("Limits", () => {
     const down: string[] = [];
     node.on("peerDown", (peer) => down.push(peer.reason));
     const raw = await rawConnect(node.address);
-    raw.socket.write(frame({ op: "hello", version: 8, placement: "local", id: "sleeper", host: "127.0.0.1", port: 9, nonce: NONCE }));
+    raw.socket.write(frame({ op: "hello", version: 9, placement: "local", id: "sleeper", host: "127.0.0.1", port: 9, nonce: NONCE }));
     assert.equal((await raw.next()).op, "welcome");
     await raw.exchangeKeys();
     await waitFor("the node to admit the peer", () => node.stats().peers === 1);
