@@ -1627,9 +1627,8 @@ export default Node;
 
 /** Whether a get's `options` ask for a stale value; throws when they are not options. */
 function allowsStale(key: string, options: GetOptions): boolean {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(`Cannot get "${key}": options must be an object or a callback: received ${quote(options)}`);
-  }
+  // Neither options nor a callback: said as for any callback.
+  if (typeof options !== "object" || options === null) assertFunction(options, "get", "callback");
   const { allowStale = false } = options;
   if (typeof allowStale !== "boolean") throw new TypeError(`Cannot get "${key}": allowStale must be a boolean: received ${quote(allowStale)}`);
   return allowStale;
@@ -2226,7 +2225,7 @@ class Core {
   async getMany(keys: string[]): Promise<unknown[]> {
     const slices: Array<Promise<unknown[]>> = [];
     for (let from = 0; from < keys.length; from += ITEMS_PER_BATCH) {
-      if (from > 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
+      if (from > 0) await this.#timers.turn(() => this.cluster.stoppedError());
       const slice = Promise.all(keys.slice(from, from + ITEMS_PER_BATCH).map((key) => this.getShared(key)));
       // Its failure is the result's, once every slice has begun: not an unhandled one meanwhile.
       slice.catch(() => {});
@@ -2782,7 +2781,7 @@ class Core {
   async #writeManyHere(writes: Write[]): Promise<void> {
     const acknowledgements = new Acknowledgements(this.cluster);
     for (let index = 0; index < writes.length; index++) {
-      if (index > 0 && index % ITEMS_PER_BATCH === 0) await this.#timers.sleep(0, () => this.cluster.stoppedError());
+      if (index > 0 && index % ITEMS_PER_BATCH === 0) await this.#timers.turn(() => this.cluster.stoppedError());
       this.#writeHere(writes[index], acknowledgements);
     }
     throwIfCopyFailed(await acknowledgements.settled());
@@ -3382,7 +3381,7 @@ class Replication {
             }
           }
           await acknowledgements.settled();
-          await this.#timers.sleep(0, () => this.#core.cluster.stoppedError()).catch(() => {});
+          await this.#timers.turn(() => this.#core.cluster.stoppedError()).catch(() => {});
         }
         this.#core.counters.copiesPending = 0;
       }
@@ -4499,7 +4498,7 @@ class HashPlacement {
         core.counters[given]--;
         this.#restore(entry);
       }
-      await this.#timers.sleep(0, () => cluster.stoppedError()).catch(() => {});
+      await this.#timers.turn(() => cluster.stoppedError()).catch(() => {});
     }
     return failed;
   }
@@ -4968,9 +4967,12 @@ class Timers {
   readonly #clock: Clock;
   readonly #pending = new Map<unknown, () => void>();
   #closed = false;
+  /** The runtime's own timers, for turns of the event loop, when the clock is another (see turn). */
+  readonly #runtime: Timers | undefined;
 
   constructor(clock: Clock) {
     this.#clock = clock;
+    this.#runtime = clock === SYSTEM_CLOCK ? undefined : new Timers(SYSTEM_CLOCK);
   }
 
   /** Calls `callback` after `ms`, unless cancelled or closed first; returns the cancel function. */
@@ -4995,6 +4997,14 @@ class Timers {
     return new Promise((resolve, reject) => this.after(ms, resolve, () => reject(reason())));
   }
 
+  /**
+   * Resolves after a turn of the event loop, or rejects with `reason()` if closed first. The turn
+   * is timed by the runtime, not the clock: a clock moved by hand must not hold up a node's work.
+   */
+  turn(reason: () => Error): Promise<void> {
+    return (this.#runtime ?? this).sleep(0, reason);
+  }
+
   /** Calls `callback` every `ms` until closed. */
   every(ms: number, callback: () => void): void {
     const tick = () => {
@@ -5012,6 +5022,7 @@ class Timers {
       onCancel();
     }
     this.#pending.clear();
+    this.#runtime?.close();
   }
 }
 

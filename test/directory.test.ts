@@ -86,7 +86,7 @@ describe("Directory", () => {
     assert.equal(a.directory.holderOf("k"), undefined);
     assert.equal(a.directory.own("k", "b", version + 1, 0), true);
     assert.equal(a.store.peek("k"), undefined);
-    assert.deepEqual(a.directory.holderOf("k"), { holder: "b", version: version + 1, writer: "b", expires: 0 });
+    assert.deepEqual(a.directory.holderOf("k"), { holder: "b", version: version + 1, writer: "b", expires: 0, grace: 0 });
   });
 
   it("of two writes with the same version, the larger writer id wins", () => {
@@ -163,8 +163,8 @@ describe("Directory", () => {
     const versionOf = (i: number) => (i % 2 === 0 ? 2 ** 50 - i : i + 1);
     for (let i = 0; i < 1100; i++) a.directory.own(`k${i}`, `holder${i}`, versionOf(i), 0);
     a.directory.own("small", "holder5", 3, 0);
-    for (let i = 0; i < 1100; i++) assert.deepEqual(a.directory.holderOf(`k${i}`), { holder: `holder${i}`, version: versionOf(i), writer: `holder${i}`, expires: 0 });
-    assert.deepEqual(a.directory.holderOf("small"), { holder: "holder5", version: 3, writer: "holder5", expires: 0 });
+    for (let i = 0; i < 1100; i++) assert.deepEqual(a.directory.holderOf(`k${i}`), { holder: `holder${i}`, version: versionOf(i), writer: `holder${i}`, expires: 0, grace: 0 });
+    assert.deepEqual(a.directory.holderOf("small"), { holder: "holder5", version: 3, writer: "holder5", expires: 0, grace: 0 });
     a.directory.forgetHolder("holder5");
     assert.equal(a.directory.holderOf("small"), undefined);
     assert.equal(a.directory.holderOf("k5"), undefined);

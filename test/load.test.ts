@@ -1,6 +1,6 @@
 // getOrSet across member processes: one loader in the whole cluster at a time, however many
 // callers on however many nodes, in both placements, on every runtime and in a mixed cluster.
-import { afterEach, assert, clusterIt, describe, it, mixedIt, type ProcessNode, type Runtime, runtime, spawnNode, startCluster, startNode, stopAll, waitFor } from "../deps.ts";
+import { afterEach, assert, clusterIt, describe, it, ManualClock, mixedIt, type ProcessNode, type Runtime, runtime, spawnNode, startCluster, startNode, stopAll, waitFor } from "../deps.ts";
 import { FAST } from "./workloads.ts";
 import { type LoadContext, Node, type NodeOptions } from "../mod.ts";
 
@@ -164,7 +164,7 @@ describe("getOrSet on one node, and its arguments", () => {
           spans.push(span);
           return new Promise<never>(() => {});
         };
-        return nodes[i % 2].getOrSet("stuck", hang, { timeout: 30 }).finally(() => (span.end = performance.now()));
+        return nodes[i % 2].getOrSet("stuck", hang, { hardTimeout: 30 }).finally(() => (span.end = performance.now()));
       };
       const settled = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => call(i)));
       assert.equal(spans.length, 12, placement);
@@ -194,7 +194,7 @@ describe("getOrSet on one node, and its arguments", () => {
       throw new Error("no database");
     }), { code: "ERR_FETCH", message: 'Cannot getOrSet "sync": the loader failed: no database' });
     await assert.rejects(node.getOrSet("async", () => Promise.reject(new Error("refused"))), { code: "ERR_FETCH" });
-    await assert.rejects(node.getOrSet("slow", () => new Promise(() => {}), { timeout: 20 }), {
+    await assert.rejects(node.getOrSet("slow", () => new Promise(() => {}), { hardTimeout: 20 }), {
       code: "ERR_FETCH",
       message: 'Cannot getOrSet "slow": the loader failed: it did not finish within 20 ms',
     });
@@ -271,15 +271,141 @@ describe("getOrSet on one node, and its arguments", () => {
       name: "TypeError",
       message: 'Cannot getOrSet: loader must be a function: received "load"',
     });
-    assert.throws(() => node.getOrSet("k", () => 1, { timeout: 0 }), {
+    assert.throws(() => node.getOrSet("k", () => 1, { hardTimeout: 0 }), {
       name: "RangeError",
-      message: `Cannot getOrSet "k": timeout must be a number of milliseconds, from 1 to ${2 ** 31 - 1}: received 0`,
+      message: `Cannot getOrSet "k": hardTimeout must be a number of milliseconds, from 1 to ${2 ** 31 - 1}: received 0`,
     });
+    assert.throws(() => node.getOrSet("k", () => 1, { timeout: -1 }), { name: "RangeError", message: /timeout must be a number of milliseconds, from 0/ });
+    assert.throws(() => node.getOrSet("k", () => 1, { grace: Infinity }), { name: "RangeError", message: /grace must be a number of milliseconds/ });
+    assert.throws(() => node.set("k", 1, { ttl: 10, grace: -1 }), { name: "RangeError", message: 'Cannot set "k": grace must be a number of milliseconds, 0 or more: received -1' });
+    assert.throws(() => node.get("k", { allowStale: "yes" } as unknown as { allowStale: boolean }), { name: "TypeError", message: 'Cannot get "k": allowStale must be a boolean: received "yes"' });
+    assert.throws(() => node.get("k", 5 as unknown as { allowStale: boolean }), { name: "TypeError" });
+    assert.throws(() => new Node({ grace: -5 }), { name: "RangeError" });
     assert.throws(() => node.getOrSet("k", () => 1, { nullTtl: -1 }), { name: "RangeError" });
     assert.throws(() => node.getOrSet("k", () => 1, "fast" as unknown as { ttl: number }), { name: "TypeError" });
     assert.throws(() => new Node({ nullTtl: -5 }), { name: "RangeError" });
     await assert.rejects(new Node().getOrSet("k", () => 1), { code: "ERR_NOT_STARTED" });
     await node.stop();
     await assert.rejects(node.getOrSet("k", () => 1), { code: "ERR_STOPPED" });
+  });
+});
+
+/** Heartbeats that never fire unless the test moves the clock that far. */
+const QUIET = { heartbeatInterval: 1e9, peerTimeout: 2e9 };
+
+/** Errors a node reports as `error` events, as they come. */
+function errorsOn(node: Node): Error[] {
+  const errors: Error[] = [];
+  node.on("error", (error) => errors.push(error));
+  return errors;
+}
+
+describe("Grace: stale values, on a clock moved by hand", () => {
+  for (const placement of ["local", "hash"] as const) {
+    it(`placement "${placement}": past its ttl an entry is stale for its grace: get misses it unless allowStale, getOrSet returns it and refreshes it once, a failed refresh is an error event; after the grace, nothing`, async () => {
+      const clock = new ManualClock();
+      const [holder, reader] = await startCluster(2, { placement, clock, ...QUIET });
+      const errors = errorsOn(reader);
+      await holder.set("price", 10, { ttl: 1_000, grace: 5_000 });
+      clock.advance(999);
+      assert.deepEqual([await holder.get("price"), await reader.get("price")], [10, 10]);
+      clock.advance(1);
+      assert.deepEqual([await holder.get("price"), await reader.get("price")], [null, null], "plain gets past the ttl");
+      const stale = { allowStale: true };
+      assert.deepEqual([await holder.get("price", stale), await reader.get("price", stale)], [10, 10], "gets with allowStale");
+      assert.deepEqual([...holder.keys(), ...reader.keys()], [], "stale keys listed");
+      assert.deepEqual(await holder.mget(["price"]), [null]);
+
+      // A refresh that fails: the stale value is served, and the failure reported.
+      let failedCalls = 0;
+      const failing = () => {
+        failedCalls++;
+        throw new Error("source down");
+      };
+      assert.equal(await reader.getOrSet("price", failing, { ttl: 1_000, grace: 5_000 }), 10);
+      await waitFor("the failed refresh to be reported", () => errors.length === 1);
+      assert.equal(failedCalls, 1);
+      assert.equal((errors[0] as { code?: string }).code, "ERR_FETCH");
+      assert.match(errors[0].message, /^Cannot refresh the stale value of "price", which is served until its grace runs out: .*source down/);
+      assert.equal(reader.stats().refreshErrors, 1);
+
+      // One refresh at a time in the cluster: while it runs, every getOrSet gets the stale value.
+      const { load, open, contexts } = gatedLoader(11);
+      const during = await Promise.all([holder, reader, holder, reader].map((node) => node.getOrSet("price", load, { ttl: 1_000, grace: 5_000 })));
+      assert.deepEqual(during, [10, 10, 10, 10]);
+      assert.equal(contexts.length, 1, "refreshes begun by four concurrent getOrSets");
+      open();
+      await waitFor("the refreshed value on both nodes", async () => (await holder.get("price")) === 11 && (await reader.get("price")) === 11);
+      const stats = [holder.stats(), reader.stats()];
+      assert.equal(stats[0].refreshes + stats[1].refreshes, 2);
+      assert.ok(stats[0].staleHits + stats[1].staleHits >= 7, "stale hits counted");
+
+      // Past its grace the entry is gone: getOrSet loads and waits, and a failure fails the call.
+      clock.advance(6_000);
+      assert.deepEqual([await holder.get("price", stale), await reader.get("price", stale)], [null, null], "gets with allowStale past the grace");
+      await assert.rejects(reader.getOrSet("price", failing), { code: "ERR_FETCH", message: /the loader failed: source down/ });
+      assert.equal(errors.length, 1, "error events: a failure past the grace is the call's");
+    });
+
+    it(`placement "${placement}": a soft timeout returns the stale value when the loader is slower, and stores the late value; a faster loader's value is returned; a hard timeout ends the refresh`, async () => {
+      const clock = new ManualClock();
+      const [holder, reader] = await startCluster(2, { placement, clock, ...QUIET });
+      const errors = errorsOn(holder);
+      const options = { ttl: 1_000, grace: 60_000, timeout: 500 };
+      await holder.set("rate", 1, options);
+      clock.advance(1_000);
+
+      const slow = gatedLoader(2);
+      let returned: unknown = "not yet";
+      const call = reader.getOrSet("rate", slow.load, options).then((value) => (returned = value));
+      await waitFor("the refresh to start", () => slow.contexts.length === 1);
+      assert.equal(returned, "not yet", "returned before the soft timeout");
+      clock.advance(500);
+      assert.equal(await call, 1, "the stale value, at the soft timeout");
+      slow.open();
+      await waitFor("the late value on both nodes", async () => (await holder.get("rate")) === 2 && (await reader.get("rate")) === 2);
+
+      clock.advance(1_000);
+      assert.equal(await reader.getOrSet("rate", () => 3, options), 3, "a loader that finishes within the soft timeout");
+      assert.equal(reader.stats().staleHits, 1);
+
+      clock.advance(1_000);
+      assert.equal(await holder.getOrSet("rate", () => new Promise(() => {}), { ...options, timeout: 0, hardTimeout: 2_000 }), 3, "at once, with timeout 0");
+      clock.advance(2_000);
+      await waitFor("the hung refresh to be reported", () => errors.length === 1);
+      assert.match(errors[0].message, /did not finish within 2000 ms/);
+      assert.equal(await reader.get("rate", { allowStale: true }), 3, "the stale value after the hard timeout");
+    });
+  }
+
+  it("grace travels with the entry: a stale entry handed over on stop, or kept as a copy and promoted, stays stale for the rest of its grace", async () => {
+    for (const placement of ["local", "hash"] as const) {
+      const clock = new ManualClock();
+      const nodes = await startCluster(3, { placement, clock, replicas: 1, ...QUIET });
+      for (let i = 0; i < 20; i++) await nodes[i % 3].set(`k${i}`, i, { ttl: 1_000, grace: 10_000 });
+      clock.advance(2_000);
+      await nodes[0].stop();
+      for (let i = 0; i < 20; i++) {
+        assert.equal(await nodes[1 + (i % 2)].get(`k${i}`), null, `${placement}: plain get of k${i}`);
+        assert.equal(await nodes[1 + (i % 2)].get(`k${i}`, { allowStale: true }), i, `${placement}: stale get of k${i}`);
+      }
+      clock.advance(9_000);
+      for (let i = 0; i < 20; i++) assert.equal(await nodes[1 + (i % 2)].get(`k${i}`, { allowStale: true }), null, `${placement}: k${i} past its grace`);
+    }
+  });
+
+  it("get with the fetch option replaces a stale value with the fetched one; a null from a loader kept for nullTtl is counted", async () => {
+    for (const placement of ["local", "hash"] as const) {
+      const clock = new ManualClock();
+      let fetches = 0;
+      const [holder, reader] = await startCluster(2, { placement, clock, ...QUIET, fetch: (_key, done) => done(null, `fetched ${++fetches}`) });
+      await holder.set("k", "old", { ttl: 1_000, grace: 5_000 });
+      clock.advance(1_000);
+      assert.equal(await reader.get("k"), "fetched 1", placement);
+      assert.deepEqual([await holder.get("k"), await reader.get("k")], ["fetched 1", "fetched 1"], placement);
+      assert.equal(fetches, 1, placement);
+      assert.equal(await reader.getOrSet("missing", () => null, { nullTtl: 1_000 }), null, placement);
+      assert.equal(reader.stats().negativeSets, 1, placement);
+    }
   });
 });

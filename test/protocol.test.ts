@@ -15,7 +15,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello()));
     const welcome = await raw.next();
     assert.equal(welcome.op, "welcome");
-    assert.equal(welcome.version, 8);
+    assert.equal(welcome.version, 9);
     assert.equal(welcome.placement, "local");
     assert.equal(welcome.id, node.id);
     assert.equal(welcome.port, node.address.port);
@@ -51,7 +51,7 @@ describe("Protocol", () => {
     raw.socket.write(frame(hello({ version: 99 })));
     const refusal = await raw.next();
     assert.equal(refusal.op, "refuse");
-    assert.match(String(refusal.reason), /protocol version 99 is not 8/);
+    assert.match(String(refusal.reason), /protocol version 99 is not 9/);
     await within("the node to close the connection", raw.closed);
   });
 
@@ -157,7 +157,7 @@ describe("Protocol", () => {
     raw.socket.write(frame({ op: "own", rid: 1, keys: [["k", Number.MAX_SAFE_INTEGER, 0]] }));
     await within("the node to close the connection", raw.closed);
     assert.equal(errors.length, 1);
-    assert.match(errors[0].message, /\[key, version, ttl, writer, from or \[value, expires\]\]/);
+    assert.match(errors[0].message, /\[key, version, ttl, writer, from or \[value, expires, grace\], grace\]/);
     await a.set("x", 1);
     assert.equal(await b.get("x"), 1);
   });
