@@ -95,6 +95,37 @@ for (const placement of ["local", "hash"] as const) {
       for (const member of members) assert.equal(await member.call("get", "unstored"), null, `get of the unstored key on ${member.id}`);
     }, 60_000);
 
+    clusterIt("a stale value is served within its grace while the loader fails, one refresh at a time, each failure an error event, and never after the grace; a soft timeout returns the stale value and the late value reaches every node", async () => {
+      const members = await fourMembers({ placement });
+      const life = { ttl: 300, grace: 3_000 };
+      const everyone = (op: string, key: string) => Promise.all(members.map((member) => member.call(op, key)));
+      assert.equal(await members[0].call("getOrSet", "price", { value: "first", options: life }), "first");
+      await waitFor("the entry to go stale on every node", async () => (await everyone("get", "price")).every((value) => value === null), 5_000);
+      assert.deepEqual(await everyone("getStale", "price"), Array(4).fill("first"), "gets with allowStale");
+
+      const failing = await spread(members, 20, "price", { fail: true, delayMs: 50, options: life });
+      assert.deepEqual(errorsOf(failing), []);
+      assert.deepEqual(new Set(valuesOf(failing)), new Set(["first"]), "what the getOrSets returned while the source failed");
+      const refreshes = async () => (await loaderCalls(members)).filter((call) => call.key === "price" && call.failed);
+      await waitFor("the refreshes to end", async () => (await loaderCalls(members)).every((call) => typeof call.end === "number"), 5_000);
+      const failed = (await refreshes()).length;
+      assert.ok(failed >= 1 && failed <= 20, `${failed} refreshes for 20 getOrSets`);
+      assert.deepEqual(overlapping(await loaderCalls(members)), [], "loader calls that ran at the same time");
+      const events = async () => (await Promise.all(members.map((member) => member.call("errors") as Promise<Array<{ code: string; message: string }>>))).flat();
+      await waitFor("an error event for each failed refresh", async () => (await events()).length === failed, 5_000);
+      for (const event of await events()) assert.match(event.message, /^Cannot refresh the stale value of "price".*the source failed on /);
+
+      await waitFor("the grace to run out on every node", async () => (await everyone("getStale", "price")).every((value) => value === null), 10_000);
+      const after = await members[1].call("getOrSet", "price", { fail: true }).then((value) => `returned ${value}`, (error) => String(error));
+      assert.match(after, /Cannot getOrSet "price": the loader failed/, "a getOrSet past the grace");
+
+      assert.equal(await members[2].call("getOrSet", "rate", { value: "old", options: life }), "old");
+      await waitFor("the rate to go stale", async () => (await members[3].call("get", "rate")) === null, 5_000);
+      const soft = await members[3].call("getOrSet", "rate", { delayMs: 1_000, value: "new", options: { ttl: 60_000, timeout: 100 } });
+      assert.equal(soft, "old", "a getOrSet whose loader outlasts its soft timeout");
+      await waitFor("the late value on every node", async () => (await everyone("get", "rate")).every((value) => value === "new"), 5_000);
+    }, 60_000);
+
     clusterIt("when the node whose call holds the right to load is killed, a call waiting on another node loads instead, once", async () => {
       const members = await fourMembers({ placement, ...FAST });
       const [victim, ...survivors] = members;
@@ -119,6 +150,18 @@ describe("getOrSet in a cluster of Node.js, Deno and Bun processes", () => {
       assert.deepEqual(errorsOf(stampede), []);
       assert.equal((await loaderCalls(members)).length, 1, "loader calls");
       assert.equal(new Set(valuesOf(stampede)).size, 1, "distinct values the callers got");
+    }, 60_000);
+
+    mixedIt(`placement "${placement}": every runtime serves a stale value while one refresh runs, and the refreshed value reaches them all`, async () => {
+      const members = await fourMembers({ placement }, ["node", "deno", "bun"]);
+      const everyone = (op: string) => Promise.all(members.map((member) => member.call(op, "mixed rate")));
+      assert.equal(await members[0].call("getOrSet", "mixed rate", { value: "old", options: { ttl: 300, grace: 10_000 } }), "old");
+      await waitFor("the entry to go stale on every node", async () => (await everyone("get")).every((value) => value === null), 5_000);
+      const during = await spread(members, 20, "mixed rate", { delayMs: 300, value: "new", options: { ttl: 60_000 } });
+      assert.deepEqual(errorsOf(during), []);
+      assert.ok(valuesOf(during).includes("old"), "stale values served during the refresh");
+      await waitFor("the refreshed value on every node", async () => (await everyone("get")).every((value) => value === "new"), 5_000);
+      assert.equal((await loaderCalls(members)).length, 2, "loader calls: the first load and one refresh");
     }, 60_000);
   }
 });
