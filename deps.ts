@@ -488,9 +488,13 @@ export interface Workload {
   maxOps?: number;
   /** Report every op as it begins and ends, so that {@linkcode WorkloadNode.recorded} knows them even if the process dies. */
   stream?: boolean;
-  /** Share of sets that expire, and after how many ms. @default {0} */
+  /** Share of sets and getOrSets that expire, and after how many ms. @default {0} */
   ttlRatio?: number;
   ttl?: number;
+  /** How many ms an expiring entry is kept past its ttl, stale (see SetOptions.grace). @default {0} */
+  grace?: number;
+  /** Share of gets that ask for stale values. @default {0} */
+  staleRatio?: number;
 }
 
 /** A node in a child process running `test/fixtures/workload-node.mjs`. */

@@ -135,6 +135,22 @@ describe("findStaleReads", () => {
     assert.equal(findStaleReads([earlier, { ...lasting, start: 6 }, get("c", null, 70, 75)], { ttlSlackMs: 5 }).length, 1);
   });
 
+  it("findStaleReads lets a read that asks for stale values read an entry for its grace past its ttl, and only that one", () => {
+    const graced = { ...set("a", "a:1", 0, 10), ttl: 100, grace: 200 };
+    const stale = (read: Op): Op => ({ ...read, stale: true });
+    // A plain read past the ttl is flagged, grace or not; a stale one within the grace is not.
+    assert.equal(findStaleReads([graced, get("b", "a:1", 121, 125)], { ttlSlackMs: 10 }).length, 1);
+    assert.deepEqual(findStaleReads([graced, stale(get("b", "a:1", 300, 305))], { ttlSlackMs: 10 }), []);
+    const late = stale(get("b", "a:1", 321, 325));
+    const violations = findStaleReads([graced, late], { ttlSlackMs: 10 });
+    assert.deepEqual(violations.map((v) => v.read), [late]);
+    assert.match(violations[0].reason, /its ttl of 100 ms and grace of 200 ms were up before the read began/);
+    // Within the grace a stale read must find the entry; past the ttl a plain read may not.
+    assert.equal(findStaleReads([graced, stale(get("b", null, 150, 160))], { ttlSlackMs: 10 }).length, 1);
+    assert.deepEqual(findStaleReads([graced, get("b", null, 150, 160)], { ttlSlackMs: 10 }), []);
+    assert.deepEqual(findStaleReads([graced, stale(get("b", null, 300, 305))], { ttlSlackMs: 10 }), []);
+  });
+
   it("findStaleReads keeps keys apart", () => {
     const other: Op = { ...set("b", "b:1", 20, 30), key: "other" };
     assert.deepEqual(findStaleReads([set("a", "a:1", 0, 10), other, get("c", "a:1", 40, 50)]), []);

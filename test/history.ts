@@ -6,7 +6,9 @@
  * only what is certain from the clients' own timings: a read that returned a value which an
  * acknowledged write had definitely replaced before the read began, a `null` although an
  * acknowledged set definitely came after every remove that could explain it, and a value that
- * nobody wrote. A correct (linearizable) history is never flagged.
+ * nobody wrote. A correct (linearizable) history is never flagged. An entry with a `ttl` expires:
+ * it may not be read after its ttl, unless the read asked for stale values (`stale`), which may
+ * read it for its `grace` longer, and must until then.
  *
  * @module
  */
@@ -27,6 +29,10 @@ export interface Op {
   ok: boolean;
   /** set: the ms its entry lives (absent or 0: until replaced or removed). */
   ttl?: number;
+  /** set with a ttl: the ms its entry is kept past it, stale, for reads that ask for stale values. */
+  grace?: number;
+  /** get: the read asked for stale values (a get with allowStale, or a getOrSet). */
+  stale?: boolean;
   /** remove, where recorded: whether it found the key (what `remove` resolved with). */
   existed?: boolean;
 }
@@ -111,12 +117,14 @@ function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, ttlSl
   // before another ended before the other began.
   const expiring = ops.filter((op) => op.kind === "set" && op.ttl).sort((a, b) => a.start - b.start);
   const longest = ops.reduce((most, op) => Math.max(most, op.end - op.start), 0);
+  /** How long `set`'s entry is there for `read`: its ttl, and for a read that asks for stale values, its grace too. */
+  const lifeFor = (set: Op, read: Op): number => set.ttl! + (read.stale ? set.grace ?? 0 : 0);
   /** Whether a set with a ttl that did not certainly come before `set` can have expired before `read` ended. */
   const expiredSince = (set: Op, read: Op): boolean => {
     for (let i = lastIndexAtMost(expiring, (op) => op.start, read.end + slack); i >= 0; i--) {
       const op = expiring[i];
       if (op.start < set.start - longest - slack) return false;
-      if (latestEffect(op) + slack >= set.start && op.start + op.ttl! - ttlSlack <= read.end) return true;
+      if (latestEffect(op) + slack >= set.start && op.start + lifeFor(op, read) - ttlSlack <= read.end) return true;
     }
     return false;
   };
@@ -141,11 +149,12 @@ function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, ttlSl
           superseding: later,
           reason: `read ${quote(read.value)} of ${quote(read.key)}, but ${describe(later)} had replaced it before the read began`,
         });
-      } else if (source.ok && source.ttl && read.start > source.end + source.ttl + ttlSlack) {
+      } else if (source.ok && source.ttl && read.start > source.end + lifeFor(source, read) + ttlSlack) {
+        const life = read.stale && source.grace ? `ttl of ${source.ttl} ms and grace of ${source.grace} ms were` : `ttl of ${source.ttl} ms was`;
         out.push({
           read,
           superseding: source,
-          reason: `read ${quote(read.value)} of ${quote(read.key)}, but its ttl of ${source.ttl} ms was up before the read began`,
+          reason: `read ${quote(read.value)} of ${quote(read.key)}, but its ${life} up before the read began`,
         });
       }
     } else {
