@@ -491,6 +491,8 @@ export interface Workload {
   /** Share of sets and getOrSets that expire, and after how many ms. @default {0} */
   ttlRatio?: number;
   ttl?: number;
+  /** Keys whose every set and getOrSet expires after `ttl`. @default {[]} */
+  ttlKeys?: string[];
   /** How many ms an expiring entry is kept past its ttl, stale (see SetOptions.grace). @default {0} */
   grace?: number;
   /** Share of gets that ask for stale values. @default {0} */
