@@ -3795,9 +3795,10 @@ class HashPlacement {
 
   /** Stores `write` on its owner (this node, or a peer in one hop). */
   #writeOne(write: Write): Promise<OwnerAnswer> {
-    // The ttl as set gives, before its grace: the owner adds it again (see prepareWrite).
+    // The ttl as set gives, before its grace: the owner adds it again (see prepareWrite); and
+    // when it expires on this node's clock.
     const item = [write.key, this.#core.reveal(write.stored), write.ttl - write.grace];
-    if (write.grace > 0) item.push(write.grace);
+    if (write.ttl > 0) item.push(write.grace, this.#core.options.clock.now() + write.ttl);
     return this.#atOwner("set", write.key, "ownerSet", item, write.size, () => this.#storeHere(write));
   }
 
@@ -4252,21 +4253,30 @@ class HashPlacement {
     });
   }
 
-  /** A peer's writes (`ownerSet`, items `[key, value, ttl, grace?]`: the ttl before the grace), stored as their owner. */
+  /**
+   * A peer's writes (`ownerSet`, items `[key, value, ttl, grace?, expires?]`: the ttl before the
+   * grace, and when the entry expires on the sender's clock; see timeLeft), stored as their owner.
+   */
   answerSet(items: unknown[]): Record<string, unknown> | Promise<Record<string, unknown>> {
     const writes = items.map((item) => {
-      const [key, value, ttl, grace = 0] = Array.isArray(item) ? item : [];
-      if (typeof key !== "string" || !isAmount(ttl) || !isAmount(grace)) throw new ProtocolError(`"ownerSet" needs [key, value, ttl, grace?] items`);
-      return { key, value, ttl, grace };
+      const [key, value, ttl, grace = 0, expires = 0] = Array.isArray(item) ? item : [];
+      if (typeof key !== "string" || !isAmount(ttl) || !isAmount(grace) || !isAmount(expires)) {
+        throw new ProtocolError(`"ownerSet" needs [key, value, ttl, grace?, expires?] items`);
+      }
+      return { key, value, ttl, grace, expires };
     });
     return this.#answerEach(writes.map((write) => write.key), async (key, i) => {
-      const { value, ttl, grace } = writes[i];
+      const { value, ttl, grace, expires } = writes[i];
       let write: Write;
       try {
         write = this.#core.prepareWrite("set", key, value, { ttl, grace });
       } catch (error) {
         return ["error", "ERR_LIMIT", `Member ${this.#core.id}, the owner of "${key}", refused it: ${describe(error)}`];
       }
+      // A write read late (this node was frozen, say) lives no longer than its sender said: at
+      // least a ms, so that a write that expired on the way still replaces what it overwrote.
+      const left = timeLeft(write.ttl, expires, this.#core.options.clock.now());
+      if (write.ttl > 0 && left !== write.ttl) write = { ...write, ttl: Math.max(1, left), grace: Math.min(write.grace, Math.max(1, left)) };
       return this.#storeHere(write);
     });
   }

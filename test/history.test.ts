@@ -144,7 +144,7 @@ describe("findStaleReads", () => {
     const late = stale(get("b", "a:1", 321, 325));
     const violations = findStaleReads([graced, late], { ttlSlackMs: 10 });
     assert.deepEqual(violations.map((v) => v.read), [late]);
-    assert.match(violations[0].reason, /its ttl of 100 ms and grace of 200 ms were up before the read began/);
+    assert.match(violations[0].reason, /its ttl of 100 ms and grace of 200 ms were up before the read began \(set "a:1" on a \[0.0, 10.0\]\)/);
     // Within the grace a stale read must find the entry; past the ttl a plain read may not.
     assert.equal(findStaleReads([graced, stale(get("b", null, 150, 160))], { ttlSlackMs: 10 }).length, 1);
     assert.deepEqual(findStaleReads([graced, get("b", null, 150, 160)], { ttlSlackMs: 10 }), []);

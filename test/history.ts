@@ -27,6 +27,8 @@ export interface Op {
   end: number;
   /** false: the call failed or timed out. A failed read is ignored; a failed write may have taken effect, at any time after `start`. */
   ok: boolean;
+  /** set, not ok: no call failed; a loader's value that may have been stored, at any time after `start` (a refresh in the background). */
+  maybe?: boolean;
   /** set: the ms its entry lives (absent or 0: until replaced or removed). */
   ttl?: number;
   /** set with a ttl: the ms its entry is kept past it, stale, for reads that ask for stale values. */
@@ -154,7 +156,7 @@ function checkKey(ops: Op[], excluded: (op: Op) => boolean, slack: number, ttlSl
         out.push({
           read,
           superseding: source,
-          reason: `read ${quote(read.value)} of ${quote(read.key)}, but its ${life} up before the read began`,
+          reason: `read ${quote(read.value)} of ${quote(read.key)}, but its ${life} up before the read began (${describe(source)})`,
         });
       }
     } else {

@@ -97,7 +97,7 @@ export function check(title: string, history: Op[], divergent: string[], exclude
   const loaded = new Set(history.filter((op) => op.kind === "set" && op.value?.includes(":load:")).map((op) => op.value));
   const readLoaded = history.filter((op) => op.kind === "get" && op.ok && loaded.has(op.value)).length;
   const failedBy = new Map<string, number>();
-  for (const op of history) if (!op.ok) failedBy.set(op.node, (failedBy.get(op.node) ?? 0) + 1);
+  for (const op of history) if (!op.ok && !op.maybe) failedBy.set(op.node, (failedBy.get(op.node) ?? 0) + 1);
   const failed = [...failedBy.values()].reduce((sum, count) => sum + count, 0);
   const failures = failed === 0 ? "0 failed" : `${failed} failed: ${[...failedBy].map(([node, count]) => `${count} on ${node}`).join(", ")}`;
   console.log(
