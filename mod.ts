@@ -574,6 +574,16 @@ export interface LoadContext {
   noStore(): void;
 }
 
+/** The defaults of a {@linkcode Namespace}, for {@linkcode Node.namespace}. */
+export interface NamespaceOptions {
+  /** Milliseconds an entry of the namespace lives when a write gives no `ttl`. Defaults to the node's (or the parent namespace's). */
+  ttl?: number;
+  /** Milliseconds an entry is kept stale past its `ttl` when a write gives no `grace` (see {@linkcode SetOptions.grace}). Defaults to the node's (or the parent namespace's). */
+  grace?: number;
+  /** The loader of a {@linkcode Namespace.getOrSet} that gives none. */
+  loader?: Loader<unknown>;
+}
+
 /** Loads the value of a key for {@linkcode Node.getOrSet}: a value, or a Promise of one. */
 export type Loader<T> = (context: LoadContext) => T | Promise<T>;
 
@@ -1118,6 +1128,37 @@ export class Node {
   }
 
   /**
+   * A view of the keys of one namespace: the same calls as the node's (`get`, `set`,
+   * `getOrSet`, `remove`, `clear`, iteration, ...), on keys that live apart from other
+   * namespaces, with defaults of their own (`ttl`, `grace`, a loader for `getOrSet`). The
+   * namespace `users` holds its keys as `users:KEY` on the node, as Keyv and bentocache do, so
+   * `node.get("users:1")` reads what `node.namespace("users").get("1")` does. Its `clear()`
+   * empties the namespace in the whole cluster with one message per member, whatever its size.
+   *
+   * @param name The namespace's name: a non-empty string.
+   * @param options Its defaults: `ttl`, `grace` and `loader`.
+   * @returns The view; views of one name share their keys.
+   * @throws {TypeError | RangeError} `name` is not a non-empty string, or an option is wrong.
+   *
+   * @example Two namespaces, one cleared
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const users = node.namespace("users", { ttl: 60_000 });
+   * const posts = node.namespace("posts");
+   * await users.set("1", { name: "Kosyak" });
+   * await posts.set("1", { title: "Hello" });
+   * await users.clear();
+   * console.log(await users.get("1"), await posts.get("1")); // null { title: "Hello" }
+   * await node.stop();
+   * ```
+   */
+  namespace(name: string, options: NamespaceOptions = {}): Namespace {
+    return new Namespace(this, checkedNamespace(name, options, { ttl: undefined, grace: undefined, loader: undefined }), (prefix) => this.#core.clear(prefix));
+  }
+
+  /**
    * Gets many keys at once: one request to each peer that holds some of them, then `fetch` for
    * the rest; 1,000 keys at a time, with a turn of the event loop between, so that the node goes
    * on reading and answering while it works through a long list.
@@ -1625,6 +1666,400 @@ function checkKey(key: unknown, operation: string, maxKeyLength: number): assert
 
 export default Node;
 
+// ─── Namespace: the keys of one name, with defaults of their own ─────────────────────────────
+
+/** A namespace's prefix and defaults, as {@linkcode Namespace} keeps them. */
+interface NamespaceSettings {
+  name: string;
+  prefix: string;
+  ttl: number | undefined;
+  grace: number | undefined;
+  loader: Loader<unknown> | undefined;
+}
+
+/** A namespace's settings, checked, with `parent`'s defaults for what `options` leaves out. */
+function checkedNamespace(name: string, options: NamespaceOptions, parent: Omit<NamespaceSettings, "name" | "prefix"> & { prefix?: string }): NamespaceSettings {
+  if (typeof name !== "string" || name === "") throw new TypeError(`Cannot make a namespace: name must be a non-empty string: received ${quote(name)}`);
+  if (typeof options !== "object" || options === null) throw new TypeError(`Cannot make namespace "${name}": options must be an object: received ${quote(options)}`);
+  const { ttl = parent.ttl, grace = parent.grace, loader = parent.loader } = options;
+  for (const [option, value] of [["ttl", ttl], ["grace", grace]] as const) {
+    if (value !== undefined && !isAmount(value)) {
+      throw new RangeError(`Cannot make namespace "${name}": ${option} must be a number of milliseconds, 0 or more: received ${quote(value)}`);
+    }
+  }
+  if (loader !== undefined) assertFunction(loader, `make namespace "${name}"`, "loader");
+  const prefix = `${parent.prefix ?? ""}${name}:`;
+  return { name: prefix.slice(0, -1), prefix, ttl, grace, loader };
+}
+
+/**
+ * The keys of one namespace of a node's cluster (see {@linkcode Node.namespace}): the node's
+ * calls, on keys that start with `name:` there, with the namespace's defaults.
+ *
+ * @example A namespace with a loader of its own
+ * ```ts
+ * import { Node } from "./mod.ts";
+ *
+ * const node = await new Node().init().ready();
+ * const users = node.namespace("users", { ttl: 60_000, loader: (context) => ({ id: context.key }) });
+ * console.log(await users.getOrSet("7")); // { id: "users:7" }
+ * console.log([...users.keys()]); // ["7"]
+ * await node.stop();
+ * ```
+ */
+export class Namespace {
+  /** The node whose cluster holds the keys. */
+  readonly node: Node;
+  /** The namespace's full name: a nested namespace's is `parent:child`. */
+  readonly name: string;
+  readonly #settings: NamespaceSettings;
+  readonly #clear: (prefix: string) => Promise<void>;
+
+  /**
+   * Made by {@linkcode Node.namespace} and {@linkcode Namespace.namespace}.
+   *
+   * @param node The node.
+   * @param settings The prefix and the defaults.
+   * @param clear Clears the keys that start with a prefix in the whole cluster.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = new Node();
+   * const sessions = node.namespace("sessions");
+   * console.log(sessions.name); // sessions
+   * ```
+   */
+  constructor(node: Node, settings: NamespaceSettings, clear: (prefix: string) => Promise<void>) {
+    this.node = node;
+    this.name = settings.name;
+    this.#settings = settings;
+    this.#clear = clear;
+  }
+
+  /**
+   * A namespace inside this one, `name:child`, with this one's defaults for what `options` leaves out.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const tenant = new Node().namespace("tenant-1");
+   * console.log(tenant.namespace("users").name); // tenant-1:users
+   * ```
+   */
+  namespace(name: string, options: NamespaceOptions = {}): Namespace {
+    return new Namespace(this.node, checkedNamespace(name, options, this.#settings), this.#clear);
+  }
+
+  /**
+   * {@linkcode Node.get} of the namespace's `key`.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("a").set("k", 1);
+   * console.log(await node.namespace("a").get("k"), await node.namespace("b").get("k")); // 1 null
+   * await node.stop();
+   * ```
+   */
+  get<T = unknown>(key: string, options?: GetOptions): Promise<T | null>;
+  /** {@linkcode Namespace.get} with a callback. */
+  get<T = unknown>(key: string, callback: Callback<T | null>): void;
+  /** {@linkcode Namespace.get} with options and a callback. */
+  get<T = unknown>(key: string, options: GetOptions, callback: Callback<T | null>): void;
+  get<T = unknown>(key: string, optionsOrCallback?: GetOptions | Callback<T | null>, callback?: Callback<T | null>): Promise<T | null> | void {
+    return (this.node.get as (...args: unknown[]) => Promise<T | null> | void)(this.#key(key, "get"), ...definedArguments(optionsOrCallback, callback));
+  }
+
+  /**
+   * {@linkcode Node.set} of the namespace's `key`, with its `ttl` and `grace` for what `options` leaves out.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("sessions", { ttl: 1_000 }).set("abc", { user: 1 });
+   * await node.stop();
+   * ```
+   */
+  set<T>(key: string, value: T, options?: SetOptions): Promise<T>;
+  /** {@linkcode Namespace.set} with a callback. */
+  set<T>(key: string, value: T, callback: Callback<T>): void;
+  /** {@linkcode Namespace.set} with options and a callback. */
+  set<T>(key: string, value: T, options: SetOptions, callback: Callback<T>): void;
+  set<T>(key: string, value: T, optionsOrCallback?: SetOptions | Callback<T>, callback?: Callback<T>): Promise<T> | void {
+    const [options, done] = typeof optionsOrCallback === "function" ? [undefined, optionsOrCallback] : [optionsOrCallback, callback];
+    return (this.node.set as (...args: unknown[]) => Promise<T> | void)(this.#key(key, "set"), value, this.#writeOptions(options), ...definedArguments(done));
+  }
+
+  /**
+   * {@linkcode Node.getOrSet} of the namespace's `key`: with the namespace's loader when none is
+   * given, and its `ttl` and `grace` for what `options` leaves out. The loader's context names
+   * the key as the node holds it (`name:key`).
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const rates = node.namespace("rates", { ttl: 60_000, grace: 3_600_000 });
+   * console.log(await rates.getOrSet("EUR", () => 1.08)); // 1.08
+   * await node.stop();
+   * ```
+   */
+  getOrSet<T>(key: string, loader?: Loader<T>, options?: GetOrSetOptions): Promise<T | null>;
+  /** {@linkcode Namespace.getOrSet} with a callback. */
+  getOrSet<T>(key: string, loader: Loader<T> | undefined, callback: Callback<T | null>): void;
+  /** {@linkcode Namespace.getOrSet} with options and a callback. */
+  getOrSet<T>(key: string, loader: Loader<T> | undefined, options: GetOrSetOptions, callback: Callback<T | null>): void;
+  getOrSet<T>(key: string, loader?: Loader<T>, optionsOrCallback?: GetOrSetOptions | Callback<T | null>, callback?: Callback<T | null>): Promise<T | null> | void {
+    const [options, done] = typeof optionsOrCallback === "function" ? [undefined, optionsOrCallback] : [optionsOrCallback, callback];
+    const load = loader ?? (this.#settings.loader as Loader<T> | undefined);
+    if (load === undefined) throw new TypeError(`Cannot getOrSet "${key}": namespace "${this.name}" has no loader, and none was given`);
+    return (this.node.getOrSet as (...args: unknown[]) => Promise<T | null> | void)(this.#key(key, "getOrSet"), load, this.#writeOptions(options), ...definedArguments(done));
+  }
+
+  /**
+   * {@linkcode Node.mget} of the namespace's `keys`.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const ns = node.namespace("n");
+   * await ns.mset([["a", 1]]);
+   * console.log(await ns.mget(["a", "b"])); // [1, null]
+   * await node.stop();
+   * ```
+   */
+  mget<T = unknown>(keys: string[]): Promise<Array<T | null>>;
+  /** {@linkcode Namespace.mget} with a callback. */
+  mget<T = unknown>(keys: string[], callback: Callback<Array<T | null>>): void;
+  mget<T = unknown>(keys: string[], callback?: Callback<Array<T | null>>): Promise<Array<T | null>> | void {
+    if (!Array.isArray(keys)) throw new TypeError(`Cannot mget: keys must be an array of strings: received ${quote(keys)}`);
+    return (this.node.mget as (...args: unknown[]) => Promise<Array<T | null>> | void)(keys.map((key) => this.#key(key, "mget")), ...definedArguments(callback));
+  }
+
+  /**
+   * {@linkcode Node.mset} of entries of the namespace, with its `ttl` and `grace` for what `options` leaves out.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").mset({ a: 1, b: 2 });
+   * console.log(await node.get("n:b")); // 2
+   * await node.stop();
+   * ```
+   */
+  mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, options?: SetOptions): Promise<void>;
+  /** {@linkcode Namespace.mset} with a callback. */
+  mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, callback: (err: Error | null) => void): void;
+  /** {@linkcode Namespace.mset} with options and a callback. */
+  mset(entries: Iterable<[string, unknown]> | Record<string, unknown>, options: SetOptions, callback: (err: Error | null) => void): void;
+  mset(
+    entries: Iterable<[string, unknown]> | Record<string, unknown>,
+    optionsOrCallback?: SetOptions | ((err: Error | null) => void),
+    callback?: (err: Error | null) => void,
+  ): Promise<void> | void {
+    if (typeof entries !== "object" || entries === null) throw new TypeError(`Cannot mset: entries must be [key, value] pairs or an object: received ${quote(entries)}`);
+    const pairs = Symbol.iterator in entries ? Array.from(entries as Iterable<[string, unknown]>) : Object.entries(entries);
+    const prefixed = pairs.map((pair): [string, unknown] => {
+      if (!Array.isArray(pair)) throw new TypeError(`Cannot mset: each entry must be a [key, value] pair: received ${quote(pair)}`);
+      return [this.#key(pair[0], "mset"), pair[1]];
+    });
+    const [options, done] = typeof optionsOrCallback === "function" ? [undefined, optionsOrCallback] : [optionsOrCallback, callback];
+    return (this.node.mset as (...args: unknown[]) => Promise<void> | void)(prefixed, this.#writeOptions(options), ...definedArguments(done));
+  }
+
+  /**
+   * {@linkcode Node.has} of the namespace's `key`.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").set("a", 1);
+   * console.log(node.namespace("n").has("a"), node.has("a")); // true false
+   * await node.stop();
+   * ```
+   */
+  has(key: string): boolean {
+    return this.node.has(this.#key(key, "has"));
+  }
+
+  /**
+   * {@linkcode Node.remove} of the namespace's `key`.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * const ns = node.namespace("n");
+   * await ns.set("a", 1);
+   * console.log(await ns.remove("a")); // true
+   * await node.stop();
+   * ```
+   */
+  remove(key: string): Promise<boolean>;
+  /** {@linkcode Namespace.remove} with a callback. */
+  remove(key: string, callback: (err: Error | null, existed?: boolean) => void): void;
+  remove(key: string, callback?: (err: Error | null, existed?: boolean) => void): Promise<boolean> | void {
+    return (this.node.remove as (...args: unknown[]) => Promise<boolean> | void)(this.#key(key, "remove"), ...definedArguments(callback));
+  }
+
+  /**
+   * The same as {@linkcode Namespace.remove}.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * console.log(await node.namespace("n").delete("nothing")); // false
+   * await node.stop();
+   * ```
+   */
+  delete(key: string): Promise<boolean>;
+  /** {@linkcode Namespace.delete} with a callback. */
+  delete(key: string, callback: (err: Error | null, existed?: boolean) => void): void;
+  delete(key: string, callback?: (err: Error | null, existed?: boolean) => void): Promise<boolean> | void {
+    return (this.node.remove as (...args: unknown[]) => Promise<boolean> | void)(this.#key(key, "delete"), ...definedArguments(callback));
+  }
+
+  /**
+   * Removes every entry of the namespace (nested ones included) from the whole cluster, with
+   * one `clear` message to each member, whatever the namespace holds: once it has called back,
+   * no node returns a value of the namespace written before it; entries written after it stay.
+   * A member that missed it (cut off, or stopped) learns it when it connects again. Other
+   * namespaces, and keys outside any, are left whole.
+   *
+   * @param callback `callback(err)`; `ERR_TIMEOUT` when a member did not confirm.
+   * @returns Without a callback, a Promise.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").set("a", 1);
+   * await node.set("kept", 2);
+   * await node.namespace("n").clear();
+   * console.log(await node.get("n:a"), await node.get("kept")); // null 2
+   * await node.stop();
+   * ```
+   */
+  clear(): Promise<void>;
+  /** {@linkcode Namespace.clear} with a callback. */
+  clear(callback: (err: Error | null) => void): void;
+  clear(callback?: (err: Error | null) => void): Promise<void> | void {
+    if (callback !== undefined) assertFunction(callback, "clear", "callback");
+    return settle(this.#clear(this.#settings.prefix), callback);
+  }
+
+  /**
+   * The keys of the namespace's live entries that this node holds, without the namespace's prefix.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").set("a", 1);
+   * console.log([...node.namespace("n").keys()]); // ["a"]
+   * await node.stop();
+   * ```
+   */
+  *keys(): Generator<string> {
+    const { prefix } = this.#settings;
+    for (const key of this.node.keys()) if (key.startsWith(prefix)) yield key.slice(prefix.length);
+  }
+
+  /**
+   * Every live key of the namespace in the whole cluster, without its prefix (see {@linkcode Node.clusterKeys}).
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").set("a", 1);
+   * for await (const key of node.namespace("n").clusterKeys()) console.log(key); // a
+   * await node.stop();
+   * ```
+   */
+  async *clusterKeys(): AsyncGenerator<string> {
+    const { prefix } = this.#settings;
+    for await (const key of this.node.clusterKeys()) if (key.startsWith(prefix)) yield key.slice(prefix.length);
+  }
+
+  /**
+   * Every live entry of the namespace in the whole cluster, as `[key, value]` without the prefix (see {@linkcode Node.clusterEntries}).
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").set("a", 1);
+   * for await (const [key, value] of node.namespace("n").clusterEntries()) console.log(key, value); // a 1
+   * await node.stop();
+   * ```
+   */
+  async *clusterEntries(): AsyncGenerator<[string, unknown]> {
+    const { prefix } = this.#settings;
+    for await (const [key, value] of this.node.clusterEntries()) if (key.startsWith(prefix)) yield [key.slice(prefix.length), value];
+  }
+
+  /**
+   * The namespace's live entries that this node holds, as `[key, value]`, with `for await`.
+   *
+   * @example
+   * ```ts
+   * import { Node } from "./mod.ts";
+   *
+   * const node = await new Node().init().ready();
+   * await node.namespace("n").set("a", 1);
+   * for await (const [key, value] of node.namespace("n")) console.log(key, value); // a 1
+   * await node.stop();
+   * ```
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<[string, unknown]> {
+    const { prefix } = this.#settings;
+    for await (const [key, value] of this.node) if (key.startsWith(prefix)) yield [key.slice(prefix.length), value];
+  }
+
+  /** The node's key of the namespace's `key`; a key that is not a string is refused as the node refuses it. */
+  #key(key: unknown, operation: string): string {
+    if (typeof key !== "string") checkKey(key, operation, Infinity);
+    return this.#settings.prefix + (key as string);
+  }
+
+  /** A write's options with the namespace's `ttl` and `grace` for what they leave out. */
+  #writeOptions<O extends SetOptions>(options: O | undefined): O | undefined {
+    const { ttl, grace } = this.#settings;
+    if (ttl === undefined && grace === undefined) return options;
+    if (options !== undefined && (typeof options !== "object" || options === null)) return options;
+    return { ...(ttl === undefined ? {} : { ttl }), ...(grace === undefined ? {} : { grace }), ...options } as O;
+  }
+}
+
+/** The arguments up to the last one given: a call passes on exactly what its caller gave. */
+function definedArguments(...args: unknown[]): unknown[] {
+  let end = args.length;
+  while (end > 0 && args[end - 1] === undefined) end--;
+  return args.slice(0, end);
+}
+
 /** Whether a get's `options` ask for a stale value; throws when they are not options. */
 function allowsStale(key: string, options: GetOptions): boolean {
   // Neither options nor a callback: said as for any callback.
@@ -1642,7 +2077,7 @@ function allowsStale(key: string, options: GetOptions): boolean {
  * same class is exported as `kosyak/keyv` on npm and `@kosyak/core/keyv` on JSR.
  *
  * Keyv puts its namespace in front of every key (`namespace:key`); with one, `clear` removes
- * only the keys of that namespace (one removal per key), without one the whole cluster (one
+ * only the keys of that namespace, without one the whole cluster (either way one
  * message per peer). Keyv wires `iterator` only for the stores it knows by name; call it
  * directly to walk every entry of the cluster.
  *
@@ -1810,7 +2245,8 @@ export class KeyvStore {
 
   /**
    * Without a namespace, removes every entry of the whole cluster ({@linkcode Node.clear}); with
-   * one, every key of the namespace, wherever it is held.
+   * one, every key of the namespace, wherever it is held, with one message to each member
+   * ({@linkcode Namespace.clear}).
    *
    * @returns A Promise that resolves once every live member has acknowledged.
    *
@@ -1827,11 +2263,7 @@ export class KeyvStore {
    */
   async clear(): Promise<void> {
     if (this.namespace === undefined) return this.node.clear();
-    const prefix = `${this.namespace}:`;
-    const keys = this.node.clusterKeys();
-    for (let page = await take(keys, ITEMS_PER_BATCH); page.length > 0; page = await take(keys, ITEMS_PER_BATCH)) {
-      await Promise.all(page.filter((key) => key.startsWith(prefix)).map((key) => this.node.remove(key)));
-    }
+    await this.node.namespace(this.namespace).clear();
   }
 
   /**
@@ -2036,11 +2468,12 @@ class Core {
   /** The options of a getOrSet call that gives none. */
   readonly #loadDefaults: LoadOptions;
   /**
-   * Hash placement: the newest clear of each writer applied here, and the last one, as their
-   * writers numbered them, so that a clear passed on again is applied once (see #clearOlder).
+   * Hash placement: the newest clear of each writer applied here, by prefix ("" for the whole
+   * cluster) and writer, and the last one of each prefix, oldest first, as their writers
+   * numbered them, so that a clear passed on again is applied once (see #clearOlder).
    */
   readonly #clearsApplied = new Map<string, number>();
-  #lastClearApplied: { version: number; writer: string } | undefined;
+  readonly #lastClearsApplied = new Map<string, { version: number; writer: string }>();
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
   readonly nearLease: number;
 
@@ -2848,19 +3281,20 @@ class Core {
   }
 
   /**
-   * Clears the whole cluster: drops every entry here and every directory record of a write older
-   * than the clear's version, then tells every peer to do the same (`clear`) and waits for their
-   * acknowledgements.
+   * Clears the whole cluster, or (with a `prefix`) the keys that start with it: drops every such
+   * entry here and every directory record of a write older than the clear's version, then tells
+   * every peer to do the same (`clear`, one message each) and waits for their acknowledgements.
    */
-  async clear(): Promise<void> {
+  async clear(prefix = ""): Promise<void> {
     await this.whenStarted("clear");
     const version = this.directory.nextVersion();
-    this.#clearOlder(version, this.id);
+    this.#clearOlder(version, this.id, prefix);
     const acknowledgements = new Acknowledgements(this.cluster);
-    acknowledgements.sendToAll("clear", [version, this.id], 0);
+    acknowledgements.sendToAll("clear", prefix === "" ? [version, this.id] : [version, this.id, prefix], prefix.length);
     // A member that did not confirm may still return older values: say so.
     for (const failure of await acknowledgements.settled()) {
-      throw new KosyakError("ERR_TIMEOUT", `Cannot clear the cluster: member ${failure.peer.id} did not confirm: ${describe(failure.error)}`);
+      const what = prefix === "" ? "the cluster" : `the keys that start with ${quote(prefix)}`;
+      throw new KosyakError("ERR_TIMEOUT", `Cannot clear ${what}: member ${failure.peer.id} did not confirm: ${describe(failure.error)}`);
     }
   }
 
@@ -2871,27 +3305,31 @@ class Core {
    * goes: an owner's versions follow its own clock, which no write of another node's has moved,
    * so the clear counts as newer than anything this node has seen when it first arrives.
    */
-  #clearOlder(version: number, writer: string): void {
+  #clearOlder(version: number, writer: string, prefix: string): void {
     if (this.hash) {
-      if ((this.#clearsApplied.get(writer) ?? -1) >= version) return;
-      this.#clearsApplied.set(writer, version);
-      this.#lastClearApplied = { version, writer };
+      const applied = `${prefix}\n${writer}`;
+      if ((this.#clearsApplied.get(applied) ?? -1) >= version) return;
+      this.#clearsApplied.set(applied, version);
+      this.#lastClearsApplied.delete(prefix);
+      this.#lastClearsApplied.set(prefix, { version, writer });
+      if (this.#lastClearsApplied.size > CLEARED_PREFIXES_REMEMBERED) this.#lastClearsApplied.delete(this.#lastClearsApplied.keys().next().value!);
     } else {
-      const last = this.directory.lastClear;
+      const last = this.directory.lastClear(prefix);
       if (last !== undefined && !newer(version, writer, last.version, last.writer)) return;
     }
-    this.directory.clearOlder(this.hash ? Math.max(version, this.directory.clock + 1) : version, writer);
-    this.near?.clear();
-    for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) this.overtake(key);
-    this.#grants.endAll();
+    this.directory.clearOlder(this.hash ? Math.max(version, this.directory.clock + 1) : version, writer, prefix);
+    if (prefix === "") this.near?.clear();
+    else this.near?.deletePrefix(prefix);
+    for (const key of [...this.#gets.keys(), ...this.#fetches.keys()]) if (key.startsWith(prefix)) this.overtake(key);
+    this.#grants.endAll(prefix);
   }
 
-  /** The cluster was cleared (`clear`: by the peer, or by a node the peer heard it from): drop what is older here too. */
+  /** The cluster, or the keys of a prefix, was cleared (`clear`: by the peer, or by a node the peer heard it from): drop what is older here too. */
   #learnCleared(_peer: Peer, message: Message): Record<string, unknown> {
     for (const item of requireArray(message, "keys")) {
-      const [version, writer] = Array.isArray(item) ? item : [];
-      if (!isVersion(version) || !isNodeId(writer)) throw new ProtocolError(`"clear" needs [version, writer] items`);
-      this.#clearOlder(version, writer);
+      const [version, writer, prefix = ""] = Array.isArray(item) ? item : [];
+      if (!isVersion(version) || !isNodeId(writer) || typeof prefix !== "string") throw new ProtocolError(`"clear" needs [version, writer, prefix?] items`);
+      this.#clearOlder(version, writer, prefix);
     }
     return {};
   }
@@ -2942,8 +3380,10 @@ class Core {
    * delivered, and only the heartbeats decide that a peer is gone.
    */
   async #tellKeys(peer: Peer): Promise<void> {
-    const cleared = this.hash ? this.#lastClearApplied : this.directory.lastClear;
-    if (cleared !== undefined) peer.request({ op: "clear", keys: [[cleared.version, cleared.writer]] }).catch(() => {});
+    const clears = this.hash
+      ? Array.from(this.#lastClearsApplied, ([prefix, { version, writer }]) => (prefix === "" ? [version, writer] : [version, writer, prefix]))
+      : this.directory.clears();
+    if (clears.length > 0) peer.request({ op: "clear", keys: clears }).catch(() => {});
     // The keys as they are now: reads of a bounded store move entries to the back, so walking
     // the store itself across the waits could meet an entry twice, or never end.
     // With hash placement a joiner needs no list: the owners' passes move what it owns.
@@ -3163,9 +3603,9 @@ class LoadGrants {
     if (grant !== undefined) this.#end(key, grant, { again: true });
   }
 
-  /** Ends every grant (the node stops, or the cluster was cleared): the waiting calls look again. */
-  endAll(): void {
-    for (const [key, grant] of [...this.#grants]) this.#end(key, grant, { again: true });
+  /** Ends every grant, or those of the keys that start with `prefix` (the node stops, or they were cleared): the waiting calls look again. */
+  endAll(prefix = ""): void {
+    for (const [key, grant] of [...this.#grants]) if (key.startsWith(prefix)) this.#end(key, grant, { again: true });
   }
 
   /** A member is lost: the grants its calls held end, and the calls waiting ask again. */
@@ -7329,6 +7769,11 @@ export class Directory {
   /** The newest clear of the whole cluster seen, as (version, writer): older writes are refused. */
   #cleared = { version: 0, writer: "" };
   /**
+   * The newest clear of each key prefix (a namespace) seen, oldest first: older writes of its
+   * keys are refused. At most CLEARED_PREFIXES_REMEMBERED of them.
+   */
+  readonly #prefixesCleared = new Map<string, { version: number; writer: string }>();
+  /**
    * Removals made or heard of lately, by key, oldest first: the removal's version and writer, and
    * when it came. A write older than one, announced, listed, handed over or copied before the
    * removal but waiting in a queue meanwhile, may arrive after it, and must not bring the key
@@ -7402,7 +7847,7 @@ export class Directory {
    */
   adopt(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, grace = 0): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return false;
+    if (this.#clearedAway(key, version, writer) || this.#removedAfter(key, version, writer)) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return false;
@@ -7420,7 +7865,7 @@ export class Directory {
    */
   keepCopy(key: string, value: unknown, size: number, ttl: number, version: number, writer: string, holder: string, grace = 0): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return true;
+    if (this.#clearedAway(key, version, writer) || this.#removedAfter(key, version, writer)) return true;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     if (known !== undefined && newer(known.version, known.writer, version, writer)) return true;
@@ -7436,30 +7881,55 @@ export class Directory {
   }
 
   /**
-   * `writer` cleared the whole cluster at `version`: every local entry and known holder of an
-   * older write goes, and from now on older writes are refused (one announced before the clear
-   * may arrive after it). One pass over the local entries and one over the directory.
+   * `writer` cleared the whole cluster at `version`, or (with a `prefix`) the keys that start
+   * with it: every such local entry and known holder of an older write goes, and from now on
+   * older writes are refused (one announced before the clear may arrive after it). One pass over
+   * the local entries and one over the directory.
    */
-  clearOlder(version: number, writer: string): void {
+  clearOlder(version: number, writer: string, prefix = ""): void {
     this.observe(version);
-    if (newer(version, writer, this.#cleared.version, this.#cleared.writer)) this.#cleared = { version, writer };
+    const last = this.lastClear(prefix);
+    if (last === undefined || newer(version, writer, last.version, last.writer)) {
+      if (prefix === "") this.#cleared = { version, writer };
+      else this.#rememberPrefixCleared(prefix, { version, writer });
+    }
     for (const entry of [...this.#store.live()]) {
-      if (newer(version, writer, entry.version, entry.writer)) this.#store.delete(entry.key);
+      if (entry.key.startsWith(prefix) && newer(version, writer, entry.version, entry.writer)) this.#store.delete(entry.key);
     }
     for (const key of [...this.#remote.keys()]) {
       const known = this.#holding(key)!;
-      if (newer(version, writer, known.version, known.writer)) this.#forget(key);
+      if (key.startsWith(prefix) && newer(version, writer, known.version, known.writer)) this.#forget(key);
     }
   }
 
-  /** The newest clear of the whole cluster seen, if any. */
-  get lastClear(): { readonly version: number; readonly writer: string } | undefined {
+  #rememberPrefixCleared(prefix: string, clear: { version: number; writer: string }): void {
+    this.#prefixesCleared.delete(prefix);
+    this.#prefixesCleared.set(prefix, clear);
+    if (this.#prefixesCleared.size > CLEARED_PREFIXES_REMEMBERED) this.#prefixesCleared.delete(this.#prefixesCleared.keys().next().value!);
+  }
+
+  /** The newest clear seen of the whole cluster (`prefix` ""), or of the keys that start with `prefix`; undefined for none. */
+  lastClear(prefix = ""): { readonly version: number; readonly writer: string } | undefined {
+    if (prefix !== "") return this.#prefixesCleared.get(prefix);
     return this.#cleared.version === 0 ? undefined : this.#cleared;
   }
 
-  /** Whether the write (`version`, `writer`) is older than the newest clear seen. */
-  #clearedAway(version: number, writer: string): boolean {
-    return !newer(version, writer, this.#cleared.version, this.#cleared.writer);
+  /** Every clear remembered, of the whole cluster first, then of each prefix, as `[version, writer, prefix?]`. */
+  clears(): Array<[number, string] | [number, string, string]> {
+    const whole = this.lastClear();
+    const clears: Array<[number, string] | [number, string, string]> = whole === undefined ? [] : [[whole.version, whole.writer]];
+    for (const [prefix, { version, writer }] of this.#prefixesCleared) clears.push([version, writer, prefix]);
+    return clears;
+  }
+
+  /** Whether the write (`version`, `writer`) of `key` is older than the newest clear seen of the cluster or of a prefix of `key`. */
+  #clearedAway(key: string, version: number, writer: string): boolean {
+    if (!newer(version, writer, this.#cleared.version, this.#cleared.writer)) return true;
+    if (this.#prefixesCleared.size === 0) return false;
+    for (const [prefix, clear] of this.#prefixesCleared) {
+      if (key.startsWith(prefix) && !newer(version, writer, clear.version, clear.writer)) return true;
+    }
+    return false;
   }
 
   /** Removes a key here and from the directory; returns the version the removal carries. */
@@ -7504,7 +7974,7 @@ export class Directory {
    */
   own(key: string, holder: string, version: number, ttl: number, writer: string = holder, listed = false, grace = 0): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer) || (!listed && this.#removedAfter(key, version, writer))) return false;
+    if (this.#clearedAway(key, version, writer) || (!listed && this.#removedAfter(key, version, writer))) return false;
     const local = this.#store.peek(key);
     const known = local ?? this.holderOf(key);
     const presumedSame = local === undefined && this.#presumed.has(key) && known?.version === version && known.writer === writer;
@@ -7535,7 +8005,7 @@ export class Directory {
    */
   moved(key: string, holder: string, from: string, version: number, ttl: number, writer: string, leaving = false, grace = 0): boolean {
     this.observe(version);
-    if (this.#clearedAway(version, writer) || this.#removedAfter(key, version, writer)) return true;
+    if (this.#clearedAway(key, version, writer) || this.#removedAfter(key, version, writer)) return true;
     const local = this.#store.peek(key);
     const remote = local === undefined ? this.holderOf(key) : undefined;
     const known = local ?? remote;
@@ -7694,6 +8164,9 @@ export class Directory {
 /** Where hybrid versions (see the Directory's constructor) count the clock from, and how finely. */
 const HYBRID_EPOCH_MS = Date.UTC(2020, 0, 1);
 const VERSIONS_PER_MS = 1024;
+
+/** Prefixes (namespaces) whose newest clear a directory remembers, to refuse older writes of their keys. */
+const CLEARED_PREFIXES_REMEMBERED = 1_000;
 
 /** Holders a directory numbers, so that a holder and a version pack into one safe integer. */
 const HOLDER_SLOTS = 1024;
@@ -8038,6 +8511,11 @@ class NearCache {
     if (entry === undefined) return;
     this.#entries.delete(key);
     this.#bytes -= entry.size;
+  }
+
+  /** Drops the values of every key that starts with `prefix`. */
+  deletePrefix(prefix: string): void {
+    for (const key of [...this.#entries.keys()]) if (key.startsWith(prefix)) this.delete(key);
   }
 
   clear(): void {
