@@ -1813,11 +1813,22 @@ export class Namespace {
    * ```
    */
   getOrSet<T>(key: string, loader?: Loader<T>, options?: GetOrSetOptions): Promise<T | null>;
+  /** {@linkcode Namespace.getOrSet} with the namespace's loader and options of the call. */
+  getOrSet<T>(key: string, options: GetOrSetOptions): Promise<T | null>;
   /** {@linkcode Namespace.getOrSet} with a callback. */
   getOrSet<T>(key: string, loader: Loader<T> | undefined, callback: Callback<T | null>): void;
   /** {@linkcode Namespace.getOrSet} with options and a callback. */
   getOrSet<T>(key: string, loader: Loader<T> | undefined, options: GetOrSetOptions, callback: Callback<T | null>): void;
-  getOrSet<T>(key: string, loader?: Loader<T>, optionsOrCallback?: GetOrSetOptions | Callback<T | null>, callback?: Callback<T | null>): Promise<T | null> | void {
+  getOrSet<T>(
+    key: string,
+    loader?: Loader<T> | GetOrSetOptions,
+    optionsOrCallback?: GetOrSetOptions | Callback<T | null>,
+    callback?: Callback<T | null>,
+  ): Promise<T | null> | void {
+    // Options in the loader's place: the namespace's loader, with them.
+    if (typeof loader === "object" && loader !== null) {
+      return this.getOrSet(key, undefined, loader, ...(definedArguments(optionsOrCallback) as [Callback<T | null>]));
+    }
     const [options, done] = typeof optionsOrCallback === "function" ? [undefined, optionsOrCallback] : [optionsOrCallback, callback];
     const load = loader ?? (this.#settings.loader as Loader<T> | undefined);
     if (load === undefined) throw new TypeError(`Cannot getOrSet "${key}": namespace "${this.name}" has no loader, and none was given`);
@@ -2048,8 +2059,9 @@ export class Namespace {
   #writeOptions<O extends SetOptions>(options: O | undefined): O | undefined {
     const { ttl, grace } = this.#settings;
     if (ttl === undefined && grace === undefined) return options;
+    // Not options: the node says what is wrong with them.
     if (options !== undefined && (typeof options !== "object" || options === null)) return options;
-    return { ...(ttl === undefined ? {} : { ttl }), ...(grace === undefined ? {} : { grace }), ...options } as O;
+    return { ...options, ttl: options?.ttl ?? ttl, grace: options?.grace ?? grace } as O;
   }
 }
 
@@ -2262,7 +2274,7 @@ export class KeyvStore {
    * ```
    */
   async clear(): Promise<void> {
-    if (this.namespace === undefined) return this.node.clear();
+    if (this.namespace === undefined || this.namespace === "") return this.node.clear();
     await this.node.namespace(this.namespace).clear();
   }
 
@@ -2383,14 +2395,16 @@ interface LoadOutcome {
 /** What a getOrSet's lookup found, or its load gave: nothing (a held `null` is a value). */
 const MISSING = Symbol("missing");
 
-/** What a getOrSet's lookup found: a value in its grace (see SetOptions.grace), and the version of its write. */
+/** What a getOrSet's lookup found: a value in its grace (see SetOptions.grace), and the version and writer of its write. */
 class Stale {
   readonly value: unknown;
   readonly version: number;
+  readonly writer: string;
 
-  constructor(value: unknown, version: number) {
+  constructor(value: unknown, version: number, writer: string) {
     this.value = value;
     this.version = version;
+    this.writer = writer;
   }
 }
 
@@ -2469,11 +2483,14 @@ class Core {
   readonly #loadDefaults: LoadOptions;
   /**
    * Hash placement: the newest clear of each writer applied here, by prefix ("" for the whole
-   * cluster) and writer, and the last one of each prefix, oldest first, as their writers
-   * numbered them, so that a clear passed on again is applied once (see #clearOlder).
+   * cluster) and writer, as their writers numbered them, so that a clear passed on again is
+   * applied once (see #clearOlder); the newest of the whole cluster, and of each prefix, oldest
+   * first, to pass on. At most CLEARED_PREFIXES_REMEMBERED prefixes, and 4 times as many
+   * writers' clears.
    */
   readonly #clearsApplied = new Map<string, number>();
-  readonly #lastClearsApplied = new Map<string, { version: number; writer: string }>();
+  #wholeClearApplied: { version: number; writer: string } | undefined;
+  readonly #prefixClearsApplied = new Map<string, { version: number; writer: string }>();
   /** How long a member's answer vouches for the near cache (see NodeOptions.nearCache). */
   readonly nearLease: number;
 
@@ -2688,15 +2705,18 @@ class Core {
     if (this.lifecycle !== "ready") await this.whenStarted("get");
     let silent: Holding | undefined;
     let missed = false;
+    // Whether a stale value stands in for the key: a fetch that fails then finds nothing.
+    let stale = false;
     for (let hop = 0; hop < MAX_HOPS; hop++) {
       const local = this.store.get(key);
       if (local !== undefined && (local.grace === 0 || !isStale(local, this.options.clock.now()))) return this.hit(local);
-      if (local !== undefined && want !== "fresh") return this.#staleFound(this.reveal(local.value), local.version, want);
+      if (local !== undefined && want !== "fresh") return this.#staleFound(this.reveal(local.value), local, want);
       const near = this.near === undefined ? undefined : this.nearGet(key);
       if (near !== undefined) return near;
       // A holder known to hold a stale entry only is not asked for a fresh one.
       const holding = local === undefined ? this.directory.holderOf(key) : undefined;
       const worthAsking = holding !== undefined && (want !== "fresh" || holding.grace === 0 || !isStale(holding, this.options.clock.now()));
+      stale ||= local !== undefined || (holding !== undefined && !worthAsking);
       let peer = worthAsking ? this.cluster.peer(holding.holder) : undefined;
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
       const askedAt = this.options.clock.now();
@@ -2704,9 +2724,10 @@ class Core {
       const keepable = this.near !== undefined && this.cluster.vouchedFor(askedAt, this.nearLease);
       let found = peer === undefined || isSame(holding, silent) ? undefined : await this.#ask(peer, key);
       if (found !== undefined && "value" in found && isStaleHeld(found as Held)) {
-        if (want !== "fresh") return this.#staleFound(found.value, holding!.version, want);
+        if (want !== "fresh") return this.#staleFound(found.value, holding!, want);
         // Stale there: to a get, as if that holder did not answer.
         found = undefined;
+        stale = true;
       }
       if (found === undefined) {
         // This node stopped meanwhile: its connections close one by one and its directory forgets
@@ -2720,7 +2741,10 @@ class Core {
         if (want === "load") return MISSING;
         if (!missed) this.counters.misses++;
         missed = true;
-        const fetched = await this.#fetch(key);
+        const fetched = await this.#fetch(key).catch((error) => {
+          if (stale) return { value: null };
+          throw error;
+        });
         if ("value" in fetched) return fetched.value;
         if (!this.#followMoved(key, fetched.moved)) break;
       } else if ("value" in found) {
@@ -2738,8 +2762,8 @@ class Core {
   }
 
   /** A stale value a lookup found (see #getSlow): returned to a get with allowStale, counted, or to getOrSet as a Stale. */
-  #staleFound(value: unknown, version: number, want: "stale" | "load"): unknown {
-    if (want === "load") return new Stale(value, version);
+  #staleFound(value: unknown, write: { version: number; writer: string }, want: "stale" | "load"): unknown {
+    if (want === "load") return new Stale(value, write.version, write.writer);
     this.counters.staleHits++;
     return value;
   }
@@ -2752,7 +2776,8 @@ class Core {
   #keepNear(key: string, held: Held, asked: Holding, askedAt: number): void {
     if (!isSame(this.directory.holderOf(key), asked)) return;
     const stored = this.options.stringify ? JSON.stringify(held.value) : held.value;
-    this.near!.keep(key, stored, held.ttl === 0 ? 0 : askedAt + held.ttl, held.size);
+    // Until its grace begins: a near hit is never stale (a stale one is not found here).
+    this.near!.keep(key, stored, held.ttl === 0 ? 0 : askedAt + held.ttl - held.grace, held.size);
   }
 
   /**
@@ -2972,14 +2997,16 @@ class Core {
         else if (found !== MISSING) return { value: found, kept: true };
       }
       const agreed = this.#agreedOn(key);
-      const asked: LoadAsk = { member: this.id, key, call, timeout: options.hardTimeout, stale: stale?.version };
+      const asked: LoadAsk = { member: this.id, key, call, timeout: options.hardTimeout, stale: stale && { version: stale.version, writer: stale.writer } };
       const reply = agreed === undefined ? await this.#answerLoad(asked) : await this.#askToLoad(agreed, asked);
       if ("value" in reply) {
         this.counters[agreed === undefined ? "hits" : "remoteHits"]++;
         return { value: reply.value, kept: true };
       }
-      if ("stale" in reply) stale = new Stale(reply.stale, 0);
-      if (stale !== undefined && ("load" in reply || "busy" in reply)) {
+      if ("stale" in reply) stale = new Stale(reply.stale, 0, "");
+      // With a stale value at hand, no call waits: it refreshes with the right to, or not at all
+      // (another call refreshes, or the agreed member does not answer).
+      if (stale !== undefined && !("again" in reply)) {
         const refresh = "load" in reply ? () => this.#load(key, loader, options, { agreed, call }) : undefined;
         return this.#serveStale(key, stale.value, options, refresh);
       }
@@ -3025,8 +3052,9 @@ class Core {
       void refreshed.then(cancel);
     });
     const outcome = await Promise.race([refreshed, late]);
-    // Overtaken by a write: the stale value was the cache's when this call looked.
-    return outcome === MISSING ? served() : outcome;
+    // Overtaken by a write, the stale value was the cache's when this call looked; not stored,
+    // the stale value stays.
+    return outcome === MISSING || (!outcome.kept && outcome.value === null) ? served() : outcome;
   }
 
   /** The member that grants the loads of `key`: its owner with hash placement, else its fetcher; undefined for this node. */
@@ -3041,7 +3069,8 @@ class Core {
    */
   async #askToLoad(agreed: Peer, { key, call, timeout, stale }: LoadAsk): Promise<LoadReply> {
     try {
-      return parseLoadReply(await agreed.request(stale === undefined ? { op: "load", key, call, timeout } : { op: "load", key, call, timeout, stale }));
+      const request = stale === undefined ? { op: "load", key, call, timeout } : { op: "load", key, call, timeout, stale: stale.version, staleWriter: stale.writer };
+      return parseLoadReply(await agreed.request(request));
     } catch {
       return {};
     }
@@ -3068,7 +3097,8 @@ class Core {
     const ttl = value === null ? options.nullTtl : context.ttl;
     try {
       // Checked even when it is not kept: the calls waiting get it as a message.
-      const write = this.prepareWrite("getOrSet", key, value, { ttl, grace: options.grace });
+      // A negative entry lives its nullTtl, no longer.
+      const write = this.prepareWrite("getOrSet", key, value, { ttl, grace: value === null ? 0 : options.grace });
       if (!context.keep || (value === null && ttl === 0)) {
         if (granted) void this.#tellLoaded(key, granted, { value });
         return { value, kept: false };
@@ -3128,7 +3158,7 @@ class Core {
     if (entry !== undefined && (entry.grace === 0 || !isStale(entry, this.options.clock.now()))) return { value: this.reveal(entry.value) };
     if (entry !== undefined) return this.#grants.refresh(key, caller, { stale: this.reveal(entry.value) });
     const moved = this.hash === undefined ? this.#movedOf(key) : undefined;
-    if (moved !== undefined && (stale === undefined || moved.version > stale)) return { again: true, moved: movedItem(moved) };
+    if (moved !== undefined && (stale === undefined || newer(moved.version, moved.writer, stale.version, stale.writer))) return { again: true, moved: movedItem(moved) };
     // The caller holds a stale value that no newer write known here replaces.
     if (stale !== undefined) return this.#grants.refresh(key, caller, {});
     return this.#grants.ask(key, caller);
@@ -3137,9 +3167,9 @@ class Core {
   /** A peer's `load` request (see #answerLoad). */
   #answerPeerLoad(peer: Peer, message: Message): LoadReply | Promise<LoadReply> {
     const { call, timeout } = message;
-    const stale = isVersion(message.stale) ? message.stale : undefined;
+    const stale = isVersion(message.stale) && isNodeId(message.staleWriter) ? { version: message.stale, writer: message.staleWriter } : undefined;
     if (!isVersion(call) || !isAmount(timeout) || timeout > MAX_DELAY_MS || (message.stale !== undefined && stale === undefined)) {
-      throw new ProtocolError(`"load" needs a call number, a timeout of at most ${MAX_DELAY_MS} ms, and a version if it says stale`);
+      throw new ProtocolError(`"load" needs a call number, a timeout of at most ${MAX_DELAY_MS} ms, and a version and writer if it says stale`);
     }
     return this.#answerLoad({ member: peer.id, key: requireString(message, "key"), call, timeout, stale });
   }
@@ -3309,10 +3339,18 @@ class Core {
     if (this.hash) {
       const applied = `${prefix}\n${writer}`;
       if ((this.#clearsApplied.get(applied) ?? -1) >= version) return;
+      this.#clearsApplied.delete(applied);
       this.#clearsApplied.set(applied, version);
-      this.#lastClearsApplied.delete(prefix);
-      this.#lastClearsApplied.set(prefix, { version, writer });
-      if (this.#lastClearsApplied.size > CLEARED_PREFIXES_REMEMBERED) this.#lastClearsApplied.delete(this.#lastClearsApplied.keys().next().value!);
+      if (this.#clearsApplied.size > 4 * CLEARED_PREFIXES_REMEMBERED) this.#clearsApplied.delete(this.#clearsApplied.keys().next().value!);
+      const newest = prefix === "" ? this.#wholeClearApplied : this.#prefixClearsApplied.get(prefix);
+      if (newest === undefined || newer(version, writer, newest.version, newest.writer)) {
+        if (prefix === "") this.#wholeClearApplied = { version, writer };
+        else {
+          this.#prefixClearsApplied.delete(prefix);
+          this.#prefixClearsApplied.set(prefix, { version, writer });
+          if (this.#prefixClearsApplied.size > CLEARED_PREFIXES_REMEMBERED) this.#prefixClearsApplied.delete(this.#prefixClearsApplied.keys().next().value!);
+        }
+      }
     } else {
       const last = this.directory.lastClear(prefix);
       if (last !== undefined && !newer(version, writer, last.version, last.writer)) return;
@@ -3328,7 +3366,9 @@ class Core {
   #learnCleared(_peer: Peer, message: Message): Record<string, unknown> {
     for (const item of requireArray(message, "keys")) {
       const [version, writer, prefix = ""] = Array.isArray(item) ? item : [];
-      if (!isVersion(version) || !isNodeId(writer) || typeof prefix !== "string") throw new ProtocolError(`"clear" needs [version, writer, prefix?] items`);
+      if (!isVersion(version) || !isNodeId(writer) || typeof prefix !== "string" || prefix.length > this.options.maxKeyLength) {
+        throw new ProtocolError(`"clear" needs [version, writer, prefix?] items, with a prefix no longer than maxKeyLength`);
+      }
       this.#clearOlder(version, writer, prefix);
     }
     return {};
@@ -3380,10 +3420,25 @@ class Core {
    * delivered, and only the heartbeats decide that a peer is gone.
    */
   async #tellKeys(peer: Peer): Promise<void> {
-    const clears = this.hash
-      ? Array.from(this.#lastClearsApplied, ([prefix, { version, writer }]) => (prefix === "" ? [version, writer] : [version, writer, prefix]))
-      : this.directory.clears();
-    if (clears.length > 0) peer.request({ op: "clear", keys: clears }).catch(() => {});
+    const clears: unknown[][] = this.hash ? [] : this.directory.clears();
+    if (this.hash && this.#wholeClearApplied !== undefined) clears.push([this.#wholeClearApplied.version, this.#wholeClearApplied.writer]);
+    if (this.hash) for (const [prefix, { version, writer }] of this.#prefixClearsApplied) clears.push([version, writer, prefix]);
+    // As many requests as it takes to fit each in a frame (a version and a writer's id take
+    // under 100 units besides the prefix).
+    const send = (batch: unknown[][]) => void peer.request({ op: "clear", keys: batch }).catch(() => {});
+    let batch: unknown[][] = [];
+    let units = 0;
+    for (const clear of clears) {
+      const size = ((clear[2] as string | undefined)?.length ?? 0) + 100;
+      if (batch.length > 0 && !fitsInFrame(units + size, this.options.maxFrameBytes)) {
+        send(batch);
+        batch = [];
+        units = 0;
+      }
+      batch.push(clear);
+      units += size;
+    }
+    if (batch.length > 0) send(batch);
     // The keys as they are now: reads of a bounded store move entries to the back, so walking
     // the store itself across the waits could meet an entry twice, or never end.
     // With hash placement a joiner needs no list: the owners' passes move what it owns.
@@ -3499,14 +3554,14 @@ interface LoadCaller {
 
 /**
  * A getOrSet call's `load` request: `member`'s call `call` of `key`, whose loader may take
- * `timeout` ms; with `stale`, the version of the stale value the call holds (see SetOptions.grace).
+ * `timeout` ms; with `stale`, the write of the stale value the call holds (see SetOptions.grace).
  */
 interface LoadAsk {
   member: string;
   key: string;
   call: number;
   timeout: number;
-  stale: number | undefined;
+  stale: { version: number; writer: string } | undefined;
 }
 
 /**
@@ -4406,14 +4461,17 @@ class HashPlacement {
     const owner = this.ownerOf(key);
     if (owner !== undefined) return ["owner", owner.id];
     const entry = this.#own(key);
-    // A stale entry goes to a get as it is (one with allowStale takes it), unless `fetch` can replace it.
-    if (entry !== undefined && (core.options.fetch === undefined || entry.grace === 0 || !isStale(entry, core.options.clock.now()))) {
-      const found = heldItem(core.reveal(entry.value), entry, core.store.ttlOf(entry));
-      if (found.length === 3) found.push(0);
+    const found = entry && heldItem(core.reveal(entry.value), entry, core.store.ttlOf(entry));
+    if (found?.length === 3) found.push(0);
+    // A stale entry goes to a get as it is (one with allowStale takes it), unless `fetch` can
+    // replace it; when fetch fails or finds nothing, it goes as it is after all.
+    const stale = entry !== undefined && entry.grace > 0 && isStale(entry, core.options.clock.now());
+    if (found !== undefined && (core.options.fetch === undefined || !stale)) {
       return reader === undefined ? found : [...found, Number(this.#giveLeave(key, reader))];
     }
     if (core.options.fetch === undefined || core.lifecycle !== "ready") return [];
-    return core.fetchHere(key).then((value) => [value]);
+    if (found === undefined) return core.fetchHere(key).then((value) => [value]);
+    return core.fetchHere(key).then((value) => (value === null ? found : [value]), () => found);
   }
 
   /** Counts `reader` among the near holders of `key`, unless a write of it is under way or too many keys are counted. */

@@ -421,6 +421,35 @@ describe("Grace: stale values, on a clock moved by hand", () => {
     });
   }
 
+  for (const placement of ["local", "hash"] as const) {
+    it(`placement "${placement}": a near copy is never stale; a negative entry gets no grace; a refresh that finds null within the soft timeout leaves the stale value; with a failing fetch a stale get still gets it`, async () => {
+      const clock = new ManualClock();
+      const [holder, reader] = await startCluster(2, { placement, clock, nearCache: true, ...QUIET, requestTimeout: 2e9 });
+      await holder.set("near", "v", { ttl: 1_000, grace: 10_000 });
+      assert.equal(await reader.get("near"), "v");
+      clock.advance(1_000);
+      assert.equal(await reader.get("near"), null, "a plain get past the ttl, from the node that read it");
+      assert.equal(await reader.get("near", { allowStale: true }), "v");
+
+      assert.equal(await reader.getOrSet("none", () => null, { nullTtl: 1_000, grace: 60_000 }), null);
+      clock.advance(1_000);
+      let loads = 0;
+      assert.equal(await reader.getOrSet("none", () => (loads++, "found")), "found", "a negative entry past its nullTtl is gone");
+      assert.equal(loads, 1);
+
+      await holder.set("p", 10, { ttl: 1_000, grace: 10_000 });
+      clock.advance(1_000);
+      assert.equal(await reader.getOrSet("p", () => null, { timeout: 500 }), 10, "a refresh that found null");
+      assert.equal(await holder.get("p", { allowStale: true }), 10);
+
+      const fetching = await startCluster(2, { placement, clock, ...QUIET, fetch: (_key, done) => done(new Error("source down")) });
+      await fetching[0].set("f", "stale", { ttl: 1_000, grace: 10_000 });
+      clock.advance(1_000);
+      assert.deepEqual(await Promise.all(fetching.map((node) => node.get("f", { allowStale: true }))), ["stale", "stale"], "stale gets, with fetch failing");
+      assert.deepEqual(await Promise.all(fetching.map((node) => node.get("f"))), [null, null], "plain gets: fetch failed, and the stale value is not theirs");
+    });
+  }
+
   it("grace travels with the entry: a stale entry handed over on stop, or kept as a copy and promoted, stays stale for the rest of its grace", async () => {
     for (const placement of ["local", "hash"] as const) {
       const clock = new ManualClock();

@@ -40,6 +40,15 @@ describe("Namespaces", () => {
       assert.equal(await b.get("users:1", { allowStale: true }), null);
       assert.equal(await users.get("long"), "stays");
 
+      // Options that leave ttl out (or undefined) keep the namespace's; getOrSet's options alone keep its loader.
+      await users.set("undefined ttl", 1, { ttl: undefined });
+      assert.ok(a.namespace("users").has("undefined ttl") || b.namespace("users").has("undefined ttl"));
+      assert.equal(await users.getOrSet("opts", { ttl: 500 }), "loaded users:opts");
+      clock.advance(500);
+      assert.equal(await users.get("opts"), null, "the call's ttl");
+      clock.advance(500);
+      assert.equal(await users.get("undefined ttl"), null, "the namespace's ttl");
+
       // A nested namespace is inside its parent: the parent's clear takes it too.
       const admins = users.namespace("admins");
       assert.equal(admins.name, "users:admins");
