@@ -2709,13 +2709,13 @@ class Core {
     let stale = false;
     for (let hop = 0; hop < MAX_HOPS; hop++) {
       const local = this.store.get(key);
-      if (local !== undefined && (local.grace === 0 || !isStale(local, this.options.clock.now()))) return this.hit(local);
+      if (local !== undefined && !isStale(local, this.options.clock)) return this.hit(local);
       if (local !== undefined && want !== "fresh") return this.#staleFound(this.reveal(local.value), local, want);
       const near = this.near === undefined ? undefined : this.nearGet(key);
       if (near !== undefined) return near;
       // A holder known to hold a stale entry only is not asked for a fresh one.
       const holding = local === undefined ? this.directory.holderOf(key) : undefined;
-      const worthAsking = holding !== undefined && (want !== "fresh" || holding.grace === 0 || !isStale(holding, this.options.clock.now()));
+      const worthAsking = holding !== undefined && (want !== "fresh" || !isStale(holding, this.options.clock));
       stale ||= local !== undefined || (holding !== undefined && !worthAsking);
       let peer = worthAsking ? this.cluster.peer(holding.holder) : undefined;
       if (peer?.closed) peer = await this.cluster.connectionTo(peer.id);
@@ -2908,10 +2908,9 @@ class Core {
     if (value === undefined || value === null) return null;
     // A write of the key since the get began wins: the fetched value is not stored over it. A
     // stale entry is no such write: the fetched value replaces it.
-    const now = this.options.clock.now();
     const local = this.store.peek(key);
     const holding = local === undefined ? this.directory.holderOf(key) : undefined;
-    const held = [local, holding].some((known) => known !== undefined && (known.grace === 0 || !isStale(known, now)));
+    const held = [local, holding].some((known) => known !== undefined && !isStale(known, this.options.clock));
     if (!call.overtaken && !held) await this.write([this.prepareWrite("fetch", key, value, undefined)]);
     return value;
   }
@@ -3155,7 +3154,7 @@ class Core {
     // With hash placement, a node that takes another member for the owner (once any pull is done) answers for nothing.
     if (this.hash?.ownerOf(key) !== undefined) return {};
     const caller = { member, call, lasts: timeout + this.options.requestTimeout };
-    if (entry !== undefined && (entry.grace === 0 || !isStale(entry, this.options.clock.now()))) return { value: this.reveal(entry.value) };
+    if (entry !== undefined && !isStale(entry, this.options.clock)) return { value: this.reveal(entry.value) };
     if (entry !== undefined) return this.#grants.refresh(key, caller, { stale: this.reveal(entry.value) });
     const moved = this.hash === undefined ? this.#movedOf(key) : undefined;
     if (moved !== undefined && (stale === undefined || newer(moved.version, moved.writer, stale.version, stale.writer))) return { again: true, moved: movedItem(moved) };
@@ -4465,7 +4464,7 @@ class HashPlacement {
     if (found?.length === 3) found.push(0);
     // A stale entry goes to a get as it is (one with allowStale takes it), unless `fetch` can
     // replace it; when fetch fails or finds nothing, it goes as it is after all.
-    const stale = entry !== undefined && entry.grace > 0 && isStale(entry, core.options.clock.now());
+    const stale = entry !== undefined && isStale(entry, core.options.clock);
     if (found !== undefined && (core.options.fetch === undefined || !stale)) {
       return reader === undefined ? found : [...found, Number(this.#giveLeave(key, reader))];
     }
@@ -8321,7 +8320,7 @@ export class Store {
   /** A live entry that is not stale (see {@linkcode Entry.grace}), marked as just used. */
   fresh(key: string): StoredEntry | undefined {
     const entry = this.get(key);
-    return entry === undefined || entry.grace === 0 || !isStale(entry, this.#clock.now()) ? entry : undefined;
+    return entry === undefined || !isStale(entry, this.#clock) ? entry : undefined;
   }
 
   /** A live entry, stale or not, without marking it as used. */
@@ -8397,7 +8396,7 @@ export class Store {
   *freshEntries(): Generator<StoredEntry> {
     const now = this.#clock.now();
     for (const entry of this.#entries.values()) {
-      if (entry.expires === 0 || (entry.expires > now && !isStale(entry, now))) yield entry;
+      if (entry.expires === 0 || (entry.expires > now && !isStale(entry, this.#clock))) yield entry;
     }
   }
 
@@ -8431,11 +8430,12 @@ export class Store {
 }
 
 /**
- * Whether an entry (or what a directory knows of one) is past its `ttl` at `now`, in the `grace`
- * that ends at `expires` (see {@linkcode SetOptions.grace}).
+ * Whether an entry (or what a directory knows of one) is past its `ttl` now, in the `grace`
+ * that ends at `expires` (see {@linkcode SetOptions.grace}). The clock is read only for an entry
+ * with a grace: a get of any other pays nothing for it.
  */
-function isStale(entry: { readonly expires: number; readonly grace: number }, now: number): boolean {
-  return entry.grace > 0 && entry.expires - entry.grace <= now;
+function isStale(entry: { readonly expires: number; readonly grace: number }, clock: Clock): boolean {
+  return entry.grace > 0 && entry.expires - entry.grace <= clock.now();
 }
 
 /** A binary min-heap of entries by expiry time. */
